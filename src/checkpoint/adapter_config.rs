@@ -1,0 +1,285 @@
+//! PEFT's adapter_config.json, with the per-module rank and alpha rules PEFT applies.
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::CheckpointError;
+use crate::profile::Profile;
+
+/// Which modules a LoRA adapts, in the three forms PEFT accepts.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetModules {
+    /// A module counts if its name equals an entry or ends with `.entry`.
+    List(Vec<String>),
+    /// A module counts if its full name matches the regular expression (Python `re.fullmatch`).
+    Regex(String),
+    /// PEFT's `all-linear`: every linear layer except the output head.
+    AllLinear,
+}
+
+impl TargetModules {
+    pub fn describe(&self) -> String {
+        match self {
+            TargetModules::List(items) => {
+                let mut sorted = items.clone();
+                sorted.sort();
+                sorted.join(", ")
+            }
+            TargetModules::Regex(pattern) => format!("regex {pattern}"),
+            TargetModules::AllLinear => "all-linear".into(),
+        }
+    }
+
+    /// Whether PEFT would adapt `module` (a module path such as `model.layers.0.self_attn.q_proj`).
+    pub fn matches(&self, module: &str, profile: &Profile) -> bool {
+        match self {
+            TargetModules::List(items) => items
+                .iter()
+                .any(|t| module == t || module.ends_with(&format!(".{t}"))),
+            TargetModules::Regex(pattern) => {
+                Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(module))
+            }
+            TargetModules::AllLinear => profile
+                .linear_module_suffixes()
+                .any(|suffix| module.ends_with(&format!(".{suffix}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterConfig {
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub target_modules: TargetModules,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    pub fan_in_fan_out: bool,
+    /// In file order: PEFT takes the first matching key.
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+    pub modules_to_save: Vec<String>,
+    pub base_model_name_or_path: Option<String>,
+    #[serde(skip)]
+    rank_regexes: Vec<Regex>,
+    #[serde(skip)]
+    alpha_regexes: Vec<Regex>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    peft_type: Option<String>,
+    r: Option<i64>,
+    lora_alpha: Option<f64>,
+    target_modules: Option<Value>,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    rank_pattern: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    alpha_pattern: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+}
+
+impl AdapterConfig {
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, CheckpointError> {
+        let bad = |message: String| CheckpointError::AdapterConfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            if key == "." {
+                bad(format!("not a valid adapter config: {}", e.inner()))
+            } else {
+                bad(format!("`{key}`: {}", e.inner()))
+            }
+        })?;
+        match raw.peft_type.as_deref() {
+            Some("LORA") | None => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "`peft_type` is `{other}`; only LORA adapters (LoRA, rsLoRA, DoRA) can be merged"
+                )));
+            }
+        }
+        let r = match raw.r {
+            Some(r) if r > 0 => r as usize,
+            Some(r) => return Err(bad(format!("`r` must be a positive integer, found {r}"))),
+            None => return Err(bad("missing `r` (the LoRA rank)".into())),
+        };
+        let lora_alpha = match raw.lora_alpha {
+            Some(a) if a.is_finite() => a,
+            Some(a) => {
+                return Err(bad(format!(
+                    "`lora_alpha` must be a finite number, found {a}"
+                )));
+            }
+            None => return Err(bad("missing `lora_alpha`".into())),
+        };
+        let target_modules = match raw.target_modules {
+            Some(Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
+            Some(Value::String(s)) => {
+                Regex::new(&format!("^(?:{s})$")).map_err(|e| {
+                    bad(format!(
+                        "`target_modules` is not a regular expression Rust can use: {e}"
+                    ))
+                })?;
+                TargetModules::Regex(s)
+            }
+            Some(Value::Array(items)) => TargetModules::List(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad("`target_modules` must be a list of strings".into()))?,
+            ),
+            Some(other) => {
+                return Err(bad(format!(
+                    "`target_modules` must be a list or a string, found {other}"
+                )));
+            }
+            None => return Err(bad("missing `target_modules`".into())),
+        };
+        let (rank_pattern, rank_regexes) = patterns(raw.rank_pattern, "rank_pattern", |v| {
+            v.as_u64().filter(|&n| n > 0).map(|n| n as usize)
+        })
+        .map_err(bad)?;
+        let (alpha_pattern, alpha_regexes) = patterns(raw.alpha_pattern, "alpha_pattern", |v| {
+            v.as_f64().filter(|a| a.is_finite())
+        })
+        .map_err(bad)?;
+        Ok(AdapterConfig {
+            path: path.to_path_buf(),
+            r,
+            lora_alpha,
+            target_modules,
+            use_rslora: raw.use_rslora,
+            use_dora: raw.use_dora,
+            fan_in_fan_out: raw.fan_in_fan_out,
+            rank_pattern,
+            alpha_pattern,
+            modules_to_save: raw.modules_to_save.unwrap_or_default(),
+            base_model_name_or_path: raw.base_model_name_or_path,
+            rank_regexes,
+            alpha_regexes,
+        })
+    }
+
+    /// The rank PEFT gives `module`: the first `rank_pattern` key that matches, else `r`.
+    pub fn rank_for(&self, module: &str) -> usize {
+        first_match(&self.rank_regexes, &self.rank_pattern, module).unwrap_or(self.r)
+    }
+
+    /// The alpha PEFT gives `module`: the first `alpha_pattern` key that matches, else `lora_alpha`.
+    pub fn alpha_for(&self, module: &str) -> f64 {
+        first_match(&self.alpha_regexes, &self.alpha_pattern, module).unwrap_or(self.lora_alpha)
+    }
+}
+
+fn first_match<T: Copy>(regexes: &[Regex], pattern: &[(String, T)], module: &str) -> Option<T> {
+    regexes
+        .iter()
+        .zip(pattern)
+        .find(|(re, _)| re.is_match(module))
+        .map(|(_, (_, v))| *v)
+}
+
+type Patterns<T> = (Vec<(String, T)>, Vec<Regex>);
+
+/// PEFT matches a pattern key `k` against module `m` with `re.match(rf"(.*\.)?({k})$", m)`.
+fn patterns<T>(
+    map: Option<serde_json::Map<String, Value>>,
+    field: &str,
+    value: impl Fn(&Value) -> Option<T>,
+) -> Result<Patterns<T>, String> {
+    let mut entries = Vec::new();
+    let mut regexes = Vec::new();
+    for (key, v) in map.unwrap_or_default() {
+        let parsed =
+            value(&v).ok_or_else(|| format!("`{field}.{key}` has an invalid value {v}"))?;
+        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
+            format!("`{field}` key `{key}` is not a regular expression Rust can use: {e}")
+        })?;
+        entries.push((key, parsed));
+        regexes.push(re);
+    }
+    Ok((entries, regexes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AdapterConfig, String> {
+        AdapterConfig::parse(Path::new("adapter_config.json"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rank_and_alpha_patterns_follow_peft_matching() {
+        let c = parse(
+            r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],
+                "rank_pattern":{"layers.1.self_attn.q_proj":4,"q_proj":2},"alpha_pattern":{"v_proj":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rank_for("model.layers.1.self_attn.q_proj"), 4);
+        assert_eq!(c.rank_for("model.layers.0.self_attn.q_proj"), 2);
+        assert_eq!(c.rank_for("model.layers.0.self_attn.v_proj"), 8);
+        // `.*\.` must end at a dot: `xv_proj` is not `v_proj`.
+        assert_eq!(c.alpha_for("model.layers.0.self_attn.xv_proj"), 16.0);
+        assert_eq!(c.alpha_for("model.layers.0.self_attn.v_proj"), 3.0);
+    }
+
+    #[test]
+    fn target_forms() {
+        let profile = Profile::by_name("qwen3").unwrap();
+        let list = TargetModules::List(vec!["q_proj".into()]);
+        assert!(list.matches("model.layers.0.self_attn.q_proj", profile));
+        assert!(!list.matches("model.layers.0.self_attn.xq_proj", profile));
+        let regex = TargetModules::Regex(r".*\.(q|v)_proj".into());
+        assert!(regex.matches("model.layers.0.self_attn.v_proj", profile));
+        assert!(!regex.matches("model.layers.0.self_attn.k_proj", profile));
+        assert!(TargetModules::AllLinear.matches("model.layers.5.mlp.up_proj", profile));
+        assert!(!TargetModules::AllLinear.matches("lm_head", profile));
+    }
+
+    #[test]
+    fn refuses_zero_rank_and_other_peft_types() {
+        assert!(
+            parse(r#"{"r":0,"lora_alpha":1,"target_modules":["q"]}"#)
+                .unwrap_err()
+                .contains("`r` must be a positive integer, found 0")
+        );
+        assert!(
+            parse(r#"{"peft_type":"IA3","r":2,"lora_alpha":1,"target_modules":["q"]}"#)
+                .unwrap_err()
+                .contains("IA3")
+        );
+        assert!(
+            parse(r#"{"r":"8","lora_alpha":1}"#)
+                .unwrap_err()
+                .contains("`r`")
+        );
+    }
+}

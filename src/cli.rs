@@ -1,0 +1,160 @@
+//! Command-line definitions (clap). `main.rs` parses them and hands them to `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Overrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo-model-export",
+    bin_name = "cargo model-export",
+    version,
+    about = "Merge LoRA fine-tunes of Qwen models and export proven artifacts",
+    long_about = "Merge LoRA fine-tunes of Qwen models (Qwen3, Qwen2/2.5) and export proven artifacts.\n\n\
+        Exports are declared in the [package.metadata.model-export] table of Cargo.toml; \
+        flags and MODEL_EXPORT_* environment variables override it.",
+    after_help = "Examples:\n  \
+        cargo model-export demo                 build a tiny model and run, and show what the tool sees\n  \
+        cargo model-export config               the effective configuration and where each value came from\n  \
+        cargo model-export detect               the checkpoint that will be merged, and the skipped ones\n  \
+        cargo model-export inspect models/base  summarise a model, adapter, checkpoint or training run",
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path to Cargo.toml (default: the nearest one from the current folder)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Package whose [package.metadata.model-export] table to use
+    #[arg(short = 'p', long, global = true, value_name = "SPEC")]
+    pub package: Option<String>,
+    /// Output format of results and messages
+    #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
+    pub message_format: MessageFormat,
+    /// More log output (-vv for debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output (-q hides warnings and progress)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Colouring of output
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Flags that override the table's top-level keys.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OverrideArgs {
+    /// Base model folder (overrides `base`)
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
+    /// Adapter folder or training run (overrides `adapter`)
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Output folder (overrides `out-dir`)
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Architecture profile: auto or a name from `profiles` (overrides `profile`)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+impl From<&OverrideArgs> for Overrides {
+    fn from(args: &OverrideArgs) -> Self {
+        Overrides {
+            base: args.base.clone(),
+            adapter: args.adapter.clone(),
+            out_dir: args.out_dir.clone(),
+            profile: args.profile.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the effective configuration and where each value came from
+    #[command(
+        long_about = "Show the effective configuration: every key of [package.metadata.model-export] after \
+            flags, MODEL_EXPORT_* variables, the package table, the workspace table and the built-in \
+            defaults are merged (in that order of precedence), each with its source.",
+        after_help = "Examples:\n  cargo model-export config\n  MODEL_EXPORT_OUT_DIR=/tmp/out cargo model-export config --message-format json"
+    )]
+    Config(OverrideArgs),
+    /// Find the adapter to merge: the newest valid checkpoint of a training run
+    #[command(
+        long_about = "Find the adapter that will be merged. A training output folder's checkpoint-N folders \
+            are checked newest first: adapter_config.json must parse, adapter_model.safetensors must be \
+            complete, and every LoRA pair must fit the base model's shapes. Broken ones are listed with \
+            the reason and skipped. Optimizer, scheduler and RNG files are never read.",
+        after_help = "Examples:\n  cargo model-export detect\n  cargo model-export detect --adapter runs/sft --message-format json"
+    )]
+    Detect(OverrideArgs),
+    /// Summarise a model folder, adapter, checkpoint or training run
+    #[command(
+        long_about = "Summarise a folder: for a model, its architecture, parameter count, dtypes, bytes and \
+            tensor count (and any tensor that does not fit its profile); for an adapter or checkpoint, \
+            the LoRA rank, alpha and targets; for a training run, every checkpoint and which one is used.",
+        after_help = "Examples:\n  cargo model-export inspect models/Qwen3-0.6B\n  cargo model-export inspect runs/sft/checkpoint-400 --message-format json"
+    )]
+    Inspect(InspectArgs),
+    /// List the architecture profiles compiled into this binary
+    #[command(
+        after_help = "Examples:\n  cargo model-export profiles\n  cargo model-export profiles --message-format json"
+    )]
+    Profiles,
+    /// Build a tiny Qwen3 model, a LoRA training run and a project, and run the tool on them
+    #[command(
+        long_about = "The zero-setup tour: writes a tiny random Qwen3 model, a Trainer-style LoRA run \
+            (whose newest checkpoint is deliberately truncated) and a Cargo project whose \
+            [package.metadata.model-export] table points at them, then shows the configuration, the \
+            detected checkpoint and the model summary as the other subcommands would.",
+        after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
+    )]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A model folder, adapter folder, checkpoint-N folder or training output folder
+    pub path: PathBuf,
+    /// Profile to read a model folder with (default: by config.json model_type)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write the demo project (default: a new folder under the system's temp dir)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Drops the extra `model-export` argument cargo passes when run as `cargo model-export`.
+pub fn normalize_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.get(1).is_some_and(|a| a == "model-export") {
+        args.remove(1);
+    }
+    args
+}

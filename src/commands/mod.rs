@@ -1,0 +1,60 @@
+//! One module per subcommand: each calls the library and renders the result for people
+//! (tables) or programs (`--message-format json`).
+
+mod config;
+mod demo;
+mod detect;
+mod inspect;
+mod output;
+mod profiles;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command, MessageFormat};
+use crate::config::{Config, LoadRequest, Overrides};
+use crate::error::Error;
+
+/// What every command may need besides its own arguments.
+pub struct Context {
+    pub json: bool,
+    pub manifest_path: Option<PathBuf>,
+    pub package: Option<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Context {
+    pub fn from_cli(cli: &Cli) -> Result<Self, Error> {
+        let cwd =
+            std::env::current_dir().map_err(|e| Error::write(std::path::Path::new("."), e))?;
+        Ok(Context {
+            json: cli.global.message_format == MessageFormat::Json,
+            manifest_path: cli.global.manifest_path.clone(),
+            package: cli.global.package.clone(),
+            cwd,
+            env: crate::config::env::from_process(),
+        })
+    }
+
+    pub fn load_config(&self, overrides: &Overrides) -> Result<Config, Error> {
+        Ok(crate::config::load(&LoadRequest {
+            manifest_path: self.manifest_path.as_deref(),
+            package: self.package.as_deref(),
+            overrides,
+            env: &self.env,
+            cwd: &self.cwd,
+        })?)
+    }
+}
+
+pub fn run(cli: &Cli) -> Result<(), Error> {
+    let ctx = Context::from_cli(cli)?;
+    match &cli.command {
+        Command::Config(args) => config::run(&ctx, &args.into()),
+        Command::Detect(args) => detect::run(&ctx, &args.into()),
+        Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Profiles => profiles::run(&ctx),
+        Command::Demo(args) => demo::run(&ctx, args),
+    }
+}

@@ -1,0 +1,133 @@
+//! `MODEL_EXPORT_*` environment overrides: one variable per scalar key of the table.
+
+use std::collections::BTreeMap;
+
+use super::schema::Engine;
+use super::table::{TableLayer, ValidateLayer};
+use crate::error::ConfigError;
+
+pub const PREFIX: &str = "MODEL_EXPORT_";
+
+/// The variables this layer reads, with what they override.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("MODEL_EXPORT_BASE", "base"),
+    ("MODEL_EXPORT_ADAPTER", "adapter"),
+    ("MODEL_EXPORT_OUT_DIR", "out-dir"),
+    ("MODEL_EXPORT_PROFILE", "profile"),
+    (
+        "MODEL_EXPORT_VALIDATE_PROMPTS",
+        "validate.prompts (a JSON array of strings, or one prompt)",
+    ),
+    (
+        "MODEL_EXPORT_VALIDATE_ENGINES",
+        "validate.engines (comma-separated)",
+    ),
+    (
+        "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS",
+        "validate.max-new-tokens",
+    ),
+    (
+        "MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE",
+        "validate.chat-template (true/false)",
+    ),
+];
+
+/// Variables with our prefix that are not configuration (read elsewhere, e.g. by tests).
+const OTHER_VARIABLES: &[&str] = &["MODEL_EXPORT_LOG"];
+
+/// The `MODEL_EXPORT_*` variables of the process environment (empty values count as unset).
+pub fn from_process() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, v)| k.starts_with(PREFIX) && !v.is_empty())
+        .collect()
+}
+
+fn invalid(var: &str, message: String, help: String) -> ConfigError {
+    ConfigError::Invalid {
+        origin: "the environment".into(),
+        key: var.to_string(),
+        message,
+        help,
+    }
+}
+
+/// Parses the environment layer; a variable with a bad value is an error naming it.
+pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigError> {
+    for name in vars.keys() {
+        if !VARIABLES.iter().any(|(v, _)| v == name) && !OTHER_VARIABLES.contains(&name.as_str()) {
+            let known: Vec<_> = VARIABLES.iter().map(|(v, _)| *v).collect();
+            tracing::warn!(
+                "ignoring unknown variable {name}; known: {}",
+                known.join(", ")
+            );
+        }
+    }
+    let get = |name: &str| vars.get(name).cloned();
+    let prompts = match get("MODEL_EXPORT_VALIDATE_PROMPTS") {
+        None => None,
+        Some(text) if text.trim_start().starts_with('[') => Some(serde_json::from_str::<Vec<String>>(&text).map_err(|e| {
+            invalid(
+                "MODEL_EXPORT_VALIDATE_PROMPTS",
+                format!("not a JSON array of strings: {e}"),
+                r#"write it as '["first prompt", "second prompt"]', or give a single prompt without brackets"#.into(),
+            )
+        })?),
+        Some(text) => Some(vec![text]),
+    };
+    let engines = get("MODEL_EXPORT_VALIDATE_ENGINES")
+        .map(|text| {
+            text.split(',')
+                .map(|e| e.trim().parse::<Engine>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    invalid(
+                        "MODEL_EXPORT_VALIDATE_ENGINES",
+                        e,
+                        format!(
+                            "list engines separated by commas, from: {}",
+                            Engine::accepted()
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    let max_new_tokens = get("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS")
+        .map(|text| {
+            text.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS",
+                    format!("`{text}` is not a whole number"),
+                    "give a number such as 16".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let chat_template = get("MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE")
+        .map(|text| match text.trim() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            other => Err(invalid(
+                "MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE",
+                format!("`{other}` is not a boolean"),
+                "use true or false".into(),
+            )),
+        })
+        .transpose()?;
+    let any_validate = prompts.is_some()
+        || engines.is_some()
+        || max_new_tokens.is_some()
+        || chat_template.is_some();
+    Ok(TableLayer {
+        base: get("MODEL_EXPORT_BASE"),
+        adapter: get("MODEL_EXPORT_ADAPTER"),
+        out_dir: get("MODEL_EXPORT_OUT_DIR"),
+        profile: get("MODEL_EXPORT_PROFILE"),
+        validate: any_validate.then_some(ValidateLayer {
+            prompts,
+            engines,
+            max_new_tokens,
+            chat_template,
+        }),
+        export: None,
+    })
+}

@@ -1,0 +1,96 @@
+//! Configuration: the `[package.metadata.model-export]` table (with the workspace table as
+//! defaults), `MODEL_EXPORT_*` variables and command-line flags, merged with provenance.
+
+pub mod env;
+pub mod manifest;
+pub mod resolve;
+pub mod schema;
+pub mod size;
+pub mod source;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use resolve::{Config, ProfileChoice, ValidateConfig};
+pub use schema::{Engine, ExportDtype, ExportOptions, ExportSpec, Format, Target};
+pub use size::ByteSize;
+pub use source::{Source, Sourced};
+
+use crate::error::ConfigError;
+use resolve::{Layer, LayerKind};
+use table::TableLayer;
+
+/// Values given on the command line; they beat every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub base: Option<PathBuf>,
+    pub adapter: Option<PathBuf>,
+    pub out_dir: Option<PathBuf>,
+    pub profile: Option<String>,
+}
+
+/// Everything `load` reads besides the files: passed in so tests control it.
+pub struct LoadRequest<'a> {
+    pub manifest_path: Option<&'a Path>,
+    pub package: Option<&'a str>,
+    pub overrides: &'a Overrides,
+    pub env: &'a BTreeMap<String, String>,
+    pub cwd: &'a Path,
+}
+
+pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
+    let project = manifest::read_project(request.manifest_path, request.package, request.cwd)?;
+    let path_text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let flags = TableLayer {
+        base: path_text(&request.overrides.base),
+        adapter: path_text(&request.overrides.adapter),
+        out_dir: path_text(&request.overrides.out_dir),
+        profile: request.overrides.profile.clone(),
+        validate: None,
+        export: None,
+    };
+    let mut layers = vec![
+        Layer {
+            table: flags,
+            root: request.cwd.to_path_buf(),
+            kind: LayerKind::Flags,
+        },
+        Layer {
+            table: env::parse_env(request.env)?,
+            root: request.cwd.to_path_buf(),
+            kind: LayerKind::Env,
+        },
+    ];
+    if let (Some(manifest), Some(value)) = (&project.package_manifest, &project.package_table) {
+        let prefix = format!("package.metadata.{}", manifest::TABLE);
+        let table = table::parse_table(value, &prefix, &manifest.display().to_string())?;
+        let root = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
+        layers.push(Layer {
+            table,
+            root,
+            kind: LayerKind::Package(manifest.clone()),
+        });
+    }
+    if let (Some(manifest), Some(value)) = (&project.workspace_manifest, &project.workspace_table) {
+        let prefix = format!("workspace.metadata.{}", manifest::TABLE);
+        let table = table::parse_table(value, &prefix, &manifest.display().to_string())?;
+        let root = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
+        layers.push(Layer {
+            table,
+            root,
+            kind: LayerKind::Workspace(manifest.clone()),
+        });
+    }
+    let default_out_dir = project
+        .target_dir
+        .clone()
+        .unwrap_or_else(|| request.cwd.join("target"))
+        .join("model-export");
+    resolve::resolve(
+        &layers,
+        default_out_dir,
+        project.package_name,
+        project.package_manifest,
+    )
+}

@@ -1,0 +1,465 @@
+//! Precedence: flag > `MODEL_EXPORT_*` > package table > workspace table > built-in default;
+//! then the checks that need the merged result (paths exist, export entries are coherent).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS};
+use super::source::{Source, Sourced};
+use super::table::{ExportEntry, TableLayer};
+use crate::error::ConfigError;
+use crate::profile::Profile;
+
+pub const DEFAULT_PROMPTS: &[&str] = &["Hello", "用一句话解释LoRA"];
+pub const DEFAULT_MAX_NEW_TOKENS: u32 = 16;
+
+/// `auto` (pick by config.json `model_type`) or a named profile.
+#[derive(Debug, Clone, Copy)]
+pub enum ProfileChoice {
+    Auto,
+    Named(&'static Profile),
+}
+
+impl ProfileChoice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProfileChoice::Auto => "auto",
+            ProfileChoice::Named(p) => p.name,
+        }
+    }
+
+    pub fn profile(&self) -> Option<&'static Profile> {
+        match self {
+            ProfileChoice::Auto => None,
+            ProfileChoice::Named(p) => Some(p),
+        }
+    }
+}
+
+impl Serialize for ProfileChoice {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidateConfig {
+    pub prompts: Sourced<Vec<String>>,
+    pub engines: Sourced<Vec<Engine>>,
+    pub max_new_tokens: Sourced<u32>,
+    pub chat_template: Sourced<bool>,
+}
+
+/// The effective configuration, every value with its source.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub package: Option<String>,
+    pub manifest: Option<PathBuf>,
+    pub base: Sourced<PathBuf>,
+    pub adapter: Sourced<Option<PathBuf>>,
+    pub out_dir: Sourced<PathBuf>,
+    pub profile: Sourced<ProfileChoice>,
+    pub validate: ValidateConfig,
+    pub exports: Vec<Sourced<ExportSpec>>,
+}
+
+/// Where a layer was written; decides how its keys are named and where values came from.
+#[derive(Debug, Clone)]
+pub enum LayerKind {
+    Flags,
+    Env,
+    Package(PathBuf),
+    Workspace(PathBuf),
+}
+
+/// One layer of configuration with what it needs to resolve paths and name itself.
+#[derive(Debug)]
+pub struct Layer {
+    pub table: TableLayer,
+    /// Relative paths in this layer resolve against this folder.
+    pub root: PathBuf,
+    pub kind: LayerKind,
+}
+
+impl Layer {
+    /// How the user wrote `key` in this layer (`--out-dir`, `MODEL_EXPORT_OUT_DIR`, the table path).
+    pub fn key(&self, key: &str) -> String {
+        match &self.kind {
+            LayerKind::Flags => format!("--{}", key.rsplit('.').next().unwrap_or(key)),
+            LayerKind::Env => format!(
+                "{}{}",
+                super::env::PREFIX,
+                key.to_ascii_uppercase().replace(['.', '-'], "_")
+            ),
+            LayerKind::Package(_) => format!("package.metadata.{}.{key}", super::manifest::TABLE),
+            LayerKind::Workspace(_) => {
+                format!("workspace.metadata.{}.{key}", super::manifest::TABLE)
+            }
+        }
+    }
+
+    pub fn origin(&self) -> String {
+        match &self.kind {
+            LayerKind::Flags => "the command line".into(),
+            LayerKind::Env => "the environment".into(),
+            LayerKind::Package(m) | LayerKind::Workspace(m) => m.display().to_string(),
+        }
+    }
+
+    pub fn source(&self, key: &str) -> Source {
+        match &self.kind {
+            LayerKind::Flags => Source::Flag {
+                flag: self.key(key),
+            },
+            LayerKind::Env => Source::Env { var: self.key(key) },
+            LayerKind::Package(m) => Source::Package {
+                manifest: m.clone(),
+            },
+            LayerKind::Workspace(m) => Source::Workspace {
+                manifest: m.clone(),
+            },
+        }
+    }
+}
+
+/// Layers in precedence order, highest first.
+pub fn resolve(
+    layers: &[Layer],
+    default_out_dir: PathBuf,
+    package: Option<String>,
+    manifest: Option<PathBuf>,
+) -> Result<Config, ConfigError> {
+    let pick = |get: &dyn Fn(&TableLayer) -> Option<&String>| {
+        layers.iter().find_map(|l| get(&l.table).map(|v| (v, l)))
+    };
+
+    let (base_text, base_layer) =
+        pick(&|t| t.base.as_ref()).ok_or_else(|| ConfigError::MissingBase {
+            origin: layers
+                .iter()
+                .find(|l| matches!(l.kind, LayerKind::Package(_)))
+                .map_or_else(
+                    || {
+                        "the command line, the environment and any Cargo.toml (none found)"
+                            .to_string()
+                    },
+                    Layer::origin,
+                ),
+        })?;
+    let base = resolve_path(base_layer, base_text);
+    check_base(base_layer, &base)?;
+
+    let adapter = match pick(&|t| t.adapter.as_ref()) {
+        Some((text, layer)) => {
+            let path = resolve_path(layer, text);
+            if !path.exists() {
+                return Err(invalid(layer, "adapter", format!("`{}` does not exist", path.display()),
+                    "point `adapter` at a PEFT adapter folder or a training output folder with checkpoint-N folders".into()));
+            }
+            Sourced::new(Some(path), layer.source("adapter"))
+        }
+        None => Sourced::new(None, Source::Default),
+    };
+
+    let out_dir = match pick(&|t| t.out_dir.as_ref()) {
+        Some((text, layer)) => {
+            let path = resolve_path(layer, text);
+            if path.starts_with(&base) {
+                return Err(invalid(
+                    layer,
+                    "out-dir",
+                    format!("`{}` is inside the base model folder", path.display()),
+                    "write exports outside the model they are made from, e.g. target/model-export"
+                        .into(),
+                ));
+            }
+            Sourced::new(path, layer.source("out-dir"))
+        }
+        None => Sourced::new(default_out_dir, Source::Default),
+    };
+
+    let profile = match pick(&|t| t.profile.as_ref()) {
+        Some((name, layer)) => {
+            let choice = if name == "auto" {
+                ProfileChoice::Auto
+            } else {
+                ProfileChoice::Named(
+                    Profile::by_name(name)
+                        .map_err(|e| invalid(layer, "profile", e.to_string(), e.help()))?,
+                )
+            };
+            Sourced::new(choice, layer.source("profile"))
+        }
+        None => Sourced::new(ProfileChoice::Auto, Source::Default),
+    };
+
+    let validate_value = |get: &dyn Fn(&super::table::ValidateLayer) -> bool| {
+        layers
+            .iter()
+            .find(|l| l.table.validate.as_ref().is_some_and(get))
+    };
+    let prompts = match validate_value(&|v| v.prompts.is_some()) {
+        Some(l) => {
+            let prompts = l
+                .table
+                .validate
+                .as_ref()
+                .and_then(|v| v.prompts.clone())
+                .unwrap_or_default();
+            if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+                return Err(invalid(
+                    l,
+                    "validate.prompts",
+                    "needs at least one prompt, and no empty prompt".into(),
+                    "list prompts like `prompts = [\"Hello\"]`".into(),
+                ));
+            }
+            Sourced::new(prompts, l.source("validate.prompts"))
+        }
+        None => Sourced::new(
+            DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(),
+            Source::Default,
+        ),
+    };
+    let engines = match validate_value(&|v| v.engines.is_some()) {
+        Some(l) => {
+            let mut engines = l
+                .table
+                .validate
+                .as_ref()
+                .and_then(|v| v.engines.clone())
+                .unwrap_or_default();
+            if engines.is_empty() {
+                return Err(invalid(
+                    l,
+                    "validate.engines",
+                    "needs at least one engine".into(),
+                    format!("list engines from: {}", Engine::accepted()),
+                ));
+            }
+            engines.dedup();
+            Sourced::new(engines, l.source("validate.engines"))
+        }
+        None => Sourced::new(Engine::ALL.to_vec(), Source::Default),
+    };
+    let max_new_tokens = match validate_value(&|v| v.max_new_tokens.is_some()) {
+        Some(l) => {
+            let n = l
+                .table
+                .validate
+                .as_ref()
+                .and_then(|v| v.max_new_tokens)
+                .unwrap_or_default();
+            if n == 0 {
+                return Err(invalid(
+                    l,
+                    "validate.max-new-tokens",
+                    "must be at least 1".into(),
+                    "use e.g. 16".into(),
+                ));
+            }
+            Sourced::new(n, l.source("validate.max-new-tokens"))
+        }
+        None => Sourced::new(DEFAULT_MAX_NEW_TOKENS, Source::Default),
+    };
+    let chat_template = match validate_value(&|v| v.chat_template.is_some()) {
+        Some(l) => Sourced::new(
+            l.table
+                .validate
+                .as_ref()
+                .and_then(|v| v.chat_template)
+                .unwrap_or_default(),
+            l.source("validate.chat-template"),
+        ),
+        None => Sourced::new(false, Source::Default),
+    };
+
+    let exports = match layers.iter().find(|l| l.table.export.is_some()) {
+        Some(layer) => resolve_exports(layer, layer.table.export.as_deref().unwrap_or_default())?,
+        None => Vec::new(),
+    };
+
+    Ok(Config {
+        package,
+        manifest,
+        base: Sourced::new(base, base_layer.source("base")),
+        adapter,
+        out_dir,
+        profile,
+        validate: ValidateConfig {
+            prompts,
+            engines,
+            max_new_tokens,
+            chat_template,
+        },
+        exports,
+    })
+}
+
+fn invalid(layer: &Layer, key: &str, message: String, help: String) -> ConfigError {
+    ConfigError::Invalid {
+        origin: layer.origin(),
+        key: layer.key(key),
+        message,
+        help,
+    }
+}
+
+fn resolve_path(layer: &Layer, text: &str) -> PathBuf {
+    let path = Path::new(text);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        layer.root.join(path)
+    }
+}
+
+fn check_base(layer: &Layer, base: &Path) -> Result<(), ConfigError> {
+    let problem = if !base.exists() {
+        Some(format!("`{}` does not exist", base.display()))
+    } else if !base.is_dir() {
+        Some(format!(
+            "`{}` is a file, not a model folder",
+            base.display()
+        ))
+    } else if !base.join("config.json").is_file() {
+        Some(format!("`{}` has no config.json", base.display()))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(invalid(
+            layer,
+            "base",
+            message,
+            "point `base` at a Hugging Face model folder (config.json + *.safetensors); relative paths start at the manifest's folder".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn resolve_exports(
+    layer: &Layer,
+    entries: &[ExportEntry],
+) -> Result<Vec<Sourced<ExportSpec>>, ConfigError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut specs = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let key = |k: &str| format!("export[{i}].{k}");
+        let fail = |k: &str, message: String, help: &str| {
+            invalid(layer, &key(k), message, help.to_string())
+        };
+        if !is_valid_name(&entry.name) {
+            return Err(fail(
+                "name",
+                format!("`{}` cannot be a folder name", entry.name),
+                "use letters, digits, `-`, `_` and `.`, not starting with `.`",
+            ));
+        }
+        if let Some(first) = seen.insert(&entry.name, i) {
+            return Err(ConfigError::DuplicateExport {
+                origin: layer.origin(),
+                name: entry.name.clone(),
+                first,
+                second: i,
+            });
+        }
+        let options = &entry.options;
+        match entry.format {
+            Format::Safetensors => {
+                if let Some(dtype) = entry.dtype.filter(|d| d.is_quantized()) {
+                    return Err(fail(
+                        "dtype",
+                        format!("`{dtype}` safetensors is not a format transformers loads"),
+                        "use f32, f16 or bf16 for safetensors; for int8/int4 use format = \"onnx\"",
+                    ));
+                }
+                if entry.target.is_some() {
+                    return Err(fail(
+                        "target",
+                        "`target` applies to onnx exports only".into(),
+                        "remove `target` from this entry",
+                    ));
+                }
+                if options.opset.is_some() || options.external_data.is_some() {
+                    let which = if options.opset.is_some() {
+                        "options.opset"
+                    } else {
+                        "options.external-data"
+                    };
+                    return Err(fail(
+                        which,
+                        "applies to onnx exports only".into(),
+                        "remove it from this safetensors entry",
+                    ));
+                }
+            }
+            Format::Onnx => {
+                if options.max_shard_size.is_some() {
+                    return Err(fail(
+                        "options.max-shard-size",
+                        "applies to safetensors exports only".into(),
+                        "remove it; large ONNX models use `external-data = true` instead",
+                    ));
+                }
+                if let Some(opset) = options.opset.filter(|o| !ONNX_OPSETS.contains(o)) {
+                    return Err(fail(
+                        "options.opset",
+                        format!("opset {opset} is not supported"),
+                        &format!(
+                            "use an opset from {} to {}",
+                            ONNX_OPSETS.start(),
+                            ONNX_OPSETS.end()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(block) = options.block_size {
+            if entry.dtype != Some(ExportDtype::Int4) {
+                return Err(fail(
+                    "options.block-size",
+                    "applies to int4 exports only".into(),
+                    "remove it, or set dtype = \"int4\"",
+                ));
+            }
+            if !INT4_BLOCK_SIZES.contains(&block) {
+                return Err(fail(
+                    "options.block-size",
+                    format!("{block} is not a supported block size"),
+                    "use 16, 32, 64 or 128",
+                ));
+            }
+        }
+        let dtype = match entry.format {
+            // ONNX has no "storage dtype" to inherit: f32 is the exact, runs-everywhere default.
+            Format::Onnx => Some(entry.dtype.unwrap_or(ExportDtype::F32)),
+            Format::Safetensors => entry.dtype,
+        };
+        let target = match entry.format {
+            Format::Onnx => Some(entry.target.unwrap_or(super::schema::Target::Portable)),
+            Format::Safetensors => None,
+        };
+        specs.push(Sourced::new(
+            ExportSpec {
+                name: entry.name.clone(),
+                format: entry.format,
+                dtype,
+                target,
+                options: options.clone(),
+            },
+            layer.source(&key("name")),
+        ));
+    }
+    Ok(specs)
+}

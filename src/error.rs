@@ -1,0 +1,266 @@
+//! Typed errors, one enum per layer. Every error names what went wrong and where (file, key,
+//! tensor), and `help()` says what to do about it. Only `main.rs` turns them into exit codes.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Exit code for bad usage or configuration (the user must change a flag, variable or table).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for a failed job: an input that cannot be used, an export that fails validation.
+pub const EXIT_FAILURE: i32 = 1;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn help(&self) -> String {
+        match self {
+            Error::Config(e) => e.help(),
+            Error::Profile(e) => e.help(),
+            Error::Model(e) => e.help(),
+            Error::Checkpoint(e) => e.help(),
+            Error::Write { source, .. } => io_help(source),
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Profile(_) => EXIT_USAGE,
+            Error::Model(_) | Error::Checkpoint(_) | Error::Write { .. } => EXIT_FAILURE,
+        }
+    }
+
+    pub fn write(path: &Path, source: std::io::Error) -> Self {
+        Error::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_help(source: &std::io::Error) -> String {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => {
+            "check that the path exists and is spelled as intended".into()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "check the file's permissions, or point the tool at a folder you own".into()
+        }
+        std::io::ErrorKind::StorageFull => {
+            "free disk space or point `out-dir` at a larger filesystem".into()
+        }
+        _ => "check the path and the filesystem, then run the command again".into(),
+    }
+}
+
+/// Problems in the `[package.metadata.model-export]` table, environment variables or flags.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("`cargo metadata` failed for {}: {message}", manifest.display())]
+    Metadata { manifest: PathBuf, message: String },
+    #[error("package `{name}` is not in the workspace of {}", manifest.display())]
+    UnknownPackage {
+        name: String,
+        manifest: PathBuf,
+        available: Vec<String>,
+    },
+    #[error("{} is a workspace with several packages and none was chosen", manifest.display())]
+    AmbiguousPackage {
+        manifest: PathBuf,
+        candidates: Vec<String>,
+    },
+    #[error("invalid `{key}` in {origin}: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+        help: String,
+    },
+    #[error("no base model configured: `base` is missing from {origin}")]
+    MissingBase { origin: String },
+    #[error("duplicate export name `{name}` in {origin}: entries {first} and {second} both use it")]
+    DuplicateExport {
+        origin: String,
+        name: String,
+        first: usize,
+        second: usize,
+    },
+}
+
+impl ConfigError {
+    pub fn help(&self) -> String {
+        match self {
+            ConfigError::Metadata { .. } => {
+                "fix the manifest so that `cargo metadata` accepts it, or point --manifest-path at another Cargo.toml".into()
+            }
+            ConfigError::UnknownPackage { available, .. } => {
+                format!("pass -p with one of: {}", available.join(", "))
+            }
+            ConfigError::AmbiguousPackage { candidates, .. } => {
+                format!("pass -p/--package with one of: {}", candidates.join(", "))
+            }
+            ConfigError::Invalid { help, .. } => help.clone(),
+            ConfigError::MissingBase { .. } => {
+                "add `base = \"path/to/model\"` (a Hugging Face folder with config.json and *.safetensors) to [package.metadata.model-export], or pass --base / set MODEL_EXPORT_BASE".into()
+            }
+            ConfigError::DuplicateExport { .. } => {
+                "give every [[package.metadata.model-export.export]] entry its own `name`: it is the output folder's name".into()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProfileError {
+    #[error("unknown profile `{name}`")]
+    Unknown { name: String, known: String },
+    #[error("config.json has model_type `{model_type}`, which no profile handles")]
+    UnknownModelType { model_type: String, known: String },
+}
+
+impl ProfileError {
+    pub fn help(&self) -> String {
+        match self {
+            ProfileError::Unknown { known, .. } => {
+                format!("use `auto` or one of the known profiles: {known}")
+            }
+            ProfileError::UnknownModelType { known, .. } => format!(
+                "known profiles: {known}; `cargo model-export profiles` lists what each covers. Set `profile` explicitly only if the model really is one of them"
+            ),
+        }
+    }
+}
+
+/// Problems reading a Hugging Face model folder or a safetensors file.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a Hugging Face model folder: {reason}", path.display())]
+    NotAModel { path: PathBuf, reason: String },
+    #[error("{}: {message}", path.display())]
+    Json { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    ConfigField { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Safetensors { path: PathBuf, message: String },
+    #[error("{}: tensor `{tensor}`: {message}", path.display())]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
+    #[error("{}: shard `{shard}` named by the index is missing", index.display())]
+    MissingShard { index: PathBuf, shard: String },
+    #[error("{}: tensor `{tensor}` does not fit the {profile} architecture: {message}", path.display())]
+    Layout {
+        path: PathBuf,
+        profile: &'static str,
+        tensor: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+impl ModelError {
+    pub fn help(&self) -> String {
+        match self {
+            ModelError::Io { source, .. } => io_help(source),
+            ModelError::NotAModel { .. } => {
+                "point at the folder that holds config.json and model*.safetensors (as saved by `save_pretrained`)".into()
+            }
+            ModelError::Json { .. } => "the file is not valid JSON: re-save it, or restore it from the original download".into(),
+            ModelError::ConfigField { .. } => {
+                "config.json must carry the fields transformers wrote for this architecture; restore it from the original model".into()
+            }
+            ModelError::Safetensors { .. } | ModelError::Tensor { .. } => {
+                "the file is damaged or incomplete (an interrupted copy or download?): copy it again from its source".into()
+            }
+            ModelError::MissingShard { .. } => "copy every shard listed in model.safetensors.index.json into the folder".into(),
+            ModelError::Layout { .. } => {
+                "check that config.json belongs to these weights, and that `profile` names the right architecture".into()
+            }
+            ModelError::Profile(e) => e.help(),
+        }
+    }
+}
+
+/// Problems with an adapter, a checkpoint or a training run.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} holds no adapter: no adapter_config.json and no checkpoint-N folders", path.display())]
+    NoAdapter { path: PathBuf },
+    #[error("{}: {message}", path.display())]
+    AdapterConfig { path: PathBuf, message: String },
+    #[error("{}: tensor `{tensor}`: {message}", path.display())]
+    AdapterTensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
+    #[error("no valid checkpoint in {}: {}", run.display(), describe_skipped(skipped))]
+    NoValidCheckpoint {
+        run: PathBuf,
+        skipped: Vec<(String, String)>,
+    },
+    #[error("{}: {message}", path.display())]
+    TrainerState { path: PathBuf, message: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+fn describe_skipped(skipped: &[(String, String)]) -> String {
+    skipped
+        .iter()
+        .map(|(name, reason)| format!("{name} ({reason})"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl CheckpointError {
+    pub fn help(&self) -> String {
+        match self {
+            CheckpointError::Io { source, .. } => io_help(source),
+            CheckpointError::NoAdapter { .. } => {
+                "point `adapter` at a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or at a Trainer output folder with checkpoint-N folders".into()
+            }
+            CheckpointError::AdapterConfig { .. } => {
+                "adapter_config.json must be what PEFT's save_pretrained wrote; restore it from the training run".into()
+            }
+            CheckpointError::AdapterTensor { .. } => {
+                "check that the adapter was trained on this base model (same architecture and size), and that the file was copied completely".into()
+            }
+            CheckpointError::NoValidCheckpoint { .. } => {
+                "every checkpoint is damaged or does not fit the base: copy the run again, or point `adapter` at a specific adapter folder".into()
+            }
+            CheckpointError::TrainerState { .. } => "trainer_state.json is damaged: restore it, or delete it to use the adapter without training metadata".into(),
+            CheckpointError::Model(e) => e.help(),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! safetensors output.
+
+pub mod writer;
+
+pub use writer::{SafetensorsWriter, TensorEntry};

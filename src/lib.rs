@@ -1,0 +1,19 @@
+//! `model-export`: merge LoRA fine-tunes of Qwen models and export proven artifacts.
+//!
+//! The binary `cargo-model-export` is a thin layer over this library. Data flows one way:
+//! config -> checkpoint -> model -> (merge -> export -> validate, in later layers).
+
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod fsutil;
+pub mod inspect;
+pub mod model;
+pub mod monitor;
+pub mod profile;
+pub mod synth;
+
+pub use error::{Error, Result};

@@ -1,0 +1,12 @@
+//! Reading Hugging Face model folders: config.json, safetensors (mmap, sharded), tokenizer files.
+
+pub mod config_json;
+pub mod dtype;
+pub mod folder;
+pub mod layout;
+pub mod safetensors;
+
+pub use config_json::HfConfig;
+pub use dtype::TensorDtype;
+pub use folder::ModelFolder;
+pub use safetensors::{SafetensorsFile, TensorInfo};

@@ -1,0 +1,87 @@
+//! Logging and progress: `tracing` to stderr (human or JSON lines), and the one progress-bar
+//! facility every long job uses. Bars are hidden when stderr is not a terminal or when output
+//! is JSON, so scripts and CI logs stay clean.
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorSettings {
+    /// -v count minus -q count.
+    pub verbosity: i8,
+    pub json: bool,
+    pub color: ColorChoice,
+}
+
+static SETTINGS: OnceLock<MonitorSettings> = OnceLock::new();
+
+/// Installs the tracing subscriber; `MODEL_EXPORT_LOG` (a tracing filter) overrides -v/-q.
+pub fn init(settings: MonitorSettings) {
+    let _ = SETTINGS.set(settings);
+    let level = match settings.verbosity {
+        i8::MIN..=-2 => "off",
+        -1 => "error",
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("MODEL_EXPORT_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("model_export={level},cargo_model_export={level}"))
+    });
+    let ansi = match settings.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if settings.json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder.with_ansi(ansi).without_time().try_init()
+    };
+}
+
+fn bars_visible() -> bool {
+    let settings = SETTINGS.get().copied();
+    let quiet_or_json = settings.is_some_and(|s| s.json || s.verbosity < 0);
+    !quiet_or_json && std::io::stderr().is_terminal()
+}
+
+/// A progress bar over bytes (with rate and ETA), hidden where bars do not belong.
+pub fn bytes_bar(total: u64, message: impl Into<String>) -> ProgressBar {
+    bar(
+        total,
+        message,
+        "{msg:24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+}
+
+/// A progress bar over a count of items (tensors, checkpoints...).
+pub fn count_bar(total: u64, message: impl Into<String>) -> ProgressBar {
+    bar(total, message, "{msg:24} {bar:30} {pos}/{len} eta {eta}")
+}
+
+fn bar(total: u64, message: impl Into<String>, template: &str) -> ProgressBar {
+    if !bars_visible() {
+        return ProgressBar::hidden();
+    }
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::new(total)
+        .with_style(style)
+        .with_message(message.into())
+}

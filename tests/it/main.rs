@@ -1,0 +1,9 @@
+//! Integration tests: the CLI on temporary cargo projects that point at the golden fixtures.
+//! One test binary (modules below) so the crate's dependency graph links once.
+
+mod cli;
+mod common;
+mod config;
+mod demo;
+mod detect;
+mod inspect;
