@@ -21,10 +21,7 @@ pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 impl Error {
@@ -46,10 +43,7 @@ impl Error {
     }
 
     pub fn write(path: &Path, source: std::io::Error) -> Self {
-        Error::Write {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Write { path: path.to_path_buf(), source }
     }
 }
 
@@ -57,15 +51,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io_help(source: &std::io::Error) -> String {
     match source.kind() {
-        std::io::ErrorKind::NotFound => {
-            "check that the path exists and is spelled as intended".into()
-        }
+        std::io::ErrorKind::NotFound => "check that the path exists and is spelled as intended".into(),
         std::io::ErrorKind::PermissionDenied => {
             "check the file's permissions, or point the tool at a folder you own".into()
         }
-        std::io::ErrorKind::StorageFull => {
-            "free disk space or point `out-dir` at a larger filesystem".into()
-        }
+        std::io::ErrorKind::StorageFull => "free disk space or point `out-dir` at a larger filesystem".into(),
         _ => "check the path and the filesystem, then run the command again".into(),
     }
 }
@@ -76,32 +66,15 @@ pub enum ConfigError {
     #[error("`cargo metadata` failed for {}: {message}", manifest.display())]
     Metadata { manifest: PathBuf, message: String },
     #[error("package `{name}` is not in the workspace of {}", manifest.display())]
-    UnknownPackage {
-        name: String,
-        manifest: PathBuf,
-        available: Vec<String>,
-    },
+    UnknownPackage { name: String, manifest: PathBuf, available: Vec<String> },
     #[error("{} is a workspace with several packages and none was chosen", manifest.display())]
-    AmbiguousPackage {
-        manifest: PathBuf,
-        candidates: Vec<String>,
-    },
+    AmbiguousPackage { manifest: PathBuf, candidates: Vec<String> },
     #[error("invalid `{key}` in {origin}: {message}")]
-    Invalid {
-        origin: String,
-        key: String,
-        message: String,
-        help: String,
-    },
+    Invalid { origin: String, key: String, message: String, help: String },
     #[error("no base model configured: `base` is missing from {origin}")]
     MissingBase { origin: String },
     #[error("duplicate export name `{name}` in {origin}: entries {first} and {second} both use it")]
-    DuplicateExport {
-        origin: String,
-        name: String,
-        first: usize,
-        second: usize,
-    },
+    DuplicateExport { origin: String, name: String, first: usize, second: usize },
 }
 
 impl ConfigError {
@@ -152,10 +125,7 @@ impl ProfileError {
 #[derive(Debug, Error)]
 pub enum ModelError {
     #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{} is not a Hugging Face model folder: {reason}", path.display())]
     NotAModel { path: PathBuf, reason: String },
     #[error("{}: {message}", path.display())]
@@ -165,20 +135,11 @@ pub enum ModelError {
     #[error("{}: {message}", path.display())]
     Safetensors { path: PathBuf, message: String },
     #[error("{}: tensor `{tensor}`: {message}", path.display())]
-    Tensor {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
+    Tensor { path: PathBuf, tensor: String, message: String },
     #[error("{}: shard `{shard}` named by the index is missing", index.display())]
     MissingShard { index: PathBuf, shard: String },
     #[error("{}: tensor `{tensor}` does not fit the {profile} architecture: {message}", path.display())]
-    Layout {
-        path: PathBuf,
-        profile: &'static str,
-        tensor: String,
-        message: String,
-    },
+    Layout { path: PathBuf, profile: &'static str, tensor: String, message: String },
     #[error(transparent)]
     Profile(#[from] ProfileError),
 }
@@ -210,25 +171,15 @@ impl ModelError {
 #[derive(Debug, Error)]
 pub enum CheckpointError {
     #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{} holds no adapter: no adapter_config.json and no checkpoint-N folders", path.display())]
     NoAdapter { path: PathBuf },
     #[error("{}: {message}", path.display())]
     AdapterConfig { path: PathBuf, message: String },
     #[error("{}: tensor `{tensor}`: {message}", path.display())]
-    AdapterTensor {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
+    AdapterTensor { path: PathBuf, tensor: String, message: String },
     #[error("no valid checkpoint in {}: {}", run.display(), describe_skipped(skipped))]
-    NoValidCheckpoint {
-        run: PathBuf,
-        skipped: Vec<(String, String)>,
-    },
+    NoValidCheckpoint { run: PathBuf, skipped: Vec<(String, String)> },
     #[error("{}: {message}", path.display())]
     TrainerState { path: PathBuf, message: String },
     #[error(transparent)]
@@ -236,11 +187,7 @@ pub enum CheckpointError {
 }
 
 fn describe_skipped(skipped: &[(String, String)]) -> String {
-    skipped
-        .iter()
-        .map(|(name, reason)| format!("{name} ({reason})"))
-        .collect::<Vec<_>>()
-        .join("; ")
+    skipped.iter().map(|(name, reason)| format!("{name} ({reason})")).collect::<Vec<_>>().join("; ")
 }
 
 impl CheckpointError {

@@ -129,11 +129,9 @@ pub fn summarize_adapter(adapter: &Adapter, trainer_state: Option<TrainerState>)
 /// Inspects `path`, deciding from its contents what it is.
 pub fn inspect(path: &Path, profile: Option<&'static Profile>) -> Result<Inspection, Error> {
     if !path.exists() {
-        return Err(ModelError::Io {
-            path: path.to_path_buf(),
-            source: std::io::ErrorKind::NotFound.into(),
-        }
-        .into());
+        return Err(
+            ModelError::Io { path: path.to_path_buf(), source: std::io::ErrorKind::NotFound.into() }.into()
+        );
     }
     if looks_like_model(path) {
         let folder = ModelFolder::open(path, profile)?;
@@ -154,10 +152,7 @@ pub fn inspect(path: &Path, profile: Option<&'static Profile>) -> Result<Inspect
         });
     }
     if path.is_dir() {
-        Err(CheckpointError::NoAdapter {
-            path: path.to_path_buf(),
-        }
-        .into())
+        Err(CheckpointError::NoAdapter { path: path.to_path_buf() }.into())
     } else {
         Err(ModelError::NotAModel {
             path: path.to_path_buf(),

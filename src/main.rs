@@ -60,11 +60,8 @@ fn main() -> ExitCode {
                 );
                 let red = Style::new().fg_color(Some(AnsiColor::Red.into())).bold();
                 let cyan = Style::new().fg_color(Some(AnsiColor::Cyan.into())).bold();
-                let _ = writeln!(
-                    stderr,
-                    "{red}error{red:#}: {error}\n  {cyan}help{cyan:#}: {}",
-                    error.help()
-                );
+                let _ =
+                    writeln!(stderr, "{red}error{red:#}: {error}\n  {cyan}help{cyan:#}: {}", error.help());
             }
             ExitCode::from(code as u8)
         }

@@ -36,18 +36,15 @@ pub fn init(settings: MonitorSettings) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("MODEL_EXPORT_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!("model_export={level},cargo_model_export={level}"))
-    });
+    let filter = EnvFilter::try_from_env("MODEL_EXPORT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("model_export={level},cargo_model_export={level}")));
     let ansi = match settings.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
         ColorChoice::Auto => std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     let _ = if settings.json {
         builder.json().with_current_span(false).try_init()
     } else {
@@ -63,11 +60,7 @@ fn bars_visible() -> bool {
 
 /// A progress bar over bytes (with rate and ETA), hidden where bars do not belong.
 pub fn bytes_bar(total: u64, message: impl Into<String>) -> ProgressBar {
-    bar(
-        total,
-        message,
-        "{msg:24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
+    bar(total, message, "{msg:24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
 }
 
 /// A progress bar over a count of items (tensors, checkpoints...).
@@ -79,9 +72,6 @@ fn bar(total: u64, message: impl Into<String>, template: &str) -> ProgressBar {
     if !bars_visible() {
         return ProgressBar::hidden();
     }
-    let style =
-        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
-    ProgressBar::new(total)
-        .with_style(style)
-        .with_message(message.into())
+    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::new(total).with_style(style).with_message(message.into())
 }

@@ -98,23 +98,20 @@ impl Adapter {
                 Some(Role::BaseLayer) => continue,
                 Some(Role::SavedModule(param)) => {
                     let base_tensor = format!("{module}.{param}");
-                    self.replacements.push(Replacement {
-                        base_tensor,
-                        adapter_tensor: name,
-                    });
+                    self.replacements.push(Replacement { base_tensor, adapter_tensor: name });
                     continue;
                 }
                 Some(_) => {}
                 None => {
                     // `modules_to_save` tensors are stored under the module's own name.
-                    let saved = self.config.modules_to_save.iter().any(|m| {
-                        key.starts_with(&format!("{m}.")) || key.contains(&format!(".{m}."))
-                    });
+                    let saved = self
+                        .config
+                        .modules_to_save
+                        .iter()
+                        .any(|m| key.starts_with(&format!("{m}.")) || key.contains(&format!(".{m}.")));
                     if saved {
-                        self.replacements.push(Replacement {
-                            base_tensor: key.to_string(),
-                            adapter_tensor: name,
-                        });
+                        self.replacements
+                            .push(Replacement { base_tensor: key.to_string(), adapter_tensor: name });
                         continue;
                     }
                     return Err(self.tensor_error(
@@ -136,9 +133,7 @@ impl Adapter {
     }
 
     fn info(&self, name: &str) -> &TensorInfo {
-        self.file
-            .get(name)
-            .expect("names come from this file's header")
+        self.file.get(name).expect("names come from this file's header")
     }
 
     fn check_structure(&self) -> Result<(), CheckpointError> {
@@ -146,12 +141,7 @@ impl Adapter {
             let rank = self.config.rank_for(module);
             for (a, b, a_label, b_label) in [
                 (&m.lora_a, &m.lora_b, "lora_A", "lora_B"),
-                (
-                    &m.embedding_a,
-                    &m.embedding_b,
-                    "lora_embedding_A",
-                    "lora_embedding_B",
-                ),
+                (&m.embedding_a, &m.embedding_b, "lora_embedding_A", "lora_embedding_B"),
             ] {
                 match (a, b) {
                     (Some(a), Some(b)) => {
@@ -180,17 +170,13 @@ impl Adapter {
                     (Some(present), None) => {
                         return Err(self.tensor_error(
                             present,
-                            format!(
-                                "has {a_label} but no matching {b_label}: the file is incomplete"
-                            ),
+                            format!("has {a_label} but no matching {b_label}: the file is incomplete"),
                         ));
                     }
                     (None, Some(present)) => {
                         return Err(self.tensor_error(
                             present,
-                            format!(
-                                "has {b_label} but no matching {a_label}: the file is incomplete"
-                            ),
+                            format!("has {b_label} but no matching {a_label}: the file is incomplete"),
                         ));
                     }
                     (None, None) => {}
@@ -198,10 +184,8 @@ impl Adapter {
             }
             if let Some(mag) = &m.magnitude {
                 if !self.config.use_dora {
-                    return Err(self.tensor_error(
-                        mag,
-                        "DoRA magnitude vector present but `use_dora` is false".into(),
-                    ));
+                    return Err(self
+                        .tensor_error(mag, "DoRA magnitude vector present but `use_dora` is false".into()));
                 }
                 if self.info(mag).shape.len() != 1 {
                     return Err(self.tensor_error(
@@ -217,11 +201,7 @@ impl Adapter {
                 ));
             }
             if m.lora_a.is_none() && m.embedding_a.is_none() {
-                let any = m
-                    .magnitude
-                    .as_deref()
-                    .or(m.lora_b_bias.as_deref())
-                    .unwrap_or(module);
+                let any = m.magnitude.as_deref().or(m.lora_b_bias.as_deref()).unwrap_or(module);
                 return Err(self.tensor_error(any, "no lora_A/lora_B pair for this module".into()));
             }
         }
@@ -254,11 +234,7 @@ impl Adapter {
         };
         for (module, m) in &self.modules {
             let weight = format!("{module}.weight");
-            let first = m
-                .lora_a
-                .as_deref()
-                .or(m.embedding_a.as_deref())
-                .unwrap_or(module);
+            let first = m.lora_a.as_deref().or(m.embedding_a.as_deref()).unwrap_or(module);
             let Some(w) = base_shape(&weight) else {
                 return Err(self.tensor_error(
                     first,
@@ -269,18 +245,13 @@ impl Adapter {
                 ));
             };
             if w.len() != 2 {
-                return Err(self.tensor_error(
-                    first,
-                    format!("base weight `{weight}` is {:?}, not a matrix", w),
-                ));
+                return Err(
+                    self.tensor_error(first, format!("base weight `{weight}` is {:?}, not a matrix", w))
+                );
             }
             if let (Some(a), Some(b)) = (&m.lora_a, &m.lora_b) {
                 let (a_shape, b_shape) = (&self.info(a).shape, &self.info(b).shape);
-                let (out, inp) = if self.config.fan_in_fan_out {
-                    (w[1], w[0])
-                } else {
-                    (w[0], w[1])
-                };
+                let (out, inp) = if self.config.fan_in_fan_out { (w[1], w[0]) } else { (w[0], w[1]) };
                 if a_shape[1] != inp || b_shape[0] != out {
                     return Err(self.tensor_error(
                         a,
@@ -295,10 +266,7 @@ impl Adapter {
                 {
                     return Err(self.tensor_error(
                         bias,
-                        format!(
-                            "bias is {:?}, base output size is {out}",
-                            self.info(bias).shape
-                        ),
+                        format!("bias is {:?}, base output size is {out}", self.info(bias).shape),
                     ));
                 }
                 if let Some(mag) = &m.magnitude
@@ -306,10 +274,7 @@ impl Adapter {
                 {
                     return Err(self.tensor_error(
                         mag,
-                        format!(
-                            "magnitude is {:?}, base output size is {out}",
-                            self.info(mag).shape
-                        ),
+                        format!("magnitude is {:?}, base output size is {out}", self.info(mag).shape),
                     ));
                 }
             }
@@ -333,19 +298,13 @@ impl Adapter {
                 Some(shape) => {
                     return Err(self.tensor_error(
                         &r.adapter_tensor,
-                        format!(
-                            "saved module is {saved:?} but base `{}` is {shape:?}",
-                            r.base_tensor
-                        ),
+                        format!("saved module is {saved:?} but base `{}` is {shape:?}", r.base_tensor),
                     ));
                 }
                 None => {
                     return Err(self.tensor_error(
                         &r.adapter_tensor,
-                        format!(
-                            "replaces `{}`, which the base model does not have",
-                            r.base_tensor
-                        ),
+                        format!("replaces `{}`, which the base model does not have", r.base_tensor),
                     ));
                 }
             }
@@ -434,25 +393,13 @@ mod tests {
             role_name("model.layers.0.self_attn.q_proj.lora_B.default.weight"),
             ("model.layers.0.self_attn.q_proj".into(), "B")
         );
-        assert_eq!(
-            role_name("model.embed_tokens.lora_embedding_A"),
-            ("model.embed_tokens".into(), "EA")
-        );
+        assert_eq!(role_name("model.embed_tokens.lora_embedding_A"), ("model.embed_tokens".into(), "EA"));
         assert_eq!(
             role_name("model.layers.1.mlp.up_proj.lora_magnitude_vector"),
             ("model.layers.1.mlp.up_proj".into(), "M")
         );
-        assert_eq!(
-            role_name("model.embed_tokens.base_layer.weight"),
-            ("model.embed_tokens".into(), "base")
-        );
-        assert_eq!(
-            role_name("lm_head.modules_to_save.default.weight"),
-            ("lm_head".into(), "saved")
-        );
-        assert_eq!(
-            role_name("lm_head.weight"),
-            ("lm_head.weight".into(), "none")
-        );
+        assert_eq!(role_name("model.embed_tokens.base_layer.weight"), ("model.embed_tokens".into(), "base"));
+        assert_eq!(role_name("lm_head.modules_to_save.default.weight"), ("lm_head".into(), "saved"));
+        assert_eq!(role_name("lm_head.weight"), ("lm_head.weight".into(), "none"));
     }
 }

@@ -37,15 +37,15 @@ impl TargetModules {
     /// Whether PEFT would adapt `module` (a module path such as `model.layers.0.self_attn.q_proj`).
     pub fn matches(&self, module: &str, profile: &Profile) -> bool {
         match self {
-            TargetModules::List(items) => items
-                .iter()
-                .any(|t| module == t || module.ends_with(&format!(".{t}"))),
+            TargetModules::List(items) => {
+                items.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+            }
             TargetModules::Regex(pattern) => {
                 Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(module))
             }
-            TargetModules::AllLinear => profile
-                .linear_module_suffixes()
-                .any(|suffix| module.ends_with(&format!(".{suffix}"))),
+            TargetModules::AllLinear => {
+                profile.linear_module_suffixes().any(|suffix| module.ends_with(&format!(".{suffix}")))
+            }
         }
     }
 }
@@ -95,18 +95,13 @@ struct RawConfig {
 
 impl AdapterConfig {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, CheckpointError> {
-        let bad = |message: String| CheckpointError::AdapterConfig {
-            path: path.to_path_buf(),
-            message,
-        };
+        let bad = |message: String| CheckpointError::AdapterConfig { path: path.to_path_buf(), message };
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -132,9 +127,7 @@ impl AdapterConfig {
         let lora_alpha = match raw.lora_alpha {
             Some(a) if a.is_finite() => a,
             Some(a) => {
-                return Err(bad(format!(
-                    "`lora_alpha` must be a finite number, found {a}"
-                )));
+                return Err(bad(format!("`lora_alpha` must be a finite number, found {a}")));
             }
             None => return Err(bad("missing `lora_alpha`".into())),
         };
@@ -142,9 +135,7 @@ impl AdapterConfig {
             Some(Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
             Some(Value::String(s)) => {
                 Regex::new(&format!("^(?:{s})$")).map_err(|e| {
-                    bad(format!(
-                        "`target_modules` is not a regular expression Rust can use: {e}"
-                    ))
+                    bad(format!("`target_modules` is not a regular expression Rust can use: {e}"))
                 })?;
                 TargetModules::Regex(s)
             }
@@ -156,20 +147,16 @@ impl AdapterConfig {
                     .ok_or_else(|| bad("`target_modules` must be a list of strings".into()))?,
             ),
             Some(other) => {
-                return Err(bad(format!(
-                    "`target_modules` must be a list or a string, found {other}"
-                )));
+                return Err(bad(format!("`target_modules` must be a list or a string, found {other}")));
             }
             None => return Err(bad("missing `target_modules`".into())),
         };
-        let (rank_pattern, rank_regexes) = patterns(raw.rank_pattern, "rank_pattern", |v| {
-            v.as_u64().filter(|&n| n > 0).map(|n| n as usize)
-        })
-        .map_err(bad)?;
-        let (alpha_pattern, alpha_regexes) = patterns(raw.alpha_pattern, "alpha_pattern", |v| {
-            v.as_f64().filter(|a| a.is_finite())
-        })
-        .map_err(bad)?;
+        let (rank_pattern, rank_regexes) =
+            patterns(raw.rank_pattern, "rank_pattern", |v| v.as_u64().filter(|&n| n > 0).map(|n| n as usize))
+                .map_err(bad)?;
+        let (alpha_pattern, alpha_regexes) =
+            patterns(raw.alpha_pattern, "alpha_pattern", |v| v.as_f64().filter(|a| a.is_finite()))
+                .map_err(bad)?;
         Ok(AdapterConfig {
             path: path.to_path_buf(),
             r,
@@ -199,11 +186,7 @@ impl AdapterConfig {
 }
 
 fn first_match<T: Copy>(regexes: &[Regex], pattern: &[(String, T)], module: &str) -> Option<T> {
-    regexes
-        .iter()
-        .zip(pattern)
-        .find(|(re, _)| re.is_match(module))
-        .map(|(_, (_, v))| *v)
+    regexes.iter().zip(pattern).find(|(re, _)| re.is_match(module)).map(|(_, (_, v))| *v)
 }
 
 type Patterns<T> = (Vec<(String, T)>, Vec<Regex>);
@@ -217,11 +200,9 @@ fn patterns<T>(
     let mut entries = Vec::new();
     let mut regexes = Vec::new();
     for (key, v) in map.unwrap_or_default() {
-        let parsed =
-            value(&v).ok_or_else(|| format!("`{field}.{key}` has an invalid value {v}"))?;
-        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
-            format!("`{field}` key `{key}` is not a regular expression Rust can use: {e}")
-        })?;
+        let parsed = value(&v).ok_or_else(|| format!("`{field}.{key}` has an invalid value {v}"))?;
+        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+            .map_err(|e| format!("`{field}` key `{key}` is not a regular expression Rust can use: {e}"))?;
         entries.push((key, parsed));
         regexes.push(re);
     }
@@ -276,10 +257,6 @@ mod tests {
                 .unwrap_err()
                 .contains("IA3")
         );
-        assert!(
-            parse(r#"{"r":"8","lora_alpha":1}"#)
-                .unwrap_err()
-                .contains("`r`")
-        );
+        assert!(parse(r#"{"r":"8","lora_alpha":1}"#).unwrap_err().contains("`r`"));
     }
 }

@@ -57,18 +57,12 @@ pub struct Detection {
 /// `checkpoint-N` folders of a run, newest first. Entries that cannot be read are kept so they
 /// are reported rather than silently ignored.
 pub fn list_checkpoints(run: &Path) -> Result<Vec<(u64, String, PathBuf)>, CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: run.to_path_buf(),
-        source,
-    };
+    let io = |source| CheckpointError::Io { path: run.to_path_buf(), source };
     let mut found = Vec::new();
     for entry in std::fs::read_dir(run).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name
-            .strip_prefix("checkpoint-")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        if let Some(step) = name.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()) {
             found.push((step, name, entry.path()));
         }
     }
@@ -91,10 +85,8 @@ fn read_state(dir: &Path) -> Option<TrainerState> {
 }
 
 fn open_checked(dir: &Path, base: Option<&ModelFolder>) -> Result<Adapter, CheckpointError> {
-    let meta = std::fs::metadata(dir).map_err(|source| CheckpointError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let meta =
+        std::fs::metadata(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
     if !meta.is_dir() {
         return Err(CheckpointError::AdapterConfig {
             path: dir.to_path_buf(),
@@ -102,9 +94,7 @@ fn open_checked(dir: &Path, base: Option<&ModelFolder>) -> Result<Adapter, Check
         });
     }
     if !looks_like_adapter(dir) {
-        return Err(CheckpointError::NoAdapter {
-            path: dir.to_path_buf(),
-        });
+        return Err(CheckpointError::NoAdapter { path: dir.to_path_buf() });
     }
     let adapter = Adapter::open(dir)?;
     if let Some(base) = base {
@@ -115,15 +105,12 @@ fn open_checked(dir: &Path, base: Option<&ModelFolder>) -> Result<Adapter, Check
 
 /// Chooses the adapter under `source`; with `base`, every LoRA pair must fit its shapes.
 pub fn detect(source: &Path, base: Option<&ModelFolder>) -> Result<Detection, CheckpointError> {
-    let meta = std::fs::metadata(source).map_err(|source_err| CheckpointError::Io {
-        path: source.to_path_buf(),
-        source: source_err,
-    })?;
+    let meta = std::fs::metadata(source)
+        .map_err(|source_err| CheckpointError::Io { path: source.to_path_buf(), source: source_err })?;
     if !meta.is_dir() {
         return Err(CheckpointError::AdapterConfig {
             path: source.to_path_buf(),
-            message: "is a file; `adapter` must be an adapter folder or a training output folder"
-                .into(),
+            message: "is a file; `adapter` must be an adapter folder or a training output folder".into(),
         });
     }
     if looks_like_adapter(source) {
@@ -140,9 +127,7 @@ pub fn detect(source: &Path, base: Option<&ModelFolder>) -> Result<Detection, Ch
     }
     let candidates = list_checkpoints(source)?;
     if candidates.is_empty() {
-        return Err(CheckpointError::NoAdapter {
-            path: source.to_path_buf(),
-        });
+        return Err(CheckpointError::NoAdapter { path: source.to_path_buf() });
     }
     let mut reports = Vec::new();
     let mut chosen: Option<(PathBuf, Adapter, Option<TrainerState>)> = None;
@@ -159,13 +144,7 @@ pub fn detect(source: &Path, base: Option<&ModelFolder>) -> Result<Detection, Ch
                 CheckpointStatus::Skipped(e.to_string())
             }
         };
-        reports.push(CheckpointReport {
-            name,
-            path,
-            step,
-            status,
-            trainer_state,
-        });
+        reports.push(CheckpointReport { name, path, step, status, trainer_state });
     }
     match chosen {
         Some((path, adapter, trainer_state)) => Ok(Detection {

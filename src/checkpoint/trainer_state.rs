@@ -32,19 +32,14 @@ pub const TRAINER_STATE: &str = "trainer_state.json";
 
 impl TrainerState {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
         let raw: Raw = serde_json::from_str(&text).map_err(|e| CheckpointError::TrainerState {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let last_loss = raw
-            .log_history
-            .iter()
-            .rev()
-            .find_map(|entry| entry.get("loss").and_then(|v| v.as_f64()));
+        let last_loss =
+            raw.log_history.iter().rev().find_map(|entry| entry.get("loss").and_then(|v| v.as_f64()));
         Ok(TrainerState {
             global_step: raw.global_step,
             epoch: raw.epoch,

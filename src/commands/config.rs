@@ -24,46 +24,18 @@ pub fn print_human(config: &Config) {
         .adapter
         .value
         .as_ref()
-        .map_or("(none: export the base model)".to_string(), |p| {
-            p.display().to_string()
-        });
+        .map_or("(none: export the base model)".to_string(), |p| p.display().to_string());
     let prompts = serde_json::to_string(&v.prompts.value).unwrap_or_default();
-    let engines = v
-        .engines
-        .value
-        .iter()
-        .map(|e| e.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let engines = v.engines.value.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
     for (key, value, source) in [
-        (
-            "base",
-            config.base.value.display().to_string(),
-            config.base.source.to_string(),
-        ),
+        ("base", config.base.value.display().to_string(), config.base.source.to_string()),
         ("adapter", adapter, config.adapter.source.to_string()),
-        (
-            "out-dir",
-            config.out_dir.value.display().to_string(),
-            config.out_dir.source.to_string(),
-        ),
-        (
-            "profile",
-            config.profile.value.name().to_string(),
-            config.profile.source.to_string(),
-        ),
+        ("out-dir", config.out_dir.value.display().to_string(), config.out_dir.source.to_string()),
+        ("profile", config.profile.value.name().to_string(), config.profile.source.to_string()),
         ("validate.prompts", prompts, v.prompts.source.to_string()),
         ("validate.engines", engines, v.engines.source.to_string()),
-        (
-            "validate.max-new-tokens",
-            v.max_new_tokens.value.to_string(),
-            v.max_new_tokens.source.to_string(),
-        ),
-        (
-            "validate.chat-template",
-            v.chat_template.value.to_string(),
-            v.chat_template.source.to_string(),
-        ),
+        ("validate.max-new-tokens", v.max_new_tokens.value.to_string(), v.max_new_tokens.source.to_string()),
+        ("validate.chat-template", v.chat_template.value.to_string(), v.chat_template.source.to_string()),
     ] {
         t.add_row([key.to_string(), value, format!("[{source}]")]);
     }
@@ -80,23 +52,14 @@ pub fn print_human(config: &Config) {
         let options = serde_json::to_value(&e.options)
             .ok()
             .and_then(|v| v.as_object().cloned())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
         t.add_row([
             e.name.clone(),
             e.format.to_string(),
             e.dtype.map_or("(base dtype)".into(), |d| d.to_string()),
             e.target.map_or("-".into(), |t| t.to_string()),
-            if options.is_empty() {
-                "-".into()
-            } else {
-                options
-            },
+            if options.is_empty() { "-".into() } else { options },
             export.source.to_string(),
         ]);
     }

@@ -56,20 +56,15 @@ struct DemoReport<'a> {
 fn demo_dir(args: &DemoArgs, ctx: &Context) -> Result<PathBuf, Error> {
     match &args.dir {
         Some(dir) => {
-            let dir = if dir.is_absolute() {
-                dir.clone()
-            } else {
-                ctx.cwd.join(dir)
-            };
-            let non_empty = std::fs::read_dir(&dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(false);
+            let dir = if dir.is_absolute() { dir.clone() } else { ctx.cwd.join(dir) };
+            let non_empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false);
             if non_empty {
                 return Err(ConfigError::Invalid {
                     origin: "the command line".into(),
                     key: "--dir".into(),
                     message: format!("{} exists and is not empty", dir.display()),
-                    help: "give a new or empty folder, or leave --dir out to use a fresh temporary one".into(),
+                    help: "give a new or empty folder, or leave --dir out to use a fresh temporary one"
+                        .into(),
                 }
                 .into());
             }
@@ -89,20 +84,10 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
     tracing::info!("writing the demo project to {}", dir.display());
     let shape = ModelShape::by_name("qwen3-tiny")
         .ok_or_else(|| Error::write(&dir, std::io::Error::other("qwen3-tiny shape missing")))?;
-    let base_config = write_model(shape, &dir.join("models/qwen3-tiny"), SEED)?;
-    write_training_run(
-        &base_config,
-        &AdapterSpec::default(),
-        &dir.join("runs/sft"),
-        &[2, 4, 6],
-        true,
-        SEED,
-    )?;
+    let base_config = write_model(shape, &dir.join("models/qwen3-tiny"), SEED, None)?;
+    write_training_run(&base_config, &AdapterSpec::default(), &dir.join("runs/sft"), &[2, 4, 6], true, SEED)?;
     std::fs::create_dir_all(dir.join("src")).map_err(|e| Error::write(&dir, e))?;
-    atomic_write(
-        &dir.join("src/lib.rs"),
-        b"//! A project that ships a fine-tuned model.\n",
-    )?;
+    atomic_write(&dir.join("src/lib.rs"), b"//! A project that ships a fine-tuned model.\n")?;
     atomic_write(&dir.join("Cargo.toml"), MANIFEST.as_bytes())?;
 
     let manifest = dir.join("Cargo.toml");
@@ -116,12 +101,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
     let (base, detection) = super::detect::detect_configured(&config)?;
     let summary = summarize_model(&base);
     if ctx.json {
-        return print_json(&DemoReport {
-            dir: &dir,
-            config: &config,
-            base: &summary,
-            detection: &detection,
-        });
+        return print_json(&DemoReport { dir: &dir, config: &config, base: &summary, detection: &detection });
     }
     println!("demo project written to {}\n", dir.display());
     println!("== cargo model-export config ==\n");

@@ -16,7 +16,8 @@ pub fn detect_configured(config: &Config) -> Result<(ModelFolder, Detection), Er
             origin: config.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string()),
             key: "adapter".into(),
             message: "no adapter configured, so there is no checkpoint to detect".into(),
-            help: "set `adapter` in [package.metadata.model-export], MODEL_EXPORT_ADAPTER, or pass --adapter".into(),
+            help: "set `adapter` in [package.metadata.model-export], MODEL_EXPORT_ADAPTER, or pass --adapter"
+                .into(),
         }
         .into());
     };
@@ -44,43 +45,21 @@ pub fn print_human(base: &ModelFolder, d: &Detection) {
         SourceKind::TrainingRun => "training run",
     };
     let mut t = facts();
-    t.add_row([
-        "source".to_string(),
-        format!("{} ({kind})", d.source.display()),
-    ]);
+    t.add_row(["source".to_string(), format!("{} ({kind})", d.source.display())]);
     t.add_row(["chosen".to_string(), d.chosen.display().to_string()]);
     if let Some(state) = &d.trainer_state {
-        let steps = state
-            .max_steps
-            .map_or(String::new(), |m| format!(" of {m}"));
-        t.add_row([
-            "global step".to_string(),
-            format!("{}{steps}", state.global_step),
-        ]);
-        t.add_row([
-            "epoch".to_string(),
-            fmt_opt(state.epoch.map(|e| format!("{e:.3}"))),
-        ]);
+        let steps = state.max_steps.map_or(String::new(), |m| format!(" of {m}"));
+        t.add_row(["global step".to_string(), format!("{}{steps}", state.global_step)]);
+        t.add_row(["epoch".to_string(), fmt_opt(state.epoch.map(|e| format!("{e:.3}")))]);
         t.add_row(["last loss".to_string(), fmt_opt(state.last_loss)]);
-        t.add_row([
-            "best checkpoint".to_string(),
-            fmt_opt(state.best_model_checkpoint.as_deref()),
-        ]);
+        t.add_row(["best checkpoint".to_string(), fmt_opt(state.best_model_checkpoint.as_deref())]);
     }
     let c = &d.adapter.config;
     t.add_row([
         "lora".to_string(),
-        format!(
-            "r={} alpha={} targets: {}",
-            c.r,
-            c.lora_alpha,
-            c.target_modules.describe()
-        ),
+        format!("r={} alpha={} targets: {}", c.r, c.lora_alpha, c.target_modules.describe()),
     ]);
-    t.add_row([
-        "fits base".to_string(),
-        format!("yes: {} ({})", base.dir.display(), base.profile.name),
-    ]);
+    t.add_row(["fits base".to_string(), format!("yes: {} ({})", base.dir.display(), base.profile.name)]);
     println!("{t}");
     if d.checkpoints.is_empty() {
         return;
@@ -94,13 +73,7 @@ pub fn print_human(base: &ModelFolder, d: &Detection) {
             CheckpointStatus::Skipped(reason) => ("skipped", reason.clone()),
         };
         let loss = fmt_opt(cp.trainer_state.as_ref().and_then(|s| s.last_loss));
-        t.add_row([
-            cp.name.clone(),
-            cp.step.to_string(),
-            status.to_string(),
-            loss,
-            reason,
-        ]);
+        t.add_row([cp.name.clone(), cp.step.to_string(), status.to_string(), loss, reason]);
     }
     println!("{t}");
 }

@@ -17,11 +17,7 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<(), Error> {
             help: e.help(),
         })?),
     };
-    let path = if args.path.is_absolute() {
-        args.path.clone()
-    } else {
-        ctx.cwd.join(&args.path)
-    };
+    let path = if args.path.is_absolute() { args.path.clone() } else { ctx.cwd.join(&args.path) };
     let inspection = inspect(&path, profile)?;
     if ctx.json {
         return print_json(&inspection);
@@ -34,26 +30,13 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<(), Error> {
             let mut t = table(["checkpoint", "step", "status", "last loss", "reason"]);
             for cp in &run.checkpoints {
                 let (status, reason) = match &cp.status {
-                    crate::checkpoint::detect::CheckpointStatus::Chosen => {
-                        ("chosen", String::new())
-                    }
+                    crate::checkpoint::detect::CheckpointStatus::Chosen => ("chosen", String::new()),
                     crate::checkpoint::detect::CheckpointStatus::Older => ("valid", String::new()),
-                    crate::checkpoint::detect::CheckpointStatus::Skipped(r) => {
-                        ("broken", r.clone())
-                    }
+                    crate::checkpoint::detect::CheckpointStatus::Skipped(r) => ("broken", r.clone()),
                 };
-                let loss = cp
-                    .trainer_state
-                    .as_ref()
-                    .and_then(|s| s.last_loss)
-                    .map_or("-".into(), |l| l.to_string());
-                t.add_row([
-                    cp.name.clone(),
-                    cp.step.to_string(),
-                    status.into(),
-                    loss,
-                    reason,
-                ]);
+                let loss =
+                    cp.trainer_state.as_ref().and_then(|s| s.last_loss).map_or("-".into(), |l| l.to_string());
+                t.add_row([cp.name.clone(), cp.step.to_string(), status.into(), loss, reason]);
             }
             println!("{t}\n");
             print_adapter("newest valid checkpoint", &run.adapter);
@@ -65,52 +48,26 @@ pub fn run(ctx: &Context, args: &InspectArgs) -> Result<(), Error> {
 fn print_model(m: &ModelSummary) {
     println!("model {}\n", m.path.display());
     let mut t = facts();
-    let dtypes = m
-        .dtypes
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let dtypes = m.dtypes.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
     for (k, v) in [
         (
             "architecture",
-            format!(
-                "{} (profile {}, model_type {})",
-                m.architectures.join(", "),
-                m.profile,
-                m.model_type
-            ),
+            format!("{} (profile {}, model_type {})", m.architectures.join(", "), m.profile, m.model_type),
         ),
         ("parameters", thousands(m.parameters)),
         ("dtypes", dtypes),
-        (
-            "bytes",
-            format!("{} ({})", thousands(m.bytes), human_bytes(m.bytes)),
-        ),
+        ("bytes", format!("{} ({})", thousands(m.bytes), human_bytes(m.bytes))),
         ("tensors", format!("{} in {} file(s)", m.tensors, m.files)),
         ("layers", m.layers.to_string()),
-        (
-            "hidden / intermediate",
-            format!("{} / {}", m.hidden_size, m.intermediate_size),
-        ),
-        (
-            "heads / kv heads / head dim",
-            format!("{} / {} / {}", m.attention_heads, m.kv_heads, m.head_dim),
-        ),
+        ("hidden / intermediate", format!("{} / {}", m.hidden_size, m.intermediate_size)),
+        ("heads / kv heads / head dim", format!("{} / {} / {}", m.attention_heads, m.kv_heads, m.head_dim)),
         ("vocabulary", m.vocab_size.to_string()),
         ("tied embeddings", m.tie_word_embeddings.to_string()),
         (
             "tokenizer files",
-            if m.tokenizer_files.is_empty() {
-                "none".into()
-            } else {
-                m.tokenizer_files.join(", ")
-            },
+            if m.tokenizer_files.is_empty() { "none".into() } else { m.tokenizer_files.join(", ") },
         ),
-        (
-            "generation_config.json",
-            if m.generation_config { "yes" } else { "no" }.into(),
-        ),
+        ("generation_config.json", if m.generation_config { "yes" } else { "no" }.into()),
     ] {
         t.add_row([k.to_string(), v]);
     }
@@ -126,12 +83,7 @@ fn print_model(m: &ModelSummary) {
 fn print_adapter(title: &str, a: &AdapterSummary) {
     println!("{title} {}\n", a.path.display());
     let mut t = facts();
-    let dtypes = a
-        .dtypes
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let dtypes = a.dtypes.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
     let mut rows = vec![
         ("rank (r)", a.r.to_string()),
         ("lora_alpha", a.lora_alpha.to_string()),
@@ -148,17 +100,9 @@ fn print_adapter(title: &str, a: &AdapterSummary) {
         ("adapted modules", a.adapted_modules.to_string()),
         ("parameters", thousands(a.parameters)),
         ("dtypes", dtypes),
-        (
-            "bytes",
-            format!("{} ({})", thousands(a.bytes), human_bytes(a.bytes)),
-        ),
+        ("bytes", format!("{} ({})", thousands(a.bytes), human_bytes(a.bytes))),
         ("tensors", a.tensors.to_string()),
-        (
-            "base model",
-            a.base_model_name_or_path
-                .clone()
-                .unwrap_or_else(|| "-".into()),
-        ),
+        ("base model", a.base_model_name_or_path.clone().unwrap_or_else(|| "-".into())),
     ];
     if !a.rank_pattern.is_empty() {
         rows.push(("rank_pattern", format!("{:?}", a.rank_pattern)));
@@ -171,10 +115,7 @@ fn print_adapter(title: &str, a: &AdapterSummary) {
     }
     if let Some(s) = &a.trainer_state {
         rows.push(("global step", s.global_step.to_string()));
-        rows.push((
-            "last loss",
-            s.last_loss.map_or("-".into(), |l| l.to_string()),
-        ));
+        rows.push(("last loss", s.last_loss.map_or("-".into(), |l| l.to_string())));
     }
     for (k, v) in rows {
         t.add_row([k.to_string(), v]);

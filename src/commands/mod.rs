@@ -26,8 +26,7 @@ pub struct Context {
 
 impl Context {
     pub fn from_cli(cli: &Cli) -> Result<Self, Error> {
-        let cwd =
-            std::env::current_dir().map_err(|e| Error::write(std::path::Path::new("."), e))?;
+        let cwd = std::env::current_dir().map_err(|e| Error::write(std::path::Path::new("."), e))?;
         Ok(Context {
             json: cli.global.message_format == MessageFormat::Json,
             manifest_path: cli.global.manifest_path.clone(),

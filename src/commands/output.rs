@@ -15,9 +15,7 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Error> {
 /// A borderless table with a header rule: readable in terminals and in CI logs.
 pub fn table<I: IntoIterator<Item = S>, S: ToString>(header: I) -> Table {
     let mut table = Table::new();
-    table
-        .load_preset(presets::ASCII_MARKDOWN)
-        .set_header(header.into_iter().map(|s| s.to_string()));
+    table.load_preset(presets::ASCII_MARKDOWN).set_header(header.into_iter().map(|s| s.to_string()));
     table
 }
 

@@ -7,14 +7,7 @@ pub fn run(ctx: &Context) -> Result<(), Error> {
     if ctx.json {
         return print_json(&Profile::all());
     }
-    let mut t = table([
-        "profile",
-        "model_type",
-        "architectures",
-        "q/k norm",
-        "q/k/v bias",
-        "summary",
-    ]);
+    let mut t = table(["profile", "model_type", "architectures", "q/k norm", "q/k/v bias", "summary"]);
     for p in Profile::all() {
         t.add_row([
             p.name.to_string(),

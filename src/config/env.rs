@@ -14,22 +14,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("MODEL_EXPORT_ADAPTER", "adapter"),
     ("MODEL_EXPORT_OUT_DIR", "out-dir"),
     ("MODEL_EXPORT_PROFILE", "profile"),
-    (
-        "MODEL_EXPORT_VALIDATE_PROMPTS",
-        "validate.prompts (a JSON array of strings, or one prompt)",
-    ),
-    (
-        "MODEL_EXPORT_VALIDATE_ENGINES",
-        "validate.engines (comma-separated)",
-    ),
-    (
-        "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS",
-        "validate.max-new-tokens",
-    ),
-    (
-        "MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE",
-        "validate.chat-template (true/false)",
-    ),
+    ("MODEL_EXPORT_VALIDATE_PROMPTS", "validate.prompts (a JSON array of strings, or one prompt)"),
+    ("MODEL_EXPORT_VALIDATE_ENGINES", "validate.engines (comma-separated)"),
+    ("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "validate.max-new-tokens"),
+    ("MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE", "validate.chat-template (true/false)"),
 ];
 
 /// Variables with our prefix that are not configuration (read elsewhere, e.g. by tests).
@@ -37,18 +25,11 @@ const OTHER_VARIABLES: &[&str] = &["MODEL_EXPORT_LOG"];
 
 /// The `MODEL_EXPORT_*` variables of the process environment (empty values count as unset).
 pub fn from_process() -> BTreeMap<String, String> {
-    std::env::vars()
-        .filter(|(k, v)| k.starts_with(PREFIX) && !v.is_empty())
-        .collect()
+    std::env::vars().filter(|(k, v)| k.starts_with(PREFIX) && !v.is_empty()).collect()
 }
 
 fn invalid(var: &str, message: String, help: String) -> ConfigError {
-    ConfigError::Invalid {
-        origin: "the environment".into(),
-        key: var.to_string(),
-        message,
-        help,
-    }
+    ConfigError::Invalid { origin: "the environment".into(), key: var.to_string(), message, help }
 }
 
 /// Parses the environment layer; a variable with a bad value is an error naming it.
@@ -56,10 +37,7 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
     for name in vars.keys() {
         if !VARIABLES.iter().any(|(v, _)| v == name) && !OTHER_VARIABLES.contains(&name.as_str()) {
             let known: Vec<_> = VARIABLES.iter().map(|(v, _)| *v).collect();
-            tracing::warn!(
-                "ignoring unknown variable {name}; known: {}",
-                known.join(", ")
-            );
+            tracing::warn!("ignoring unknown variable {name}; known: {}", known.join(", "));
         }
     }
     let get = |name: &str| vars.get(name).cloned();
@@ -76,19 +54,13 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
     };
     let engines = get("MODEL_EXPORT_VALIDATE_ENGINES")
         .map(|text| {
-            text.split(',')
-                .map(|e| e.trim().parse::<Engine>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    invalid(
-                        "MODEL_EXPORT_VALIDATE_ENGINES",
-                        e,
-                        format!(
-                            "list engines separated by commas, from: {}",
-                            Engine::accepted()
-                        ),
-                    )
-                })
+            text.split(',').map(|e| e.trim().parse::<Engine>()).collect::<Result<Vec<_>, _>>().map_err(|e| {
+                invalid(
+                    "MODEL_EXPORT_VALIDATE_ENGINES",
+                    e,
+                    format!("list engines separated by commas, from: {}", Engine::accepted()),
+                )
+            })
         })
         .transpose()?;
     let max_new_tokens = get("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS")
@@ -113,21 +85,14 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
             )),
         })
         .transpose()?;
-    let any_validate = prompts.is_some()
-        || engines.is_some()
-        || max_new_tokens.is_some()
-        || chat_template.is_some();
+    let any_validate =
+        prompts.is_some() || engines.is_some() || max_new_tokens.is_some() || chat_template.is_some();
     Ok(TableLayer {
         base: get("MODEL_EXPORT_BASE"),
         adapter: get("MODEL_EXPORT_ADAPTER"),
         out_dir: get("MODEL_EXPORT_OUT_DIR"),
         profile: get("MODEL_EXPORT_PROFILE"),
-        validate: any_validate.then_some(ValidateLayer {
-            prompts,
-            engines,
-            max_new_tokens,
-            chat_template,
-        }),
+        validate: any_validate.then_some(ValidateLayer { prompts, engines, max_new_tokens, chat_template }),
         export: None,
     })
 }

@@ -21,10 +21,7 @@ pub struct ProjectTables {
 
 /// The nearest Cargo.toml from `start` upwards.
 pub fn find_manifest(start: &Path) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .map(|dir| dir.join("Cargo.toml"))
-        .find(|p| p.is_file())
+    start.ancestors().map(|dir| dir.join("Cargo.toml")).find(|p| p.is_file())
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -42,11 +39,7 @@ pub fn read_project(
 ) -> Result<ProjectTables, ConfigError> {
     let manifest = match manifest {
         Some(m) => {
-            let m = if m.is_absolute() {
-                m.to_path_buf()
-            } else {
-                cwd.join(m)
-            };
+            let m = if m.is_absolute() { m.to_path_buf() } else { cwd.join(m) };
             if !m.is_file() {
                 return Err(ConfigError::Invalid {
                     origin: "the command line".into(),
@@ -68,36 +61,24 @@ pub fn read_project(
         .no_deps()
         .other_options(vec!["--offline".to_string()])
         .exec()
-        .map_err(|e| ConfigError::Metadata {
-            manifest: manifest.clone(),
-            message: metadata_message(e),
-        })?;
+        .map_err(|e| ConfigError::Metadata { manifest: manifest.clone(), message: metadata_message(e) })?;
 
     let workspace_manifest = metadata.workspace_root.as_std_path().join("Cargo.toml");
     let workspace_table = metadata.workspace_metadata.get(TABLE).cloned();
     let members: Vec<&cargo_metadata::Package> = metadata.workspace_packages();
     let chosen = match package {
-        Some(name) => Some(
-            members
-                .iter()
-                .find(|p| p.name.as_str() == name)
-                .ok_or_else(|| ConfigError::UnknownPackage {
-                    name: name.to_string(),
-                    manifest: manifest.clone(),
-                    available: members.iter().map(|p| p.name.to_string()).collect(),
-                })?,
-        ),
-        None => match members
-            .iter()
-            .find(|p| same_file(p.manifest_path.as_std_path(), &manifest))
-        {
+        Some(name) => Some(members.iter().find(|p| p.name.as_str() == name).ok_or_else(|| {
+            ConfigError::UnknownPackage {
+                name: name.to_string(),
+                manifest: manifest.clone(),
+                available: members.iter().map(|p| p.name.to_string()).collect(),
+            }
+        })?),
+        None => match members.iter().find(|p| same_file(p.manifest_path.as_std_path(), &manifest)) {
             Some(p) => Some(p),
             None => {
                 // A virtual workspace root: take the one member that declares a table.
-                let with_table: Vec<_> = members
-                    .iter()
-                    .filter(|p| p.metadata.get(TABLE).is_some())
-                    .collect();
+                let with_table: Vec<_> = members.iter().filter(|p| p.metadata.get(TABLE).is_some()).collect();
                 match with_table.as_slice() {
                     [] => None,
                     [one] => Some(*one),
@@ -123,11 +104,9 @@ pub fn read_project(
 
 fn metadata_message(e: cargo_metadata::Error) -> String {
     match e {
-        cargo_metadata::Error::CargoMetadata { stderr } => stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect::<Vec<_>>()
-            .join("\n  "),
+        cargo_metadata::Error::CargoMetadata { stderr } => {
+            stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n  ")
+        }
         other => other.to_string(),
     }
 }

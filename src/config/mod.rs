@@ -51,46 +51,22 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         export: None,
     };
     let mut layers = vec![
-        Layer {
-            table: flags,
-            root: request.cwd.to_path_buf(),
-            kind: LayerKind::Flags,
-        },
-        Layer {
-            table: env::parse_env(request.env)?,
-            root: request.cwd.to_path_buf(),
-            kind: LayerKind::Env,
-        },
+        Layer { table: flags, root: request.cwd.to_path_buf(), kind: LayerKind::Flags },
+        Layer { table: env::parse_env(request.env)?, root: request.cwd.to_path_buf(), kind: LayerKind::Env },
     ];
     if let (Some(manifest), Some(value)) = (&project.package_manifest, &project.package_table) {
         let prefix = format!("package.metadata.{}", manifest::TABLE);
         let table = table::parse_table(value, &prefix, &manifest.display().to_string())?;
         let root = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
-        layers.push(Layer {
-            table,
-            root,
-            kind: LayerKind::Package(manifest.clone()),
-        });
+        layers.push(Layer { table, root, kind: LayerKind::Package(manifest.clone()) });
     }
     if let (Some(manifest), Some(value)) = (&project.workspace_manifest, &project.workspace_table) {
         let prefix = format!("workspace.metadata.{}", manifest::TABLE);
         let table = table::parse_table(value, &prefix, &manifest.display().to_string())?;
         let root = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
-        layers.push(Layer {
-            table,
-            root,
-            kind: LayerKind::Workspace(manifest.clone()),
-        });
+        layers.push(Layer { table, root, kind: LayerKind::Workspace(manifest.clone()) });
     }
-    let default_out_dir = project
-        .target_dir
-        .clone()
-        .unwrap_or_else(|| request.cwd.join("target"))
-        .join("model-export");
-    resolve::resolve(
-        &layers,
-        default_out_dir,
-        project.package_name,
-        project.package_manifest,
-    )
+    let default_out_dir =
+        project.target_dir.clone().unwrap_or_else(|| request.cwd.join("target")).join("model-export");
+    resolve::resolve(&layers, default_out_dir, project.package_name, project.package_manifest)
 }

@@ -88,11 +88,9 @@ impl Layer {
     pub fn key(&self, key: &str) -> String {
         match &self.kind {
             LayerKind::Flags => format!("--{}", key.rsplit('.').next().unwrap_or(key)),
-            LayerKind::Env => format!(
-                "{}{}",
-                super::env::PREFIX,
-                key.to_ascii_uppercase().replace(['.', '-'], "_")
-            ),
+            LayerKind::Env => {
+                format!("{}{}", super::env::PREFIX, key.to_ascii_uppercase().replace(['.', '-'], "_"))
+            }
             LayerKind::Package(_) => format!("package.metadata.{}.{key}", super::manifest::TABLE),
             LayerKind::Workspace(_) => {
                 format!("workspace.metadata.{}.{key}", super::manifest::TABLE)
@@ -110,16 +108,10 @@ impl Layer {
 
     pub fn source(&self, key: &str) -> Source {
         match &self.kind {
-            LayerKind::Flags => Source::Flag {
-                flag: self.key(key),
-            },
+            LayerKind::Flags => Source::Flag { flag: self.key(key) },
             LayerKind::Env => Source::Env { var: self.key(key) },
-            LayerKind::Package(m) => Source::Package {
-                manifest: m.clone(),
-            },
-            LayerKind::Workspace(m) => Source::Workspace {
-                manifest: m.clone(),
-            },
+            LayerKind::Package(m) => Source::Package { manifest: m.clone() },
+            LayerKind::Workspace(m) => Source::Workspace { manifest: m.clone() },
         }
     }
 }
@@ -135,19 +127,12 @@ pub fn resolve(
         layers.iter().find_map(|l| get(&l.table).map(|v| (v, l)))
     };
 
-    let (base_text, base_layer) =
-        pick(&|t| t.base.as_ref()).ok_or_else(|| ConfigError::MissingBase {
-            origin: layers
-                .iter()
-                .find(|l| matches!(l.kind, LayerKind::Package(_)))
-                .map_or_else(
-                    || {
-                        "the command line, the environment and any Cargo.toml (none found)"
-                            .to_string()
-                    },
-                    Layer::origin,
-                ),
-        })?;
+    let (base_text, base_layer) = pick(&|t| t.base.as_ref()).ok_or_else(|| ConfigError::MissingBase {
+        origin: layers.iter().find(|l| matches!(l.kind, LayerKind::Package(_))).map_or_else(
+            || "the command line, the environment and any Cargo.toml (none found)".to_string(),
+            Layer::origin,
+        ),
+    })?;
     let base = resolve_path(base_layer, base_text);
     check_base(base_layer, &base)?;
 
@@ -171,8 +156,7 @@ pub fn resolve(
                     layer,
                     "out-dir",
                     format!("`{}` is inside the base model folder", path.display()),
-                    "write exports outside the model they are made from, e.g. target/model-export"
-                        .into(),
+                    "write exports outside the model they are made from, e.g. target/model-export".into(),
                 ));
             }
             Sourced::new(path, layer.source("out-dir"))
@@ -186,8 +170,7 @@ pub fn resolve(
                 ProfileChoice::Auto
             } else {
                 ProfileChoice::Named(
-                    Profile::by_name(name)
-                        .map_err(|e| invalid(layer, "profile", e.to_string(), e.help()))?,
+                    Profile::by_name(name).map_err(|e| invalid(layer, "profile", e.to_string(), e.help()))?,
                 )
             };
             Sourced::new(choice, layer.source("profile"))
@@ -196,18 +179,11 @@ pub fn resolve(
     };
 
     let validate_value = |get: &dyn Fn(&super::table::ValidateLayer) -> bool| {
-        layers
-            .iter()
-            .find(|l| l.table.validate.as_ref().is_some_and(get))
+        layers.iter().find(|l| l.table.validate.as_ref().is_some_and(get))
     };
     let prompts = match validate_value(&|v| v.prompts.is_some()) {
         Some(l) => {
-            let prompts = l
-                .table
-                .validate
-                .as_ref()
-                .and_then(|v| v.prompts.clone())
-                .unwrap_or_default();
+            let prompts = l.table.validate.as_ref().and_then(|v| v.prompts.clone()).unwrap_or_default();
             if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
                 return Err(invalid(
                     l,
@@ -218,19 +194,11 @@ pub fn resolve(
             }
             Sourced::new(prompts, l.source("validate.prompts"))
         }
-        None => Sourced::new(
-            DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(),
-            Source::Default,
-        ),
+        None => Sourced::new(DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(), Source::Default),
     };
     let engines = match validate_value(&|v| v.engines.is_some()) {
         Some(l) => {
-            let mut engines = l
-                .table
-                .validate
-                .as_ref()
-                .and_then(|v| v.engines.clone())
-                .unwrap_or_default();
+            let mut engines = l.table.validate.as_ref().and_then(|v| v.engines.clone()).unwrap_or_default();
             if engines.is_empty() {
                 return Err(invalid(
                     l,
@@ -246,12 +214,7 @@ pub fn resolve(
     };
     let max_new_tokens = match validate_value(&|v| v.max_new_tokens.is_some()) {
         Some(l) => {
-            let n = l
-                .table
-                .validate
-                .as_ref()
-                .and_then(|v| v.max_new_tokens)
-                .unwrap_or_default();
+            let n = l.table.validate.as_ref().and_then(|v| v.max_new_tokens).unwrap_or_default();
             if n == 0 {
                 return Err(invalid(
                     l,
@@ -266,11 +229,7 @@ pub fn resolve(
     };
     let chat_template = match validate_value(&|v| v.chat_template.is_some()) {
         Some(l) => Sourced::new(
-            l.table
-                .validate
-                .as_ref()
-                .and_then(|v| v.chat_template)
-                .unwrap_or_default(),
+            l.table.validate.as_ref().and_then(|v| v.chat_template).unwrap_or_default(),
             l.source("validate.chat-template"),
         ),
         None => Sourced::new(false, Source::Default),
@@ -288,42 +247,25 @@ pub fn resolve(
         adapter,
         out_dir,
         profile,
-        validate: ValidateConfig {
-            prompts,
-            engines,
-            max_new_tokens,
-            chat_template,
-        },
+        validate: ValidateConfig { prompts, engines, max_new_tokens, chat_template },
         exports,
     })
 }
 
 fn invalid(layer: &Layer, key: &str, message: String, help: String) -> ConfigError {
-    ConfigError::Invalid {
-        origin: layer.origin(),
-        key: layer.key(key),
-        message,
-        help,
-    }
+    ConfigError::Invalid { origin: layer.origin(), key: layer.key(key), message, help }
 }
 
 fn resolve_path(layer: &Layer, text: &str) -> PathBuf {
     let path = Path::new(text);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        layer.root.join(path)
-    }
+    if path.is_absolute() { path.to_path_buf() } else { layer.root.join(path) }
 }
 
 fn check_base(layer: &Layer, base: &Path) -> Result<(), ConfigError> {
     let problem = if !base.exists() {
         Some(format!("`{}` does not exist", base.display()))
     } else if !base.is_dir() {
-        Some(format!(
-            "`{}` is a file, not a model folder",
-            base.display()
-        ))
+        Some(format!("`{}` is a file, not a model folder", base.display()))
     } else if !base.join("config.json").is_file() {
         Some(format!("`{}` has no config.json", base.display()))
     } else {
@@ -343,22 +285,15 @@ fn check_base(layer: &Layer, base: &Path) -> Result<(), ConfigError> {
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn resolve_exports(
-    layer: &Layer,
-    entries: &[ExportEntry],
-) -> Result<Vec<Sourced<ExportSpec>>, ConfigError> {
+fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced<ExportSpec>>, ConfigError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut specs = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let key = |k: &str| format!("export[{i}].{k}");
-        let fail = |k: &str, message: String, help: &str| {
-            invalid(layer, &key(k), message, help.to_string())
-        };
+        let fail = |k: &str, message: String, help: &str| invalid(layer, &key(k), message, help.to_string());
         if !is_valid_name(&entry.name) {
             return Err(fail(
                 "name",
@@ -392,11 +327,8 @@ fn resolve_exports(
                     ));
                 }
                 if options.opset.is_some() || options.external_data.is_some() {
-                    let which = if options.opset.is_some() {
-                        "options.opset"
-                    } else {
-                        "options.external-data"
-                    };
+                    let which =
+                        if options.opset.is_some() { "options.opset" } else { "options.external-data" };
                     return Err(fail(
                         which,
                         "applies to onnx exports only".into(),
@@ -416,11 +348,7 @@ fn resolve_exports(
                     return Err(fail(
                         "options.opset",
                         format!("opset {opset} is not supported"),
-                        &format!(
-                            "use an opset from {} to {}",
-                            ONNX_OPSETS.start(),
-                            ONNX_OPSETS.end()
-                        ),
+                        &format!("use an opset from {} to {}", ONNX_OPSETS.start(), ONNX_OPSETS.end()),
                     ));
                 }
             }

@@ -26,27 +26,18 @@ impl FromStr for ByteSize {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let s = text.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, unit) = (&s[..split], s[split..].trim().to_ascii_lowercase());
-        let bad =
-            || format!("`{text}` is not a size; write e.g. 5GB, 512MiB, 64KB or a number of bytes");
+        let bad = || format!("`{text}` is not a size; write e.g. 5GB, 512MiB, 64KB or a number of bytes");
         let value: f64 = number.parse().map_err(|_| bad())?;
         let factor = if unit.is_empty() {
             1
         } else {
-            UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .map(|(_, f)| *f)
-                .ok_or_else(bad)?
+            UNITS.iter().find(|(name, _)| *name == unit).map(|(_, f)| *f).ok_or_else(bad)?
         };
         let bytes = value * factor as f64;
         if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-            return Err(format!(
-                "`{text}` is out of range: a size must be at least 1 byte"
-            ));
+            return Err(format!("`{text}` is out of range: a size must be at least 1 byte"));
         }
         Ok(ByteSize(bytes.round() as u64))
     }
@@ -67,11 +58,7 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", STEPS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", STEPS[unit]) }
 }
 
 impl Serialize for ByteSize {
@@ -89,11 +76,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size such as \"5GB\", \"512MiB\" or a number of bytes")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                if v == 0 {
-                    Err(E::custom("a size must be at least 1 byte"))
-                } else {
-                    Ok(ByteSize(v))
-                }
+                if v == 0 { Err(E::custom("a size must be at least 1 byte")) } else { Ok(ByteSize(v)) }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
                 u64::try_from(v)

@@ -50,18 +50,9 @@ pub fn parse_table(value: &Value, prefix: &str, origin: &str) -> Result<TableLay
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." {
-            prefix.to_string()
-        } else {
-            format!("{prefix}.{path}")
-        };
+        let key = if path == "." { prefix.to_string() } else { format!("{prefix}.{path}") };
         let message = e.inner().to_string();
-        ConfigError::Invalid {
-            origin: origin.to_string(),
-            help: help_for(&message),
-            key,
-            message,
-        }
+        ConfigError::Invalid { origin: origin.to_string(), help: help_for(&message), key, message }
     })
 }
 
@@ -85,8 +76,7 @@ fn help_for(message: &str) -> String {
     } else if message.starts_with("missing field") {
         "add the missing key to the entry".into()
     } else if message.starts_with("invalid type") {
-        "change the value to the expected type (strings are quoted, numbers and booleans are not)"
-            .into()
+        "change the value to the expected type (strings are quoted, numbers and booleans are not)".into()
     } else {
         "correct the value (see docs/config.md for every key)".into()
     }

@@ -41,10 +41,8 @@ impl HfConfig {
         path: &Path,
         profile: Option<&'static Profile>,
     ) -> Result<(Self, &'static Profile), ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
         Self::parse(path, &text, profile)
     }
 
@@ -64,9 +62,7 @@ impl HfConfig {
             });
         };
         let fields = Fields { path, raw: &raw };
-        let model_type = fields
-            .string("model_type")?
-            .ok_or_else(|| fields.missing("model_type", None))?;
+        let model_type = fields.string("model_type")?.ok_or_else(|| fields.missing("model_type", None))?;
         let profile = match profile {
             Some(p) => p,
             None => Profile::for_model_type(&model_type)?,
@@ -79,9 +75,7 @@ impl HfConfig {
         let defaults = profile.defaults;
         let hidden_size = fields.required_usize("hidden_size", profile)?;
         let num_attention_heads = fields.required_usize("num_attention_heads", profile)?;
-        let num_key_value_heads = fields
-            .usize("num_key_value_heads")?
-            .unwrap_or(num_attention_heads);
+        let num_key_value_heads = fields.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(fields.invalid(format!(
                 "num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
@@ -90,9 +84,7 @@ impl HfConfig {
         let head_dim = match (fields.usize("head_dim")?, defaults.head_dim) {
             (Some(d), _) => d,
             (None, Some(d)) => d as usize,
-            (None, None) if hidden_size % num_attention_heads == 0 => {
-                hidden_size / num_attention_heads
-            }
+            (None, None) if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
             (None, None) => {
                 return Err(fields.invalid(format!(
                     "hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_attention_heads}) and head_dim is not given"
@@ -106,17 +98,11 @@ impl HfConfig {
                 .iter()
                 .map(|v| match v {
                     Value::Number(n) => fields.token_id("eos_token_id", n),
-                    other => {
-                        Err(fields.wrong_type("eos_token_id", "integer or list of integers", other))
-                    }
+                    other => Err(fields.wrong_type("eos_token_id", "integer or list of integers", other)),
                 })
                 .collect::<Result<_, _>>()?,
             Some(other) => {
-                return Err(fields.wrong_type(
-                    "eos_token_id",
-                    "integer or list of integers",
-                    other,
-                ));
+                return Err(fields.wrong_type("eos_token_id", "integer or list of integers", other));
             }
         };
         let config = HfConfig {
@@ -133,12 +119,8 @@ impl HfConfig {
                 .usize("max_position_embeddings")?
                 .unwrap_or(defaults.max_position_embeddings as usize),
             rope_theta: fields.float("rope_theta")?.unwrap_or(defaults.rope_theta),
-            rms_norm_eps: fields
-                .float("rms_norm_eps")?
-                .unwrap_or(defaults.rms_norm_eps),
-            tie_word_embeddings: fields
-                .bool("tie_word_embeddings")?
-                .unwrap_or(defaults.tie_word_embeddings),
+            rms_norm_eps: fields.float("rms_norm_eps")?.unwrap_or(defaults.rms_norm_eps),
+            tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings),
             torch_dtype: match fields.string("torch_dtype")? {
                 Some(d) => Some(d),
                 None => fields.string("dtype")?,
@@ -160,9 +142,7 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn missing(&self, field: &str, profile: Option<&Profile>) -> ModelError {
-        let why = profile
-            .map(|p| format!(" (the {} profile needs it)", p.name))
-            .unwrap_or_default();
+        let why = profile.map(|p| format!(" (the {} profile needs it)", p.name)).unwrap_or_default();
         ModelError::ConfigField {
             path: self.path.to_path_buf(),
             message: format!("missing required field `{field}`{why}"),
@@ -170,10 +150,7 @@ impl Fields<'_> {
     }
 
     fn invalid(&self, message: String) -> ModelError {
-        ModelError::ConfigField {
-            path: self.path.to_path_buf(),
-            message,
-        }
+        ModelError::ConfigField { path: self.path.to_path_buf(), message }
     }
 
     fn wrong_type(&self, field: &str, expected: &str, found: &Value) -> ModelError {
@@ -195,8 +172,7 @@ impl Fields<'_> {
     }
 
     fn required_usize(&self, field: &str, profile: &Profile) -> Result<usize, ModelError> {
-        self.usize(field)?
-            .ok_or_else(|| self.missing(field, Some(profile)))
+        self.usize(field)?.ok_or_else(|| self.missing(field, Some(profile)))
     }
 
     fn float(&self, field: &str) -> Result<Option<f64>, ModelError> {
@@ -242,15 +218,9 @@ impl Fields<'_> {
     }
 
     fn token_id(&self, field: &str, n: &serde_json::Number) -> Result<u32, ModelError> {
-        n.as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| {
-                self.wrong_type(
-                    field,
-                    "a token id (non-negative integer)",
-                    &Value::Number(n.clone()),
-                )
-            })
+        n.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+            self.wrong_type(field, "a token id (non-negative integer)", &Value::Number(n.clone()))
+        })
     }
 
     fn optional_token_id(&self, field: &str) -> Result<Option<u32>, ModelError> {
@@ -267,9 +237,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<HfConfig, String> {
-        HfConfig::parse(Path::new("config.json"), text, None)
-            .map(|(c, _)| c)
-            .map_err(|e| e.to_string())
+        HfConfig::parse(Path::new("config.json"), text, None).map(|(c, _)| c).map_err(|e| e.to_string())
     }
 
     const QWEN2: &str = r#"{"model_type":"qwen2","vocab_size":10,"hidden_size":64,"intermediate_size":128,
@@ -293,16 +261,9 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let err = parse(&QWEN2.replace(r#""hidden_size":64,"#, "")).unwrap_err();
-        assert_eq!(
-            err,
-            "config.json: missing required field `hidden_size` (the qwen2 profile needs it)"
-        );
-        let err =
-            parse(&QWEN2.replace(r#""hidden_size":64"#, r#""hidden_size":"64""#)).unwrap_err();
-        assert_eq!(
-            err,
-            "config.json: field `hidden_size` must be a positive integer, found \"64\""
-        );
+        assert_eq!(err, "config.json: missing required field `hidden_size` (the qwen2 profile needs it)");
+        let err = parse(&QWEN2.replace(r#""hidden_size":64"#, r#""hidden_size":"64""#)).unwrap_err();
+        assert_eq!(err, "config.json: field `hidden_size` must be a positive integer, found \"64\"");
         let err = parse(&QWEN2.replace("qwen2", "gpt2")).unwrap_err();
         assert!(err.contains("model_type `gpt2`"), "{err}");
     }

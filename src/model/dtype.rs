@@ -82,10 +82,7 @@ impl TensorDtype {
 
     /// Floating-point types model weights may be stored in.
     pub fn is_weight_float(self) -> bool {
-        matches!(
-            self,
-            TensorDtype::F32 | TensorDtype::F16 | TensorDtype::BF16
-        )
+        matches!(self, TensorDtype::F32 | TensorDtype::F16 | TensorDtype::BF16)
     }
 
     /// The `torch_dtype` string transformers writes into config.json.
@@ -115,21 +112,15 @@ impl Serialize for TensorDtype {
 pub fn decode_f32(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) -> bool {
     out.clear();
     match dtype {
-        TensorDtype::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        TensorDtype::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        TensorDtype::BF16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
+        TensorDtype::F32 => {
+            out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        }
+        TensorDtype::F16 => {
+            out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
+        }
+        TensorDtype::BF16 => {
+            out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()))
+        }
         _ => return false,
     }
     true
@@ -140,16 +131,8 @@ pub fn encode_f32(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) -> bool
     out.clear();
     match dtype {
         TensorDtype::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
-        TensorDtype::F16 => out.extend(
-            values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
-        ),
-        TensorDtype::BF16 => out.extend(
-            values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
-        ),
+        TensorDtype::F16 => out.extend(values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes())),
+        TensorDtype::BF16 => out.extend(values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())),
         _ => return false,
     }
     true
@@ -162,10 +145,7 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for d in TensorDtype::ALL {
-            assert_eq!(
-                TensorDtype::from_safetensors_name(d.safetensors_name()),
-                Some(d)
-            );
+            assert_eq!(TensorDtype::from_safetensors_name(d.safetensors_name()), Some(d));
         }
         assert_eq!(TensorDtype::from_safetensors_name("F4"), None);
     }

@@ -47,25 +47,18 @@ struct ShardIndex {
 
 /// Whether a folder looks like a model folder (cheap; does not validate anything).
 pub fn looks_like_model(dir: &Path) -> bool {
-    dir.join("config.json").is_file()
-        && (dir.join(SINGLE_FILE).is_file() || dir.join(SHARD_INDEX).is_file())
+    dir.join("config.json").is_file() && (dir.join(SINGLE_FILE).is_file() || dir.join(SHARD_INDEX).is_file())
 }
 
 impl ModelFolder {
     /// Opens and checks a model folder; `profile` forces an architecture instead of `model_type`.
     pub fn open(dir: &Path, profile: Option<&'static Profile>) -> Result<Self, ModelError> {
-        let not_model = |reason: String| ModelError::NotAModel {
-            path: dir.to_path_buf(),
-            reason,
-        };
+        let not_model = |reason: String| ModelError::NotAModel { path: dir.to_path_buf(), reason };
         if !dir.is_dir() {
             return Err(if dir.exists() {
                 not_model("it is a file, not a folder".into())
             } else {
-                ModelError::Io {
-                    path: dir.to_path_buf(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                }
+                ModelError::Io { path: dir.to_path_buf(), source: std::io::ErrorKind::NotFound.into() }
             });
         }
         let config_path = dir.join("config.json");
@@ -79,10 +72,8 @@ impl ModelFolder {
         let sharded = dir.join(SHARD_INDEX).is_file();
         if sharded {
             let index_path = dir.join(SHARD_INDEX);
-            let text = std::fs::read_to_string(&index_path).map_err(|source| ModelError::Io {
-                path: index_path.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|source| ModelError::Io { path: index_path.clone(), source })?;
             let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Json {
                 path: index_path.clone(),
                 message: format!("not a shard index: {e}"),
@@ -112,14 +103,13 @@ impl ModelFolder {
                         shards.len() - 1
                     }
                 };
-                let position = shards[shard]
-                    .tensors()
-                    .iter()
-                    .position(|t| &t.name == tensor)
-                    .ok_or_else(|| ModelError::Tensor {
-                        path: shards[shard].path().to_path_buf(),
-                        tensor: tensor.clone(),
-                        message: format!("listed in {SHARD_INDEX} but absent from this shard"),
+                let position =
+                    shards[shard].tensors().iter().position(|t| &t.name == tensor).ok_or_else(|| {
+                        ModelError::Tensor {
+                            path: shards[shard].path().to_path_buf(),
+                            tensor: tensor.clone(),
+                            message: format!("listed in {SHARD_INDEX} but absent from this shard"),
+                        }
                     })?;
                 index.insert(tensor.clone(), (shard, position));
             }
@@ -136,16 +126,11 @@ impl ModelFolder {
                 "it holds PyTorch .bin weights only; re-save it with `save_pretrained(..., safe_serialization=True)`".into(),
             ));
         } else {
-            return Err(not_model(format!(
-                "it has neither {SINGLE_FILE} nor {SHARD_INDEX}"
-            )));
+            return Err(not_model(format!("it has neither {SINGLE_FILE} nor {SHARD_INDEX}")));
         }
 
-        let tokenizer_files = TOKENIZER_FILES
-            .iter()
-            .filter(|name| dir.join(name).is_file())
-            .map(|s| s.to_string())
-            .collect();
+        let tokenizer_files =
+            TOKENIZER_FILES.iter().filter(|name| dir.join(name).is_file()).map(|s| s.to_string()).collect();
         let has_generation_config = dir.join("generation_config.json").is_file();
         let folder = ModelFolder {
             dir: dir.to_path_buf(),
@@ -160,10 +145,7 @@ impl ModelFolder {
         for info in folder.tensors().map(|(_, t)| t) {
             if !info.dtype.is_weight_float() {
                 return Err(ModelError::Tensor {
-                    path: folder
-                        .file_of(&info.name)
-                        .map(Path::to_path_buf)
-                        .unwrap_or_default(),
+                    path: folder.file_of(&info.name).map(Path::to_path_buf).unwrap_or_default(),
                     tensor: info.name.clone(),
                     message: format!(
                         "unsupported dtype {} for a model weight (expected f32, f16 or bf16)",
@@ -177,15 +159,11 @@ impl ModelFolder {
 
     /// Every tensor in name order, with the file that holds it.
     pub fn tensors(&self) -> impl Iterator<Item = (&SafetensorsFile, &TensorInfo)> {
-        self.index
-            .values()
-            .map(|&(shard, i)| (&self.shards[shard], &self.shards[shard].tensors()[i]))
+        self.index.values().map(|&(shard, i)| (&self.shards[shard], &self.shards[shard].tensors()[i]))
     }
 
     pub fn tensor(&self, name: &str) -> Option<(&SafetensorsFile, &TensorInfo)> {
-        self.index
-            .get(name)
-            .map(|&(shard, i)| (&self.shards[shard], &self.shards[shard].tensors()[i]))
+        self.index.get(name).map(|&(shard, i)| (&self.shards[shard], &self.shards[shard].tensors()[i]))
     }
 
     pub fn file_of(&self, name: &str) -> Option<&Path> {
@@ -219,10 +197,6 @@ impl ModelFolder {
         for (_, t) in self.tensors() {
             *bytes.entry(t.dtype).or_default() += t.byte_len() as u64;
         }
-        bytes
-            .into_iter()
-            .max_by_key(|(_, b)| *b)
-            .map(|(d, _)| d)
-            .unwrap_or(TensorDtype::F32)
+        bytes.into_iter().max_by_key(|(_, b)| *b).map(|(d, _)| d).unwrap_or(TensorDtype::F32)
     }
 }

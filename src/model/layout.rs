@@ -13,17 +13,11 @@ pub fn expected_tensors(config: &HfConfig, profile: &Profile) -> Vec<(String, Ve
     let kv_out = config.num_key_value_heads * config.head_dim;
     let inter = config.intermediate_size;
     let mut out = vec![
-        (
-            profile.tensors.embed.to_string(),
-            vec![config.vocab_size, hidden],
-        ),
+        (profile.tensors.embed.to_string(), vec![config.vocab_size, hidden]),
         (profile.tensors.final_norm.to_string(), vec![hidden]),
     ];
     if !config.tie_word_embeddings {
-        out.push((
-            profile.tensors.lm_head.to_string(),
-            vec![config.vocab_size, hidden],
-        ));
+        out.push((profile.tensors.lm_head.to_string(), vec![config.vocab_size, hidden]));
     }
     for layer in 0..config.num_hidden_layers {
         for (role, _) in profile.tensors.layer {
@@ -53,10 +47,8 @@ pub fn layout_problems(folder: &ModelFolder) -> Vec<(String, String)> {
     for (name, shape) in &expected {
         match folder.tensor(name) {
             None => problems.push((name.clone(), "missing".to_string())),
-            Some((_, info)) if &info.shape != shape => problems.push((
-                name.clone(),
-                format!("shape {:?}, config.json implies {:?}", info.shape, shape),
-            )),
+            Some((_, info)) if &info.shape != shape => problems
+                .push((name.clone(), format!("shape {:?}, config.json implies {:?}", info.shape, shape))),
             Some(_) => {}
         }
     }
@@ -73,10 +65,7 @@ pub fn layout_problems(folder: &ModelFolder) -> Vec<(String, String)> {
                 ));
             }
         } else if !expected.iter().any(|(n, _)| n == &info.name) {
-            problems.push((
-                info.name.clone(),
-                "not part of the architecture".to_string(),
-            ));
+            problems.push((info.name.clone(), "not part of the architecture".to_string()));
         }
     }
     problems

@@ -56,23 +56,14 @@ impl fmt::Debug for SafetensorsFile {
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| ModelError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
         // SAFETY: the map is read-only; a file changed underneath us is a documented hazard of
         // every mmap-based reader, and sizes were checked against the header before any read.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let (data_start, tensors, metadata) = parse_header(path, &mmap, file_len)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            mmap,
-            data_start,
-            tensors,
-            metadata,
-        })
+        Ok(Self { path: path.to_path_buf(), mmap, data_start, tensors, metadata })
     }
 
     pub fn path(&self) -> &Path {
@@ -104,10 +95,7 @@ impl SafetensorsFile {
             Err(ModelError::Tensor {
                 path: self.path.clone(),
                 tensor: info.name.clone(),
-                message: format!(
-                    "dtype {} is not a float type (expected f32, f16 or bf16)",
-                    info.dtype
-                ),
+                message: format!("dtype {} is not a float type (expected f32, f16 or bf16)", info.dtype),
             })
         }
     }
@@ -147,22 +135,15 @@ struct RawTensor {
 type ParsedHeader = (usize, Vec<TensorInfo>, Vec<(String, String)>);
 
 fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHeader, ModelError> {
-    let bad = |message: String| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| ModelError::Safetensors { path: path.to_path_buf(), message };
     if file_len < 8 {
-        return Err(bad(format!(
-            "file is {file_len} bytes, too short to hold the 8-byte header length"
-        )));
+        return Err(bad(format!("file is {file_len} bytes, too short to hold the 8-byte header length")));
     }
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&bytes[..8]);
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES {
-        return Err(bad(format!(
-            "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
-        )));
+        return Err(bad(format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
     }
     if header_len > file_len - 8 {
         return Err(bad(format!(
@@ -170,10 +151,10 @@ fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHeader
         )));
     }
     let header_end = 8 + header_len as usize;
-    let header = std::str::from_utf8(&bytes[8..header_end])
-        .map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
-    let RawEntries(entries) = serde_json::from_str(header)
-        .map_err(|e| bad(format!("header is not a valid JSON object: {e}")))?;
+    let header =
+        std::str::from_utf8(&bytes[8..header_end]).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+    let RawEntries(entries) =
+        serde_json::from_str(header).map_err(|e| bad(format!("header is not a valid JSON object: {e}")))?;
 
     let data_len = (file_len - header_end as u64) as usize;
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(entries.len());
@@ -186,28 +167,20 @@ fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHeader
             metadata.extend(map);
             continue;
         }
-        let tensor_err = |message: String| ModelError::Tensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            message,
-        };
+        let tensor_err =
+            |message: String| ModelError::Tensor { path: path.to_path_buf(), tensor: name.clone(), message };
         if !seen.insert(name.clone()) {
             return Err(tensor_err("appears twice in the header".into()));
         }
-        let raw: RawTensor = serde_json::from_value(value)
-            .map_err(|e| tensor_err(format!("malformed header entry: {e}")))?;
+        let raw: RawTensor =
+            serde_json::from_value(value).map_err(|e| tensor_err(format!("malformed header entry: {e}")))?;
         let dtype = TensorDtype::from_safetensors_name(&raw.dtype)
             .ok_or_else(|| tensor_err(format!("unknown dtype `{}`", raw.dtype)))?;
         let (begin, end) = raw.data_offsets;
         if begin > end {
-            return Err(tensor_err(format!(
-                "data_offsets [{begin}, {end}] end before they begin"
-            )));
+            return Err(tensor_err(format!("data_offsets [{begin}, {end}] end before they begin")));
         }
-        let numel = raw
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let numel = raw.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let expected = numel.and_then(|n| n.checked_mul(dtype.size_in_bytes() as u64));
         match expected {
             Some(bytes) if bytes == end - begin => {}
@@ -282,8 +255,7 @@ mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<ParsedHeader, String> {
-        parse_header(Path::new("t.safetensors"), bytes, bytes.len() as u64)
-            .map_err(|e| e.to_string())
+        parse_header(Path::new("t.safetensors"), bytes, bytes.len() as u64).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -300,10 +272,7 @@ mod tests {
 
     #[test]
     fn refuses_truncated_data_naming_the_tensor() {
-        let bytes = file_with(
-            r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-            &[0; 8],
-        );
+        let bytes = file_with(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]);
         let err = parse(&bytes).unwrap_err();
         assert!(err.contains("tensor `w`: truncated tensor data"), "{err}");
     }
@@ -320,15 +289,9 @@ mod tests {
             &[0; 8],
         );
         assert!(parse(&overlap).unwrap_err().contains("overlap"));
-        let gap = file_with(
-            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-            &[0; 8],
-        );
+        let gap = file_with(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, &[0; 8]);
         assert!(parse(&gap).unwrap_err().contains("gap"));
-        let wrong = file_with(
-            r#"{"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,4]}}"#,
-            &[0; 4],
-        );
+        let wrong = file_with(r#"{"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,4]}}"#, &[0; 4]);
         assert!(parse(&wrong).unwrap_err().contains("needs 8 bytes"));
     }
 
@@ -337,11 +300,7 @@ mod tests {
         let mut past = 1000u64.to_le_bytes().to_vec();
         past.extend_from_slice(b"{}");
         assert!(parse(&past).unwrap_err().contains("runs past the end"));
-        assert!(
-            parse(&file_with("not json", &[]))
-                .unwrap_err()
-                .contains("not a valid JSON")
-        );
+        assert!(parse(&file_with("not json", &[])).unwrap_err().contains("not a valid JSON"));
         assert!(parse(&[1, 2]).unwrap_err().contains("too short"));
     }
 }

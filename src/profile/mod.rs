@@ -71,37 +71,21 @@ impl Profile {
         PROFILES
             .iter()
             .find(|p| p.name == name)
-            .ok_or_else(|| ProfileError::Unknown {
-                name: name.to_string(),
-                known: known_names(),
-            })
+            .ok_or_else(|| ProfileError::Unknown { name: name.to_string(), known: known_names() })
     }
 
     /// The profile for a config.json `model_type` (what `profile = "auto"` does).
     pub fn for_model_type(model_type: &str) -> Result<&'static Profile, ProfileError> {
-        PROFILES
-            .iter()
-            .find(|p| p.model_types.contains(&model_type))
-            .ok_or_else(|| ProfileError::UnknownModelType {
-                model_type: model_type.to_string(),
-                known: known_names(),
-            })
+        PROFILES.iter().find(|p| p.model_types.contains(&model_type)).ok_or_else(|| {
+            ProfileError::UnknownModelType { model_type: model_type.to_string(), known: known_names() }
+        })
     }
 
     /// Full tensor name of a layer tensor, or `None` when the architecture has no such tensor.
     pub fn layer_tensor(&self, layer: usize, role: LayerTensor) -> Option<String> {
-        self.tensors
-            .layer
-            .iter()
-            .find(|(r, _)| *r == role)
-            .map(|(_, suffix)| {
-                format!(
-                    "{}{suffix}",
-                    self.tensors
-                        .layer_prefix
-                        .replace("{layer}", &layer.to_string())
-                )
-            })
+        self.tensors.layer.iter().find(|(r, _)| *r == role).map(|(_, suffix)| {
+            format!("{}{suffix}", self.tensors.layer_prefix.replace("{layer}", &layer.to_string()))
+        })
     }
 
     /// Module names (tensor name without `.weight`) of the linear layers PEFT's `all-linear`
@@ -127,11 +111,7 @@ impl Profile {
 }
 
 fn known_names() -> String {
-    PROFILES
-        .iter()
-        .map(|p| p.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    PROFILES.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -156,19 +136,13 @@ mod tests {
     #[test]
     fn unknown_model_type_lists_known_profiles() {
         let err = Profile::for_model_type("llama").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "config.json has model_type `llama`, which no profile handles"
-        );
+        assert_eq!(err.to_string(), "config.json has model_type `llama`, which no profile handles");
         assert!(err.help().contains("qwen2, qwen3"));
     }
 
     #[test]
     fn all_linear_covers_the_seven_projections() {
-        let names: Vec<_> = Profile::by_name("qwen3")
-            .unwrap()
-            .linear_module_suffixes()
-            .collect();
+        let names: Vec<_> = Profile::by_name("qwen3").unwrap().linear_module_suffixes().collect();
         assert_eq!(names.len(), 7);
         assert!(names.contains(&"mlp.down_proj"));
     }

@@ -97,19 +97,12 @@ impl ModelShape {
 
     /// The same shape stored in another dtype.
     pub fn with_dtype(&self, dtype: TensorDtype) -> ModelShape {
-        ModelShape {
-            dtype,
-            ..self.clone()
-        }
+        ModelShape { dtype, ..self.clone() }
     }
 
     /// config.json as transformers writes it for this architecture.
     pub fn config_json(&self, bos: u32, eos: u32, pad: u32) -> Value {
-        let architecture = if self.model_type == "qwen3" {
-            "Qwen3ForCausalLM"
-        } else {
-            "Qwen2ForCausalLM"
-        };
+        let architecture = if self.model_type == "qwen3" { "Qwen3ForCausalLM" } else { "Qwen2ForCausalLM" };
         let mut config = json!({
             "architectures": [architecture],
             "attention_dropout": 0.0,

@@ -7,13 +7,7 @@ fn cargo_subcommand_argument_is_accepted() {
     let path = fixture("qwen3-tiny");
     let out = run_in(
         dir.path(),
-        &[
-            "model-export",
-            "inspect",
-            path.to_str().unwrap(),
-            "--message-format",
-            "json",
-        ],
+        &["model-export", "inspect", path.to_str().unwrap(), "--message-format", "json"],
         &[],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -35,20 +29,9 @@ fn help_lists_only_working_subcommands() {
         "--message-format",
         "--package",
     ] {
-        assert!(
-            out.stdout.contains(present),
-            "`{present}` missing from --help:\n{}",
-            out.stdout
-        );
+        assert!(out.stdout.contains(present), "`{present}` missing from --help:\n{}", out.stdout);
     }
-    for absent in [
-        "  merge",
-        "  export",
-        "  validate",
-        "  bench",
-        "  init",
-        "  generate",
-    ] {
+    for absent in ["  merge", "  export", "  validate", "  bench", "  init", "  generate"] {
         assert!(
             !out.stdout.contains(absent),
             "`{absent}` must not be offered before it works:\n{}",
@@ -70,28 +53,16 @@ fn profiles_lists_qwen2_and_qwen3() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_in(dir.path(), &["profiles", "--message-format", "json"], &[]);
     assert_eq!(out.code, 0);
-    let names: Vec<String> = out
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<String> =
+        out.json().as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["qwen2", "qwen3"]);
-    assert_eq!(
-        out.json()[1]["tensors"]["layer_prefix"],
-        "model.layers.{layer}."
-    );
+    assert_eq!(out.json()[1]["tensors"]["layer_prefix"], "model.layers.{layer}.");
 }
 
 #[test]
 fn errors_in_json_mode_are_json_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_in(
-        dir.path(),
-        &["inspect", "does-not-exist", "--message-format", "json"],
-        &[],
-    );
+    let out = run_in(dir.path(), &["inspect", "does-not-exist", "--message-format", "json"], &[]);
     assert_eq!(out.code, 1);
     let v = out.json();
     assert_eq!(v["reason"], "error");

@@ -16,11 +16,7 @@ fn config_error(tables: &str, env: &[(&str, &str)], args: &[&str]) -> String {
     let mut all = vec!["config"];
     all.extend_from_slice(args);
     let out = project.run_env(&all, env);
-    assert_eq!(
-        out.code, 2,
-        "expected exit 2, stdout:\n{}\nstderr:\n{}",
-        out.stdout, out.stderr
-    );
+    assert_eq!(out.code, 2, "expected exit 2, stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
     project.redact(out.stderr.trim_end())
 }
 
@@ -40,22 +36,10 @@ bad_config!(
     unknown_top_level_key,
     "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\nbsae = \"x\"\n"
 );
-bad_config!(
-    base_of_wrong_type,
-    "[package.metadata.model-export]\nbase = 5\n"
-);
-bad_config!(
-    missing_base,
-    "[package.metadata.model-export]\nadapter = \"{fixtures}/qwen3-tiny-run\"\n"
-);
-bad_config!(
-    base_does_not_exist,
-    "[package.metadata.model-export]\nbase = \"models/nope\"\n"
-);
-bad_config!(
-    base_without_config_json,
-    "[package.metadata.model-export]\nbase = \"{fixtures}/tokenizer\"\n"
-);
+bad_config!(base_of_wrong_type, "[package.metadata.model-export]\nbase = 5\n");
+bad_config!(missing_base, "[package.metadata.model-export]\nadapter = \"{fixtures}/qwen3-tiny-run\"\n");
+bad_config!(base_does_not_exist, "[package.metadata.model-export]\nbase = \"models/nope\"\n");
+bad_config!(base_without_config_json, "[package.metadata.model-export]\nbase = \"{fixtures}/tokenizer\"\n");
 bad_config!(
     adapter_does_not_exist,
     "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\nadapter = \"runs/missing\"\n"
@@ -116,10 +100,7 @@ bad_config!(
     zero_new_tokens,
     "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\n\n[package.metadata.model-export.validate]\nmax-new-tokens = 0\n"
 );
-bad_config!(
-    table_is_not_a_table,
-    "[package.metadata]\nmodel-export = \"qwen\"\n"
-);
+bad_config!(table_is_not_a_table, "[package.metadata]\nmodel-export = \"qwen\"\n");
 bad_config!(
     unknown_key_in_workspace_table,
     "[workspace.metadata.model-export]\nout_dir = \"x\"\n\n[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\n"
@@ -128,27 +109,14 @@ bad_config!(
     out_dir_inside_base,
     "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\nout-dir = \"{fixtures}/qwen3-tiny/out\"\n"
 );
-bad_config!(
-    bad_env_value,
-    GOOD,
-    &[("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "lots")],
-    &[]
-);
-bad_config!(
-    bad_env_engines,
-    GOOD,
-    &[("MODEL_EXPORT_VALIDATE_ENGINES", "ort,torch")],
-    &[]
-);
+bad_config!(bad_env_value, GOOD, &[("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "lots")], &[]);
+bad_config!(bad_env_engines, GOOD, &[("MODEL_EXPORT_VALIDATE_ENGINES", "ort,torch")], &[]);
 bad_config!(unknown_profile_flag, GOOD, &[], &["--profile", "gpt2"]);
 
 #[test]
 fn unknown_package_lists_the_available_ones() {
     let msg = config_error(GOOD, &[], &["-p", "other"]);
-    assert!(
-        msg.contains("package `other` is not in the workspace"),
-        "{msg}"
-    );
+    assert!(msg.contains("package `other` is not in the workspace"), "{msg}");
     assert!(msg.contains("help: pass -p with one of: proj"), "{msg}");
 }
 
@@ -159,71 +127,32 @@ fn config_shows_provenance_of_each_value() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
     assert_eq!(v["base"]["source"]["kind"], "package");
-    assert!(
-        v["base"]["value"]
-            .as_str()
-            .unwrap()
-            .ends_with("fixtures/qwen3-tiny")
-    );
+    assert!(v["base"]["value"].as_str().unwrap().ends_with("fixtures/qwen3-tiny"));
     assert_eq!(v["out_dir"]["source"]["kind"], "default");
-    assert!(
-        v["out_dir"]["value"]
-            .as_str()
-            .unwrap()
-            .ends_with("target/model-export")
-    );
+    assert!(v["out_dir"]["value"].as_str().unwrap().ends_with("target/model-export"));
     assert_eq!(v["validate"]["max_new_tokens"]["value"], 16);
     assert_eq!(v["exports"][0]["value"]["name"], "hf");
     assert_eq!(v["exports"][0]["value"]["dtype"], serde_json::Value::Null);
     let human = project.run(&["config"]);
     assert!(human.stdout.contains("[default]"), "{}", human.stdout);
-    assert!(
-        human.stdout.contains("[package table ("),
-        "{}",
-        human.stdout
-    );
+    assert!(human.stdout.contains("[package table ("), "{}", human.stdout);
 }
 
 #[test]
 fn env_beats_table_and_flag_beats_env() {
-    let project = Project::new(&format!(
-        "{GOOD}\n[package.metadata.model-export.validate]\nmax-new-tokens = 8\n"
-    ));
-    let env = [
-        ("MODEL_EXPORT_OUT_DIR", "/tmp/from-env"),
-        ("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "4"),
-    ];
-    let v = project
-        .run_env(&["config", "--message-format", "json"], &env)
-        .json();
+    let project =
+        Project::new(&format!("{GOOD}\n[package.metadata.model-export.validate]\nmax-new-tokens = 8\n"));
+    let env = [("MODEL_EXPORT_OUT_DIR", "/tmp/from-env"), ("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "4")];
+    let v = project.run_env(&["config", "--message-format", "json"], &env).json();
     assert_eq!(v["out_dir"]["value"], "/tmp/from-env");
-    assert_eq!(
-        v["out_dir"]["source"],
-        serde_json::json!({"kind": "env", "var": "MODEL_EXPORT_OUT_DIR"})
-    );
+    assert_eq!(v["out_dir"]["source"], serde_json::json!({"kind": "env", "var": "MODEL_EXPORT_OUT_DIR"}));
     assert_eq!(v["validate"]["max_new_tokens"]["value"], 4);
-    assert_eq!(
-        v["validate"]["max_new_tokens"]["source"]["var"],
-        "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS"
-    );
+    assert_eq!(v["validate"]["max_new_tokens"]["source"]["var"], "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS");
 
-    let v = project
-        .run_env(
-            &[
-                "config",
-                "--out-dir",
-                "/tmp/from-flag",
-                "--message-format",
-                "json",
-            ],
-            &env,
-        )
-        .json();
+    let v =
+        project.run_env(&["config", "--out-dir", "/tmp/from-flag", "--message-format", "json"], &env).json();
     assert_eq!(v["out_dir"]["value"], "/tmp/from-flag");
-    assert_eq!(
-        v["out_dir"]["source"],
-        serde_json::json!({"kind": "flag", "flag": "--out-dir"})
-    );
+    assert_eq!(v["out_dir"]["source"], serde_json::json!({"kind": "flag", "flag": "--out-dir"}));
 }
 
 #[test]
@@ -241,9 +170,8 @@ fn workspace_table_gives_defaults_that_the_package_overrides() {
 
 #[test]
 fn relative_paths_resolve_against_the_manifest_folder() {
-    let project = Project::new(
-        "[package.metadata.model-export]\nbase = \"models/base\"\nout-dir = \"out\"\n",
-    );
+    let project =
+        Project::new("[package.metadata.model-export]\nbase = \"models/base\"\nout-dir = \"out\"\n");
     std::fs::create_dir_all(project.path().join("models/base")).unwrap();
     std::fs::write(project.path().join("models/base/config.json"), "{}").unwrap();
     // Run from a sub-folder: paths still start at the manifest.
@@ -251,14 +179,8 @@ fn relative_paths_resolve_against_the_manifest_folder() {
     let out = crate::common::run_in(&sub, &["config", "--message-format", "json"], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
-    assert_eq!(
-        v["base"]["value"],
-        project.path().join("models/base").to_str().unwrap()
-    );
-    assert_eq!(
-        v["out_dir"]["value"],
-        project.path().join("out").to_str().unwrap()
-    );
+    assert_eq!(v["base"]["value"], project.path().join("models/base").to_str().unwrap());
+    assert_eq!(v["out_dir"]["value"], project.path().join("out").to_str().unwrap());
 }
 
 #[test]

@@ -4,26 +4,12 @@ use crate::common::run_in;
 fn demo_builds_a_project_whose_broken_checkpoint_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("demo");
-    let out = run_in(
-        dir.path(),
-        &[
-            "demo",
-            "--dir",
-            target.to_str().unwrap(),
-            "--message-format",
-            "json",
-        ],
-        &[],
-    );
+    let out =
+        run_in(dir.path(), &["demo", "--dir", target.to_str().unwrap(), "--message-format", "json"], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
     assert_eq!(v["base"]["parameters"], 98_688);
-    assert!(
-        v["detection"]["chosen"]
-            .as_str()
-            .unwrap()
-            .ends_with("checkpoint-4")
-    );
+    assert!(v["detection"]["chosen"].as_str().unwrap().ends_with("checkpoint-4"));
     assert_eq!(v["detection"]["checkpoints"][0]["status"], "skipped");
     assert_eq!(v["config"]["exports"].as_array().unwrap().len(), 2);
     // The project it wrote is a real one: the CLI reads it from inside.
@@ -56,13 +42,6 @@ fn demo_refuses_a_non_empty_folder() {
     std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
     let out = run_in(dir.path(), &["demo", "--dir", "."], &[]);
     assert_eq!(out.code, 2);
-    assert!(
-        out.stderr.contains("--dir") && out.stderr.contains("not empty"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(),
-        "mine"
-    );
+    assert!(out.stderr.contains("--dir") && out.stderr.contains("not empty"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(), "mine");
 }

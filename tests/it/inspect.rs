@@ -2,16 +2,8 @@ use crate::common::{fixture, run_in};
 
 fn inspect_json(name: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_in(
-        dir.path(),
-        &[
-            "inspect",
-            fixture(name).to_str().unwrap(),
-            "--message-format",
-            "json",
-        ],
-        &[],
-    );
+    let out =
+        run_in(dir.path(), &["inspect", fixture(name).to_str().unwrap(), "--message-format", "json"], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     out.json()
 }
@@ -80,28 +72,15 @@ fn training_run_lists_every_checkpoint() {
         .collect();
     assert_eq!(
         statuses,
-        [
-            ("checkpoint-6", "skipped"),
-            ("checkpoint-4", "chosen"),
-            ("checkpoint-2", "older")
-        ]
+        [("checkpoint-6", "skipped"), ("checkpoint-4", "chosen"), ("checkpoint-2", "older")]
     );
 }
 
 #[test]
 fn human_output_names_the_architecture() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_in(
-        dir.path(),
-        &["inspect", fixture("qwen3-tiny").to_str().unwrap()],
-        &[],
-    );
+    let out = run_in(dir.path(), &["inspect", fixture("qwen3-tiny").to_str().unwrap()], &[]);
     assert_eq!(out.code, 0);
-    assert!(
-        out.stdout
-            .contains("Qwen3ForCausalLM (profile qwen3, model_type qwen3)"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("Qwen3ForCausalLM (profile qwen3, model_type qwen3)"), "{}", out.stdout);
     assert!(out.stdout.contains("98,688"));
 }

@@ -7,3 +7,4 @@ mod config;
 mod demo;
 mod detect;
 mod inspect;
+mod model;

@@ -19,11 +19,7 @@ pub struct TensorEntry {
 
 impl TensorEntry {
     pub fn new(name: impl Into<String>, dtype: TensorDtype, shape: Vec<usize>) -> Self {
-        Self {
-            name: name.into(),
-            dtype,
-            shape,
-        }
+        Self { name: name.into(), dtype, shape }
     }
 
     pub fn byte_len(&self) -> u64 {
@@ -35,10 +31,8 @@ impl TensorEntry {
 pub fn header_bytes(entries: &[TensorEntry], metadata: &[(String, String)]) -> Vec<u8> {
     let mut header = Map::new();
     if !metadata.is_empty() {
-        let meta: Map<String, Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        let meta: Map<String, Value> =
+            metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         header.insert("__metadata__".into(), Value::Object(meta));
     }
     let mut offset = 0u64;
@@ -50,9 +44,7 @@ pub fn header_bytes(entries: &[TensorEntry], metadata: &[(String, String)]) -> V
         );
         offset = end;
     }
-    let mut text = serde_json::to_string(&Value::Object(header))
-        .unwrap_or_default()
-        .into_bytes();
+    let mut text = serde_json::to_string(&Value::Object(header)).unwrap_or_default().into_bytes();
     while text.len() % 8 != 0 {
         text.push(b' ');
     }
@@ -74,20 +66,16 @@ impl SafetensorsWriter {
         entries: &[TensorEntry],
         metadata: &[(String, String)],
     ) -> std::io::Result<Self> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let temp = tempfile::Builder::new()
-            .prefix(".partial-")
-            .tempfile_in(dir)?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let temp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir)?;
         let mut out = BufWriter::with_capacity(8 << 20, temp);
         out.write_all(&header_bytes(entries, metadata))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            out,
-            remaining: entries.iter().map(TensorEntry::byte_len).sum(),
-        })
+        Ok(Self { path: path.to_path_buf(), out, remaining: entries.iter().map(TensorEntry::byte_len).sum() })
+    }
+
+    /// Bytes of declared tensor data not yet written.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
     }
 
     /// Appends tensor data; the caller streams tensors in the order they were declared.
@@ -131,15 +119,8 @@ mod tests {
             TensorEntry::new("b", TensorDtype::F32, vec![2]),
             TensorEntry::new("a", TensorDtype::BF16, vec![3, 1]),
         ];
-        let mut w =
-            SafetensorsWriter::create(&path, &entries, &[("format".into(), "pt".into())]).unwrap();
-        w.write(
-            &[1.0f32, 2.0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let mut w = SafetensorsWriter::create(&path, &entries, &[("format".into(), "pt".into())]).unwrap();
+        w.write(&[1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).unwrap();
         w.write(&[0u8; 6]).unwrap();
         w.finish().unwrap();
         let file = SafetensorsFile::open(&path).unwrap();
@@ -160,10 +141,6 @@ mod tests {
         w.write(&[0u8; 8]).unwrap();
         assert!(w.finish().is_err());
         assert!(!path.exists());
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "the temporary file is removed"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the temporary file is removed");
     }
 }
