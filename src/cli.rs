@@ -119,6 +119,25 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export inspect models/Qwen3-0.6B\n  cargo model-export inspect runs/sft/checkpoint-400 --message-format json"
     )]
     Inspect(InspectArgs),
+    /// Merge the adapter into the base model and write a Hugging Face folder
+    #[command(
+        long_about = "Merge the newest valid checkpoint (or the adapter folder) into the base model with PEFT's \
+            semantics (LoRA, rsLoRA, DoRA, rank/alpha patterns, modules_to_save, embedding LoRA), computing \
+            in f32 and streaming tensor by tensor, and write a folder that transformers' \
+            AutoModelForCausalLM.from_pretrained loads unchanged: weights (sharded on request), config.json, \
+            generation_config.json, tokenizer files and manifest.json (SHA-256 of every file). The folder \
+            appears only when complete and verified.",
+        after_help = "Examples:\n  cargo model-export merge\n  cargo model-export merge --dtype bf16 --max-shard-size 5GB --out merged/\n  cargo model-export merge --base models/Qwen3-0.6B --adapter runs/sft --out /tmp/merged"
+    )]
+    Merge(MergeArgs),
+    /// Run every export declared in [package.metadata.model-export]
+    #[command(
+        long_about = "Run every [[package.metadata.model-export.export]] entry: detect the checkpoint, then write \
+            each export to <out-dir>/<name>/. This version writes safetensors exports; a table that \
+            declares other formats is refused before anything is written.",
+        after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --out-dir /tmp/exports --message-format json"
+    )]
+    Run(OverrideArgs),
     /// List the architecture profiles compiled into this binary
     #[command(
         after_help = "Examples:\n  cargo model-export profiles\n  cargo model-export profiles --message-format json"
@@ -133,6 +152,39 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Folder to write (default: <out-dir>/merged)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Weight dtype of the merged folder (default: the base's storage dtype)
+    #[arg(long, value_enum)]
+    pub dtype: Option<FloatDtype>,
+    /// Split the weights into shards no larger than this, e.g. 5GB or 512MiB
+    #[arg(long, value_name = "SIZE")]
+    pub max_shard_size: Option<crate::config::ByteSize>,
+}
+
+/// Dtypes a safetensors folder can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FloatDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<FloatDtype> for crate::model::TensorDtype {
+    fn from(d: FloatDtype) -> Self {
+        match d {
+            FloatDtype::F32 => crate::model::TensorDtype::F32,
+            FloatDtype::F16 => crate::model::TensorDtype::F16,
+            FloatDtype::Bf16 => crate::model::TensorDtype::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

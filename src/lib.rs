@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod inspect;
+pub mod merge;
 pub mod model;
 pub mod monitor;
 pub mod profile;

@@ -65,6 +65,12 @@ pub struct AdapterConfig {
     pub alpha_pattern: Vec<(String, f64)>,
     pub modules_to_save: Vec<String>,
     pub base_model_name_or_path: Option<String>,
+    /// Modules PEFT skipped even though `target_modules` selects them.
+    pub exclude_modules: Option<TargetModules>,
+    /// Only these decoder layers were adapted.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// PEFT's `ensure_weight_tying`: a tied embedding/head pair stayed tied during training.
+    pub ensure_weight_tying: bool,
     #[serde(skip)]
     rank_regexes: Vec<Regex>,
     #[serde(skip)]
@@ -91,6 +97,12 @@ struct RawConfig {
     modules_to_save: Option<Vec<String>>,
     #[serde(default)]
     base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    exclude_modules: Option<Value>,
+    #[serde(default)]
+    layers_to_transform: Option<Value>,
+    #[serde(default)]
+    ensure_weight_tying: Option<bool>,
 }
 
 impl AdapterConfig {
@@ -132,24 +144,31 @@ impl AdapterConfig {
             None => return Err(bad("missing `lora_alpha`".into())),
         };
         let target_modules = match raw.target_modules {
-            Some(Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
-            Some(Value::String(s)) => {
-                Regex::new(&format!("^(?:{s})$")).map_err(|e| {
-                    bad(format!("`target_modules` is not a regular expression Rust can use: {e}"))
-                })?;
-                TargetModules::Regex(s)
+            Some(value) => module_selector(value, "target_modules").map_err(bad)?,
+            None => return Err(bad("missing `target_modules`".into())),
+        };
+        let exclude_modules = match raw.exclude_modules {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(module_selector(value, "exclude_modules").map_err(bad)?),
+        };
+        let layers_to_transform = match raw.layers_to_transform {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => {
+                let index = n
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("`layers_to_transform` {n} is not a layer index")))?;
+                Some(vec![index as usize])
             }
-            Some(Value::Array(items)) => TargetModules::List(
+            Some(Value::Array(items)) => Some(
                 items
                     .iter()
-                    .map(|v| v.as_str().map(str::to_string))
+                    .map(|v| v.as_u64().map(|n| n as usize))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| bad("`target_modules` must be a list of strings".into()))?,
+                    .ok_or_else(|| bad("`layers_to_transform` must be a list of layer indices".into()))?,
             ),
             Some(other) => {
-                return Err(bad(format!("`target_modules` must be a list or a string, found {other}")));
+                return Err(bad(format!("`layers_to_transform` must be an index or a list, found {other}")));
             }
-            None => return Err(bad("missing `target_modules`".into())),
         };
         let (rank_pattern, rank_regexes) =
             patterns(raw.rank_pattern, "rank_pattern", |v| v.as_u64().filter(|&n| n > 0).map(|n| n as usize))
@@ -169,6 +188,9 @@ impl AdapterConfig {
             alpha_pattern,
             modules_to_save: raw.modules_to_save.unwrap_or_default(),
             base_model_name_or_path: raw.base_model_name_or_path,
+            exclude_modules,
+            layers_to_transform,
+            ensure_weight_tying: raw.ensure_weight_tying.unwrap_or(false),
             rank_regexes,
             alpha_regexes,
         })
@@ -182,6 +204,50 @@ impl AdapterConfig {
     /// The alpha PEFT gives `module`: the first `alpha_pattern` key that matches, else `lora_alpha`.
     pub fn alpha_for(&self, module: &str) -> f64 {
         first_match(&self.alpha_regexes, &self.alpha_pattern, module).unwrap_or(self.lora_alpha)
+    }
+}
+
+/// `target_modules` / `exclude_modules`: a list of names, `all-linear`, or a regular expression.
+fn module_selector(value: Value, field: &str) -> Result<TargetModules, String> {
+    match value {
+        Value::String(s) if s == "all-linear" => Ok(TargetModules::AllLinear),
+        Value::String(s) => {
+            Regex::new(&format!("^(?:{s})$"))
+                .map_err(|e| format!("`{field}` is not a regular expression Rust can use: {e}"))?;
+            Ok(TargetModules::Regex(s))
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(TargetModules::List)
+            .ok_or_else(|| format!("`{field}` must be a list of strings")),
+        other => Err(format!("`{field}` must be a list or a string, found {other}")),
+    }
+}
+
+/// The decoder layer a module belongs to (`model.layers.3.mlp.up_proj` -> 3).
+pub fn layer_index(module: &str) -> Option<usize> {
+    let mut parts = module.split('.');
+    while let Some(part) = parts.next() {
+        if matches!(part, "layers" | "h" | "blocks" | "layer") {
+            if let Some(index) = parts.clone().next().and_then(|p| p.parse().ok()) {
+                return Some(index);
+            }
+        }
+    }
+    None
+}
+
+impl AdapterConfig {
+    /// Whether PEFT adapted `module`: selected by `target_modules`, not excluded, in a chosen layer.
+    pub fn selects(&self, module: &str, profile: &Profile) -> bool {
+        self.target_modules.matches(module, profile)
+            && !self.exclude_modules.as_ref().is_some_and(|e| e.matches(module, profile))
+            && self
+                .layers_to_transform
+                .as_ref()
+                .is_none_or(|layers| layer_index(module).is_some_and(|i| layers.contains(&i)))
     }
 }
 

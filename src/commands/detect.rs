@@ -7,11 +7,22 @@ use crate::error::{ConfigError, Error};
 use crate::model::ModelFolder;
 use crate::model::layout::check_layout;
 
-/// Opens the configured base and finds the adapter to merge, checked against the base.
-pub fn detect_configured(config: &Config) -> Result<(ModelFolder, Detection), Error> {
+/// Opens the configured base and, when an adapter is configured, finds the checkpoint to
+/// merge, checked against the base.
+pub fn open_inputs(config: &Config) -> Result<(ModelFolder, Option<Detection>), Error> {
     let base = ModelFolder::open(&config.base.value, config.profile.value.profile())?;
     check_layout(&base)?;
-    let Some(adapter) = &config.adapter.value else {
+    let detection = match &config.adapter.value {
+        Some(adapter) => Some(detect(adapter, Some(&base))?),
+        None => None,
+    };
+    Ok((base, detection))
+}
+
+/// Like `open_inputs`, for commands that need an adapter.
+pub fn detect_configured(config: &Config) -> Result<(ModelFolder, Detection), Error> {
+    let (base, detection) = open_inputs(config)?;
+    let Some(detection) = detection else {
         return Err(ConfigError::Invalid {
             origin: config.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string()),
             key: "adapter".into(),
@@ -21,7 +32,6 @@ pub fn detect_configured(config: &Config) -> Result<(ModelFolder, Detection), Er
         }
         .into());
     };
-    let detection = detect(adapter, Some(&base))?;
     Ok((base, detection))
 }
 

@@ -5,8 +5,10 @@ mod config;
 mod demo;
 mod detect;
 mod inspect;
+mod merge;
 mod output;
 mod profiles;
+mod run;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,6 +55,8 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Config(args) => config::run(&ctx, &args.into()),
         Command::Detect(args) => detect::run(&ctx, &args.into()),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Merge(args) => merge::run(&ctx, args),
+        Command::Run(args) => run::run(&ctx, &args.into()),
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
     }

@@ -7,4 +7,7 @@ mod config;
 mod demo;
 mod detect;
 mod inspect;
+mod merge;
 mod model;
+mod peft_semantics;
+mod run;

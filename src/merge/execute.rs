@@ -1,0 +1,147 @@
+//! Streams a merge plan into a writer: one tensor at a time, in blocks of rows, computing in f32
+//! and writing the requested dtype. Tensors that need no change and no conversion are copied
+//! byte for byte. Pages of the memory-mapped inputs are released after use, so resident memory
+//! stays at a few blocks whatever the model size.
+
+use rayon::prelude::*;
+
+use super::kernel::{RowDelta, transpose};
+use super::plan::{MergePlan, Origin, PlannedTensor};
+use crate::checkpoint::Adapter;
+use crate::error::{CheckpointError, Error};
+use crate::export::safetensors::TensorEntry;
+use crate::model::dtype::{decode_f32, encode_f32};
+use crate::model::{ModelFolder, SafetensorsFile, TensorDtype, TensorInfo};
+
+/// Elements per block: 16 MiB of f32.
+const BLOCK_ELEMENTS: usize = 4 << 20;
+
+pub struct MergeInputs<'a> {
+    pub base: &'a ModelFolder,
+    pub adapter: Option<&'a Adapter>,
+}
+
+impl MergeInputs<'_> {
+    fn source(&self, origin: &Origin) -> (&SafetensorsFile, &TensorInfo) {
+        match origin {
+            Origin::Base(name) => self.base.tensor(name).expect("planned from the base's own tensors"),
+            Origin::Adapter(name) => {
+                let adapter = self.adapter.expect("adapter tensors are planned only with an adapter");
+                (&adapter.file, adapter.file.get(name).expect("planned from the adapter's own tensors"))
+            }
+        }
+    }
+
+    fn adapter_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), Error> {
+        let adapter = self.adapter.expect("adapter tensors are planned only with an adapter");
+        let info = adapter.file.get(name).expect("planned from the adapter's own tensors");
+        let mut values = Vec::new();
+        adapter.file.read_f32(info, &mut values).map_err(CheckpointError::from)?;
+        Ok((values, info.shape.clone()))
+    }
+}
+
+/// The header entries of the merged tensors in `dtype`.
+pub fn output_entries(plan: &MergePlan, dtype: TensorDtype) -> Vec<TensorEntry> {
+    plan.tensors.iter().map(|t| TensorEntry::new(t.name.clone(), dtype, t.shape.clone())).collect()
+}
+
+fn row_delta(inputs: &MergeInputs<'_>, t: &PlannedTensor) -> Result<Option<RowDelta>, Error> {
+    let Some(lora) = &t.lora else { return Ok(None) };
+    let (a, a_shape) = inputs.adapter_f32(&lora.lora_a)?;
+    let (b, b_shape) = inputs.adapter_f32(&lora.lora_b)?;
+    let rank = a_shape[0];
+    let (coef, basis, cols) = if lora.transposed {
+        // delta = (B @ A)^T: row i of the weight is sum_k A[k, i] * B[:, k].
+        (transpose(&a, rank, a_shape[1]), transpose(&b, b_shape[0], rank), b_shape[0])
+    } else {
+        (b, a, a_shape[1])
+    };
+    let magnitude = match &lora.magnitude {
+        Some(name) => Some(inputs.adapter_f32(name)?.0),
+        None => None,
+    };
+    Ok(Some(RowDelta { rank, cols, coef, basis, scale: lora.scale, magnitude }))
+}
+
+/// Decodes `bytes` of `dtype` into `out` in parallel.
+fn decode_parallel(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) {
+    let width = dtype.size_in_bytes();
+    out.resize(bytes.len() / width, 0.0);
+    out.par_chunks_mut(1 << 16).zip(bytes.par_chunks(width << 16)).for_each_init(
+        Vec::new,
+        |buf, (dst, src)| {
+            decode_f32(dtype, src, buf);
+            dst.copy_from_slice(buf);
+        },
+    );
+}
+
+fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
+    let width = dtype.size_in_bytes();
+    out.resize(values.len() * width, 0);
+    out.par_chunks_mut(width << 16).zip(values.par_chunks(1 << 16)).for_each_init(
+        Vec::new,
+        |buf, (dst, src)| {
+            encode_f32(dtype, src, buf);
+            dst.copy_from_slice(buf);
+        },
+    );
+}
+
+/// Streams every planned tensor, in plan order, through `write`.
+pub fn execute(
+    plan: &MergePlan,
+    inputs: &MergeInputs<'_>,
+    dtype: TensorDtype,
+    write: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    progress: &indicatif::ProgressBar,
+) -> Result<(), Error> {
+    let mut values = Vec::new();
+    let mut encoded = Vec::new();
+    for t in &plan.tensors {
+        let (file, info) = inputs.source(&t.origin);
+        let bytes = file.bytes(info);
+        let delta = row_delta(inputs, t)?;
+        let bias = match &t.bias {
+            Some((name, scale)) => Some((inputs.adapter_f32(name)?.0, *scale)),
+            None => None,
+        };
+        if delta.is_none() && bias.is_none() && info.dtype == dtype {
+            for (i, block) in bytes.chunks(BLOCK_ELEMENTS * dtype.size_in_bytes()).enumerate() {
+                write(block)?;
+                file.release(info, i * BLOCK_ELEMENTS * dtype.size_in_bytes(), block.len());
+                progress.inc(block.len() as u64);
+            }
+            continue;
+        }
+        // Rows are the first axis; a vector is one row.
+        let cols: usize =
+            if t.shape.len() >= 2 { t.shape[1..].iter().product() } else { t.shape.iter().product() };
+        let cols = cols.max(1);
+        let rows_per_block = (BLOCK_ELEMENTS / cols).max(1);
+        let width = info.dtype.size_in_bytes();
+        let total_rows = info.numel() / cols;
+        let mut row = 0;
+        while row < total_rows {
+            let n = rows_per_block.min(total_rows - row);
+            let start = row * cols * width;
+            let block = &bytes[start..start + n * cols * width];
+            decode_parallel(info.dtype, block, &mut values);
+            if let Some(delta) = &delta {
+                delta.apply(&mut values, row);
+            }
+            if let Some((lora_bias, scale)) = &bias {
+                for (v, b) in values.iter_mut().zip(&lora_bias[row * cols..]) {
+                    *v += *b * scale;
+                }
+            }
+            encode_parallel(dtype, &values, &mut encoded);
+            write(&encoded)?;
+            file.release(info, start, block.len());
+            progress.inc(encoded.len() as u64);
+            row += n;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+use crate::common::Project;
+
+#[test]
+fn run_writes_every_safetensors_export() {
+    let project = Project::new(
+        r#"
+[package.metadata.model-export]
+base = "{fixtures}/qwen2-tiny"
+adapter = "{fixtures}/qwen2-tiny-adapter"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "hf"
+format = "safetensors"
+
+[[package.metadata.model-export.export]]
+name = "hf-bf16"
+format = "safetensors"
+dtype = "bf16"
+options = { max-shard-size = "100KB" }
+"#,
+    );
+    let out = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(v[0]["name"], "hf");
+    assert_eq!(v[0]["dtype"], "f32");
+    assert_eq!(v[1]["dtype"], "bf16");
+    let exports = project.path().join("exports");
+    assert!(exports.join("hf/model.safetensors").is_file());
+    assert!(exports.join("hf/manifest.json").is_file());
+    assert!(exports.join("hf-bf16/model.safetensors.index.json").is_file());
+    let human = project.run(&["run"]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.contains("| hf-bf16 | safetensors | bf16"), "{}", human.stdout);
+}
+
+#[test]
+fn run_refuses_formats_it_cannot_write_before_writing() {
+    let project = Project::new(
+        r#"
+[package.metadata.model-export]
+base = "{fixtures}/qwen2-tiny"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "hf"
+format = "safetensors"
+
+[[package.metadata.model-export.export]]
+name = "onnx"
+format = "onnx"
+"#,
+    );
+    let out = project.run(&["run"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("export `onnx`"), "{}", out.stderr);
+    assert!(!project.path().join("exports").exists());
+}
