@@ -20,6 +20,8 @@ pub enum Error {
     Model(#[from] ModelError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -31,6 +33,7 @@ impl Error {
             Error::Profile(e) => e.help(),
             Error::Model(e) => e.help(),
             Error::Checkpoint(e) => e.help(),
+            Error::Runtime(e) => e.help(),
             Error::Write { source, .. } => io_help(source),
         }
     }
@@ -38,7 +41,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Profile(_) => EXIT_USAGE,
-            Error::Model(_) | Error::Checkpoint(_) | Error::Write { .. } => EXIT_FAILURE,
+            Error::Model(_) | Error::Checkpoint(_) | Error::Runtime(_) | Error::Write { .. } => EXIT_FAILURE,
         }
     }
 
@@ -208,6 +211,41 @@ impl CheckpointError {
             }
             CheckpointError::TrainerState { .. } => "trainer_state.json is damaged: restore it, or delete it to use the adapter without training metadata".into(),
             CheckpointError::Model(e) => e.help(),
+        }
+    }
+}
+
+/// Problems running a model in an engine.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{}: tensor `{tensor}` is missing", path.display())]
+    MissingTensor { path: PathBuf, tensor: String },
+    #[error("bad model input: {message}")]
+    Input { message: String },
+    #[error("{message}")]
+    Unsupported { message: String },
+}
+
+impl RuntimeError {
+    pub fn help(&self) -> String {
+        match self {
+            RuntimeError::Candle(_) => {
+                "this is a bug in the engine code: please report it with the model's config.json".into()
+            }
+            RuntimeError::Model(e) => e.help(),
+            RuntimeError::MissingTensor { .. } => {
+                "the folder does not hold a complete model: export or merge it again".into()
+            }
+            RuntimeError::Input { .. } => {
+                "check the prompts and the tokenizer: token ids must fit the model's vocabulary".into()
+            }
+            RuntimeError::Unsupported { .. } => {
+                "use a model whose architecture has a profile (`cargo model-export profiles`)".into()
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod merge;
 pub mod model;
 pub mod monitor;
 pub mod profile;
+pub mod runtime;
 pub mod synth;
 
 pub use error::{Error, Result};

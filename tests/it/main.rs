@@ -10,4 +10,5 @@ mod inspect;
 mod merge;
 mod model;
 mod peft_semantics;
+mod reference;
 mod run;
