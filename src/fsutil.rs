@@ -13,6 +13,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut temp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(err)?;
     temp.write_all(bytes).map_err(err)?;
     temp.as_file().sync_all().map_err(err)?;
+    make_shareable(temp.as_file()).map_err(err)?;
     temp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
 }
@@ -23,4 +24,28 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Erro
         serde_json::to_vec_pretty(value).map_err(|e| Error::write(path, std::io::Error::other(e)))?;
     text.push(b'\n');
     atomic_write(path, &text)
+}
+
+/// Temporary files are created private (0600); finished ones get the usual 0644.
+pub fn make_shareable(file: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
+/// Temporary folders are created private (0700); finished ones get the usual 0755.
+pub fn make_folder_shareable(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }

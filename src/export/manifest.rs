@@ -69,8 +69,9 @@ pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((size, format!("{:x}", hasher.finalize())))
 }
 
-/// Hashes every regular file of `dir` (not the manifest itself), sorted by name.
-pub fn hash_folder(dir: &Path) -> Result<Vec<FileEntry>, Error> {
+/// Hashes every regular file of `dir` (not the manifest itself), sorted by name; files in
+/// `known` (hashed while they were written) are taken as they are.
+pub fn hash_folder(dir: &Path, known: &[FileEntry]) -> Result<Vec<FileEntry>, Error> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::write(dir, e))? {
         let entry = entry.map_err(|e| Error::write(dir, e))?;
@@ -83,6 +84,9 @@ pub fn hash_folder(dir: &Path) -> Result<Vec<FileEntry>, Error> {
     names
         .par_iter()
         .map(|name| {
+            if let Some(entry) = known.iter().find(|k| &k.path == name) {
+                return Ok(entry.clone());
+            }
             let path = dir.join(name);
             let (size, sha256) = hash_file(&path).map_err(|e| Error::write(&path, e))?;
             Ok(FileEntry { path: name.clone(), size, sha256 })
@@ -101,7 +105,7 @@ pub enum Check {
 /// Lists the files of `dir` as they are now; hashes only with `Check::Full`.
 fn current_files(dir: &Path, check: Check, listed: &[FileEntry]) -> Result<Vec<FileEntry>, Error> {
     if check == Check::Full {
-        return hash_folder(dir);
+        return hash_folder(dir, &[]);
     }
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::write(dir, e))? {

@@ -10,7 +10,7 @@ use super::plan::{MergePlan, Origin, PlannedTensor};
 use crate::checkpoint::Adapter;
 use crate::error::{CheckpointError, Error};
 use crate::export::safetensors::TensorEntry;
-use crate::model::dtype::{decode_f32, encode_f32};
+use crate::model::dtype::{decode_into, encode_into};
 use crate::model::{ModelFolder, SafetensorsFile, TensorDtype, TensorInfo};
 
 /// Elements per block: 16 MiB of f32.
@@ -68,25 +68,17 @@ fn row_delta(inputs: &MergeInputs<'_>, t: &PlannedTensor) -> Result<Option<RowDe
 fn decode_parallel(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) {
     let width = dtype.size_in_bytes();
     out.resize(bytes.len() / width, 0.0);
-    out.par_chunks_mut(1 << 16).zip(bytes.par_chunks(width << 16)).for_each_init(
-        Vec::new,
-        |buf, (dst, src)| {
-            decode_f32(dtype, src, buf);
-            dst.copy_from_slice(buf);
-        },
-    );
+    out.par_chunks_mut(1 << 16).zip(bytes.par_chunks(width << 16)).for_each(|(dst, src)| {
+        decode_into(dtype, src, dst);
+    });
 }
 
 fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
     let width = dtype.size_in_bytes();
     out.resize(values.len() * width, 0);
-    out.par_chunks_mut(width << 16).zip(values.par_chunks(1 << 16)).for_each_init(
-        Vec::new,
-        |buf, (dst, src)| {
-            encode_f32(dtype, src, buf);
-            dst.copy_from_slice(buf);
-        },
-    );
+    out.par_chunks_mut(width << 16).zip(values.par_chunks(1 << 16)).for_each(|(dst, src)| {
+        encode_into(dtype, src, dst);
+    });
 }
 
 /// Streams every planned tensor, in plan order, through `write`.

@@ -30,32 +30,45 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 impl RowDelta {
-    /// Applies the update to `rows` (consecutive rows starting at `first_row`), in parallel.
+    /// Applies the update to `rows` (consecutive rows starting at `first_row`).
     pub fn apply(&self, rows: &mut [f32], first_row: usize) {
         let cols = self.cols;
-        rows.par_chunks_mut(cols).enumerate().for_each_init(
-            || vec![0.0f32; cols],
-            |delta, (i, row)| {
-                let o = first_row + i;
-                delta.fill(0.0);
-                // (C @ M) first, then the scale, then the add: PEFT's order of operations.
-                for k in 0..self.rank {
-                    let c = self.coef[o * self.rank + k];
-                    let basis_row = &self.basis[k * cols..(k + 1) * cols];
-                    for (d, m) in delta.iter_mut().zip(basis_row) {
-                        *d += c * m;
-                    }
-                }
-                for (w, d) in row.iter_mut().zip(delta.iter()) {
-                    *w += *d * self.scale;
-                }
-                if let Some(magnitude) = &self.magnitude {
-                    let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
-                    let factor = magnitude[o] / norm;
-                    row.iter_mut().for_each(|w| *w *= factor);
-                }
-            },
-        );
+        let n = rows.len() / cols;
+        let coef = &self.coef[first_row * self.rank..(first_row + n) * self.rank];
+        // rows := 1 * rows + scale * (coef @ basis): the delta is accumulated first, then scaled
+        // and added, PEFT's order of operations.
+        // SAFETY: every pointer addresses a row-major matrix of exactly the stated dimensions
+        // (rows: n x cols, coef: n x rank, basis: rank x cols) that lives for the whole call.
+        unsafe {
+            gemm::gemm(
+                n,
+                cols,
+                self.rank,
+                rows.as_mut_ptr(),
+                1,
+                cols as isize,
+                true,
+                coef.as_ptr(),
+                1,
+                self.rank as isize,
+                self.basis.as_ptr(),
+                1,
+                cols as isize,
+                1.0f32,
+                self.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        if let Some(magnitude) = &self.magnitude {
+            rows.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+                let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
+                let factor = magnitude[first_row + i] / norm;
+                row.iter_mut().for_each(|w| *w *= factor);
+            });
+        }
     }
 }
 

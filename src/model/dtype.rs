@@ -126,6 +126,62 @@ pub fn decode_f32(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) -> bool 
     true
 }
 
+/// Decodes little-endian f32/f16/bf16 bytes into `out` (of exactly the matching length);
+/// the tight loops vectorise, which matters when gigabytes stream through.
+pub fn decode_into(dtype: TensorDtype, bytes: &[u8], out: &mut [f32]) -> bool {
+    match dtype {
+        TensorDtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        TensorDtype::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+        TensorDtype::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// f32 -> bf16 bits, rounding to nearest even (as torch and `half` do); NaN stays NaN.
+/// Branch-free so that the encoding loop vectorises.
+fn bf16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((bits >> 16) | 0x0040) as u16;
+    if v.is_nan() { quiet_nan } else { rounded }
+}
+
+/// Encodes f32 values into `out` (of exactly the matching length) as little-endian `dtype`.
+pub fn encode_into(dtype: TensorDtype, values: &[f32], out: &mut [u8]) -> bool {
+    match dtype {
+        TensorDtype::F32 => {
+            for (c, v) in out.chunks_exact_mut(4).zip(values) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        TensorDtype::BF16 => {
+            for (c, v) in out.chunks_exact_mut(2).zip(values) {
+                c.copy_from_slice(&bf16_bits(*v).to_le_bytes());
+            }
+        }
+        TensorDtype::F16 => {
+            for (c, v) in out.chunks_exact_mut(2).zip(values) {
+                c.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// Encodes f32 values as little-endian bytes of a float dtype (round to nearest even).
 pub fn encode_f32(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) -> bool {
     out.clear();
@@ -148,6 +204,35 @@ mod tests {
             assert_eq!(TensorDtype::from_safetensors_name(d.safetensors_name()), Some(d));
         }
         assert_eq!(TensorDtype::from_safetensors_name("F4"), None);
+    }
+
+    #[test]
+    fn fast_paths_agree_with_half() {
+        let values = [
+            1.0f32,
+            -2.5,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 512.0,
+            3.0e38,
+            -0.0,
+            f32::INFINITY,
+            1.0e-40,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for dtype in [TensorDtype::BF16, TensorDtype::F16, TensorDtype::F32] {
+            let mut slow = Vec::new();
+            encode_f32(dtype, &values, &mut slow);
+            let mut fast = vec![0u8; slow.len()];
+            assert!(encode_into(dtype, &values, &mut fast));
+            assert_eq!(fast, slow, "{dtype}");
+            let mut back_slow = Vec::new();
+            decode_f32(dtype, &slow, &mut back_slow);
+            let mut back_fast = vec![0.0f32; values.len()];
+            assert!(decode_into(dtype, &fast, &mut back_fast));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&back_fast), bits(&back_slow), "{dtype}");
+        }
     }
 
     #[test]

@@ -123,7 +123,9 @@ fn padded_rows_equal_rows_run_alone() {
         .filter(|(_, m)| **m == 1)
         .map(|(t, _)| *t)
         .collect();
-    let alone = model.forward(&Batch::left_padded(std::slice::from_ref(&real), 381), &mut KvCache::default()).unwrap();
+    let alone = model
+        .forward(&Batch::left_padded(std::slice::from_ref(&real), 381), &mut KvCache::default())
+        .unwrap();
     let padded_row = padded.get(row).unwrap().narrow(0, len - real.len(), real.len()).unwrap();
     let diff = (padded_row - alone.get(0).unwrap())
         .unwrap()

@@ -12,7 +12,7 @@ use super::sharded::ShardedWriter;
 use crate::checkpoint::Detection;
 use crate::error::Error;
 use crate::export::manifest::{
-    Check, InputFile, MANIFEST, Manifest, Provenance, hash_folder, sha256_hex, verify,
+    Check, FileEntry, InputFile, MANIFEST, Manifest, Provenance, hash_folder, sha256_hex, verify,
 };
 use crate::fsutil::{atomic_write, write_json};
 use crate::merge::{MergeInputs, execute, output_entries, plan_merge};
@@ -74,6 +74,7 @@ fn merged_config(base: &ModelFolder, dtype: TensorDtype, untied: bool) -> Value 
 
 /// Moves a finished folder into place, replacing an older export of the same name.
 fn install(temp: tempfile::TempDir, out: &Path) -> Result<(), Error> {
+    crate::fsutil::make_folder_shareable(temp.path()).map_err(|e| Error::write(temp.path(), e))?;
     let temp = temp.keep();
     if out.exists() {
         let parent = out.parent().unwrap_or(Path::new("."));
@@ -118,6 +119,7 @@ pub fn write_merged_folder(
             .map_err(|e| Error::write(dir, e))?;
     let progress = monitor::bytes_bar(total, format!("merging into {name}"));
     let inputs = MergeInputs { base, adapter };
+    let started = std::time::Instant::now();
     execute(
         &plan,
         &inputs,
@@ -125,8 +127,18 @@ pub fn write_merged_folder(
         &mut |bytes| writer.write(bytes).map_err(|e| Error::write(dir, e)),
         &progress,
     )?;
-    writer.finish().map_err(|e| Error::write(dir, e))?;
+    let weights: Vec<FileEntry> = writer
+        .finish()
+        .map_err(|e| Error::write(dir, e))?
+        .into_iter()
+        .map(|w| FileEntry {
+            path: w.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            size: w.size,
+            sha256: w.sha256,
+        })
+        .collect();
     progress.finish_and_clear();
+    tracing::info!("merged and wrote {total} bytes in {:.2} s", started.elapsed().as_secs_f64());
 
     write_json(&dir.join("config.json"), &merged_config(base, dtype, plan.untied))?;
     let generation = base.dir.join("generation_config.json");
@@ -167,8 +179,9 @@ pub fn write_merged_folder(
                 "untied_embeddings": plan.untied,
             }),
         },
-        files: hash_folder(dir)?,
+        files: hash_folder(dir, &weights)?,
     };
+    tracing::info!("hashed the folder at {:.2} s", started.elapsed().as_secs_f64());
     write_json(&dir.join(MANIFEST), &manifest)?;
 
     // Verification: every header re-read and the layout checked, then the manifest.
@@ -176,6 +189,7 @@ pub fn write_merged_folder(
     check_layout(&written)?;
     verify(dir, Check::Sizes)?;
     drop(written);
+    tracing::info!("verified at {:.2} s", started.elapsed().as_secs_f64());
 
     install(temp, out)?;
     Ok(MergeReport {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::writer::{SafetensorsWriter, TensorEntry};
+use super::writer::{SafetensorsWriter, TensorEntry, WrittenFile};
 use crate::model::folder::{SHARD_INDEX, SINGLE_FILE};
 
 /// Groups `entries` into shards of at most `max_bytes` (a larger tensor gets a shard of its own).
@@ -43,7 +43,7 @@ pub struct ShardedWriter {
     metadata: Vec<(String, String)>,
     next_shard: usize,
     current: Option<SafetensorsWriter>,
-    written: Vec<PathBuf>,
+    written: Vec<WrittenFile>,
 }
 
 impl ShardedWriter {
@@ -100,8 +100,9 @@ impl ShardedWriter {
         Ok(())
     }
 
-    /// Finishes the last shard (and any empty trailing ones) and writes the index; returns every file.
-    pub fn finish(mut self) -> std::io::Result<Vec<PathBuf>> {
+    /// Finishes the last shard (and any empty trailing ones) and writes the index; returns every
+    /// weight file with its size and hash (the index is a small file hashed with the others).
+    pub fn finish(mut self) -> std::io::Result<Vec<WrittenFile>> {
         self.close_current()?;
         while self.next_shard < self.shards.len() {
             self.open_next()?;
@@ -119,7 +120,6 @@ impl ShardedWriter {
             let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
             let path = self.dir.join(SHARD_INDEX);
             crate::fsutil::write_json(&path, &index).map_err(|e| std::io::Error::other(e.to_string()))?;
-            self.written.push(path);
         }
         Ok(self.written)
     }

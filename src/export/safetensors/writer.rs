@@ -5,6 +5,8 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
@@ -53,9 +55,77 @@ pub fn header_bytes(entries: &[TensorEntry], metadata: &[(String, String)]) -> V
     out
 }
 
+/// A finished file with the size and SHA-256 of its bytes, as the manifest records them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A temporary file that hashes what is written to it, hashing each large write on a second
+/// thread while the write itself proceeds, so the manifest's SHA-256 costs no extra pass.
+struct HashingFile {
+    file: NamedTempFile,
+    hasher: Sha256,
+    written: u64,
+    flushed: u64,
+}
+
+/// Start writeback every so many bytes, so the final fsync does not wait for the whole file.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+impl HashingFile {
+    fn new(file: NamedTempFile) -> Self {
+        Self { file, hasher: Sha256::new(), written: 0, flushed: 0 }
+    }
+
+    fn finish(self) -> (NamedTempFile, u64, String) {
+        (self.file, self.written, format!("{:x}", self.hasher.finalize()))
+    }
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (file, hasher) = (&mut self.file, &mut self.hasher);
+        if buf.len() >= 1 << 20 {
+            let (written, ()) = rayon::join(|| file.write_all(buf), || hasher.update(buf));
+            written?;
+        } else {
+            file.write_all(buf)?;
+            hasher.update(buf);
+        }
+        self.written += buf.len() as u64;
+        if self.written - self.flushed >= WRITEBACK_STEP {
+            start_writeback(self.file.as_file(), self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Asks the kernel to begin writing a range to disk now, without waiting (Linux only).
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor and a range within what was written; the call only
+        // schedules I/O and touches no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 pub struct SafetensorsWriter {
     path: PathBuf,
-    out: BufWriter<NamedTempFile>,
+    out: BufWriter<HashingFile>,
     remaining: u64,
 }
 
@@ -68,7 +138,7 @@ impl SafetensorsWriter {
     ) -> std::io::Result<Self> {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let temp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir)?;
-        let mut out = BufWriter::with_capacity(8 << 20, temp);
+        let mut out = BufWriter::with_capacity(8 << 20, HashingFile::new(temp));
         out.write_all(&header_bytes(entries, metadata))?;
         Ok(Self { path: path.to_path_buf(), out, remaining: entries.iter().map(TensorEntry::byte_len).sum() })
     }
@@ -91,7 +161,7 @@ impl SafetensorsWriter {
     }
 
     /// Checks every declared byte arrived, syncs, and renames into place.
-    pub fn finish(self) -> std::io::Result<PathBuf> {
+    pub fn finish(self) -> std::io::Result<WrittenFile> {
         if self.remaining != 0 {
             return Err(std::io::Error::other(format!(
                 "{}: {} bytes of declared tensor data were never written",
@@ -99,10 +169,11 @@ impl SafetensorsWriter {
                 self.remaining
             )));
         }
-        let temp = self.out.into_inner().map_err(|e| e.into_error())?;
+        let (temp, size, sha256) = self.out.into_inner().map_err(|e| e.into_error())?.finish();
         temp.as_file().sync_all()?;
+        crate::fsutil::make_shareable(temp.as_file())?;
         temp.persist(&self.path).map_err(|e| e.error)?;
-        Ok(self.path)
+        Ok(WrittenFile { path: self.path, size, sha256 })
     }
 }
 
@@ -122,7 +193,10 @@ mod tests {
         let mut w = SafetensorsWriter::create(&path, &entries, &[("format".into(), "pt".into())]).unwrap();
         w.write(&[1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).unwrap();
         w.write(&[0u8; 6]).unwrap();
-        w.finish().unwrap();
+        let written = w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(written.size, bytes.len() as u64);
+        assert_eq!(written.sha256, crate::export::manifest::sha256_hex(&bytes));
         let file = SafetensorsFile::open(&path).unwrap();
         assert_eq!(file.tensors()[0].name, "b");
         let mut values = Vec::new();

@@ -1,0 +1,113 @@
+//! Merge benchmark (issue: streaming merge): a Qwen3-0.6B-shaped random bf16 model and a rank-16
+//! all-linear LoRA run, both from the project's generator, merged by the release binary, beside
+//! a plain copy of the same files in the same run. Prints wall time, throughput and peak RSS.
+//!
+//! cargo bench --bench merge            (data is cached under target/bench-data)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
+
+struct Measured {
+    wall: Duration,
+    peak_rss_bytes: u64,
+}
+
+/// Runs a command to completion and returns its wall time and its own peak RSS (wait4).
+fn measure(cmd: &mut Command) -> Measured {
+    let started = Instant::now();
+    let child = cmd.spawn().expect("command starts");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting on our own child with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    Measured { wall, peak_rss_bytes: usage.ru_maxrss as u64 * 1024 }
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("merge benchmark: run it with `cargo bench --bench merge`");
+        return;
+    }
+    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
+    let base = data.join("qwen3-0.6b");
+    let run = data.join("qwen3-0.6b-run");
+    if !base.join("model.safetensors").is_file() || !run.join("checkpoint-200").is_dir() {
+        println!("generating the Qwen3-0.6B-shaped model and a rank-16 run under {}", data.display());
+        let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
+        let config = write_model(shape, &base, 42, None).unwrap();
+        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
+        write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
+    }
+    let work = tempfile::tempdir_in(&data).unwrap();
+    let input_bytes = folder_bytes(&base);
+    let repetitions = 5;
+
+    // Interleaved, so that the disk's moods hit both alike.
+    let mut merges = Vec::new();
+    let mut copies = Vec::new();
+    for i in 0..repetitions {
+        let out = work.path().join(format!("merged-{i}"));
+        merges.push(measure(
+            Command::new(env!("CARGO_BIN_EXE_cargo-model-export"))
+                .args(["merge", "-q", "--base"])
+                .arg(&base)
+                .arg("--adapter")
+                .arg(&run)
+                .arg("--out")
+                .arg(&out)
+                .stdout(std::process::Stdio::null()),
+        ));
+        std::fs::remove_dir_all(&out).unwrap();
+        let out = work.path().join(format!("copy-{i}"));
+        // cp + sync: the merge fsyncs what it writes, so the copy must too to compare like with like.
+        copies.push(measure(Command::new("sh").arg("-c").arg(format!(
+            "cp -r '{}' '{}' && sync -f '{}/model.safetensors'",
+            base.display(),
+            out.display(),
+            out.display()
+        ))));
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    let median = |m: &mut Vec<Measured>| {
+        m.sort_by_key(|x| x.wall);
+        (m[m.len() / 2].wall, m.iter().map(|x| x.peak_rss_bytes).max().unwrap_or(0))
+    };
+    let (merge_wall, merge_rss) = median(&mut merges);
+    let (copy_wall, _) = median(&mut copies);
+    let gb_s = |wall: Duration| input_bytes as f64 / wall.as_secs_f64() / 1e9;
+    println!(
+        "Qwen3-0.6B shape, bf16, {:.0} MiB of weights; rank-16 LoRA on all 7 projections",
+        mib(input_bytes)
+    );
+    println!("median of {repetitions} runs:");
+    println!(
+        "  merge + write (cargo model-export merge): {:6.2} s  {:5.2} GB/s  peak RSS {:.0} MiB ({:.1}% of the model)",
+        merge_wall.as_secs_f64(),
+        gb_s(merge_wall),
+        mib(merge_rss),
+        100.0 * merge_rss as f64 / input_bytes as f64
+    );
+    println!(
+        "  cp -r + sync of the same folder:           {:6.2} s  {:5.2} GB/s",
+        copy_wall.as_secs_f64(),
+        gb_s(copy_wall)
+    );
+    println!(
+        "  merge throughput / copy throughput:         {:.2}",
+        copy_wall.as_secs_f64() / merge_wall.as_secs_f64()
+    );
+}
