@@ -251,7 +251,8 @@ impl Adapter {
             }
             if let (Some(a), Some(b)) = (&m.lora_a, &m.lora_b) {
                 let (a_shape, b_shape) = (&self.info(a).shape, &self.info(b).shape);
-                let (out, inp) = if self.config.fan_in_fan_out { (w[1], w[0]) } else { (w[0], w[1]) };
+                // nn.Linear weights are [out, in]; PEFT ignores fan_in_fan_out for them.
+                let (out, inp) = (w[0], w[1]);
                 if a_shape[1] != inp || b_shape[0] != out {
                     return Err(self.tensor_error(
                         a,

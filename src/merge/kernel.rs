@@ -1,7 +1,7 @@
 //! The arithmetic of a merge, on a block of rows of one weight, in f32:
 //! `W' = W + scale * (C @ M)` where, for a weight of shape [out, in], `C = lora_B` [out, r] and
-//! `M = lora_A` [r, in]; for an embedding or a `fan_in_fan_out` weight the delta is transposed,
-//! so `C = lora_A^T` and `M = lora_B^T`. DoRA then rescales each row to `m[row] / ‖row‖`.
+//! `M = lora_A` [r, in]; for an embedding the delta is transposed, so `C = lora_A^T` and
+//! `M = lora_B^T`. DoRA then rescales each row to `m[row] / ‖row‖`.
 
 use rayon::prelude::*;
 

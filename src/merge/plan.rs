@@ -23,7 +23,7 @@ pub struct LoraUpdate {
     pub module: String,
     pub lora_a: String,
     pub lora_b: String,
-    /// Embedding LoRA and `fan_in_fan_out` weights take the transposed delta.
+    /// Embedding LoRA takes the transposed delta.
     pub transposed: bool,
     pub scale: f32,
     pub magnitude: Option<String>,
@@ -61,17 +61,12 @@ fn scale_for(adapter: &Adapter, module: &str) -> f32 {
     (if config.use_rslora { alpha / rank.sqrt() } else { alpha / rank }) as f32
 }
 
-fn lora_update(
-    adapter: &Adapter,
-    module: &str,
-    base: &ModelFolder,
-) -> Result<Option<LoraUpdate>, CheckpointError> {
+fn lora_update(adapter: &Adapter, module: &str) -> Result<Option<LoraUpdate>, CheckpointError> {
     let Some(m) = adapter.modules.get(module) else { return Ok(None) };
-    let embed_module = base.profile.tensors.embed.trim_end_matches(".weight");
     let (lora_a, lora_b, transposed) = match (&m.lora_a, &m.lora_b, &m.embedding_a, &m.embedding_b) {
-        (Some(a), Some(b), _, _) => {
-            (a.clone(), b.clone(), adapter.config.fan_in_fan_out && module != embed_module)
-        }
+        // Qwen's projections are nn.Linear, for which PEFT resets `fan_in_fan_out` to false
+        // (with a warning): their delta is never transposed.
+        (Some(a), Some(b), _, _) => (a.clone(), b.clone(), false),
         (_, _, Some(a), Some(b)) => (a.clone(), b.clone(), true),
         _ => return Ok(None),
     };
@@ -79,7 +74,7 @@ fn lora_update(
         return Err(CheckpointError::AdapterTensor {
             path: adapter.file.path().to_path_buf(),
             tensor: m.magnitude.clone().unwrap_or_default(),
-            message: "DoRA on an embedding or a fan_in_fan_out weight cannot be merged by this tool".into(),
+            message: "DoRA on an embedding layer cannot be merged by this tool".into(),
         });
     }
     Ok(Some(LoraUpdate {
@@ -97,6 +92,13 @@ pub fn plan_merge(base: &ModelFolder, adapter: Option<&Adapter>) -> Result<Merge
     if let Some(adapter) = adapter {
         adapter.check_fits(base)?;
         check_targets(base, adapter)?;
+        if adapter.config.fan_in_fan_out {
+            tracing::warn!(
+                "{}: fan_in_fan_out is true, but the {} modules are nn.Linear: like PEFT, merging as if it were false",
+                adapter.config.path.display(),
+                base.profile.name
+            );
+        }
     }
     let names = &base.profile.tensors;
     let embed_module = names.embed.trim_end_matches(".weight");
@@ -127,7 +129,7 @@ pub fn plan_merge(base: &ModelFolder, adapter: Option<&Adapter>) -> Result<Merge
             None => Origin::Base(info.name.clone()),
         };
         let lora = match (adapter, module) {
-            (Some(a), Some(module)) => lora_update(a, module, base)?,
+            (Some(a), Some(module)) => lora_update(a, module)?,
             _ => None,
         };
         let bias = match (adapter, info.name.strip_suffix(".bias")) {
@@ -148,7 +150,7 @@ pub fn plan_merge(base: &ModelFolder, adapter: Option<&Adapter>) -> Result<Merge
         let origin =
             replacement(names.lm_head).map_or_else(|| Origin::Base(names.embed.to_string()), Origin::Adapter);
         let lora = match adapter {
-            Some(a) => lora_update(a, head_module, base)?,
+            Some(a) => lora_update(a, head_module)?,
             None => None,
         };
         let shape = vec![base.config.vocab_size, base.config.hidden_size];

@@ -269,3 +269,27 @@ fn truncated_adapter_is_refused() {
     assert!(message.contains("truncated tensor data"), "{message}");
     assert!(message.contains("tensor `base_model.model."), "{message}");
 }
+
+#[test]
+fn all_linear_and_regex_targets_select_the_same_modules() {
+    for targets in ["\"all-linear\"", "\".*\\\\.(q|k|v|o|gate|up|down)_proj\""] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture("qwen3-tiny-run/checkpoint-4");
+        let adapter = dir.path().join("adapter");
+        std::fs::create_dir(&adapter).unwrap();
+        std::fs::copy(src.join("adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
+        let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+        let start = config.find("\"target_modules\": [").unwrap();
+        let end = start + config[start..].find(']').unwrap() + 1;
+        let edited = format!("{}\"target_modules\": {targets}{}", &config[..start], &config[end..]);
+        std::fs::write(adapter.join("adapter_config.json"), edited).unwrap();
+        let (out, merged) = merge(dir.path(), &fixture("qwen3-tiny"), &adapter, &[]);
+        assert_eq!(out.code, 0, "{targets}: {}", out.stderr);
+        let ours = tensors(&merged.join("model.safetensors"));
+        let peft = tensors(&fixture("reference/qwen3-tiny-merged/model.safetensors"));
+        for (name, (_, values)) in &peft {
+            let max = ours[name].1.iter().zip(values).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(max <= 1e-6, "{targets}: {name} off by {max}");
+        }
+    }
+}

@@ -216,3 +216,28 @@ fn embedding_lora_alone_keeps_the_original_head() {
     assert_eq!(ours["lm_head.weight"].1, base["model.embed_tokens.weight"].1);
     assert_ne!(ours["model.embed_tokens.weight"].1, base["model.embed_tokens.weight"].1);
 }
+
+#[test]
+fn fan_in_fan_out_is_ignored_for_linear_layers_as_peft_does() {
+    // PEFT resets fan_in_fan_out to false for nn.Linear targets (Qwen's projections are Linear).
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("qwen3-tiny/model.safetensors"));
+    let (r, out, inp) = (2, 128, 64);
+    let a = values(11, r * inp, -0.3, 0.3);
+    let b = values(12, out * r, -0.3, 0.3);
+    let tensors = vec![
+        ("base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight".to_string(), vec![r, inp], a.clone()),
+        ("base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight".to_string(), vec![out, r], b.clone()),
+    ];
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "fan_in_fan_out": true,
+        "target_modules": "model\\.layers\\.0\\.mlp\\.gate_proj"
+    });
+    let adapter = dir.path().join("fifo");
+    write_adapter(&adapter, config, &tensors);
+    let ours = merge(dir.path(), &adapter);
+    let w = &base["model.layers.0.mlp.gate_proj.weight"].1;
+    let delta = matmul(&b, &a, out, r, inp);
+    let expected: Vec<f32> = w.iter().zip(&delta).map(|(w, d)| w + d * 2.0).collect();
+    assert_close(&ours["model.layers.0.mlp.gate_proj.weight"].1, &expected, "gate_proj");
+}
