@@ -277,7 +277,8 @@ fn all_linear_and_regex_targets_select_the_same_modules() {
         let src = fixture("qwen3-tiny-run/checkpoint-4");
         let adapter = dir.path().join("adapter");
         std::fs::create_dir(&adapter).unwrap();
-        std::fs::copy(src.join("adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
+        std::fs::copy(src.join("adapter_model.safetensors"), adapter.join("adapter_model.safetensors"))
+            .unwrap();
         let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
         let start = config.find("\"target_modules\": [").unwrap();
         let end = start + config[start..].find(']').unwrap() + 1;
