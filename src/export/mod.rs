@@ -2,3 +2,5 @@
 
 pub mod manifest;
 pub mod safetensors;
+pub mod staging;
+pub mod stream_file;

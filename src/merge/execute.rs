@@ -41,9 +41,12 @@ impl MergeInputs<'_> {
     }
 }
 
-/// The header entries of the merged tensors in `dtype`.
-pub fn output_entries(plan: &MergePlan, dtype: TensorDtype) -> Vec<TensorEntry> {
-    plan.tensors.iter().map(|t| TensorEntry::new(t.name.clone(), dtype, t.shape.clone())).collect()
+/// Chooses the stored dtype of each output tensor.
+pub type DtypeFor<'a> = &'a dyn Fn(&PlannedTensor) -> TensorDtype;
+
+/// The header entries of the merged tensors, each in the dtype `dtype_for` gives it.
+pub fn output_entries(plan: &MergePlan, dtype_for: DtypeFor<'_>) -> Vec<TensorEntry> {
+    plan.tensors.iter().map(|t| TensorEntry::new(t.name.clone(), dtype_for(t), t.shape.clone())).collect()
 }
 
 fn row_delta(inputs: &MergeInputs<'_>, t: &PlannedTensor) -> Result<Option<RowDelta>, Error> {
@@ -85,13 +88,14 @@ fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
 pub fn execute(
     plan: &MergePlan,
     inputs: &MergeInputs<'_>,
-    dtype: TensorDtype,
+    dtype_for: DtypeFor<'_>,
     write: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     progress: &indicatif::ProgressBar,
 ) -> Result<(), Error> {
     let mut values = Vec::new();
     let mut encoded = Vec::new();
     for t in &plan.tensors {
+        let dtype = dtype_for(t);
         let (file, info) = inputs.source(&t.origin);
         let bytes = file.bytes(info);
         let delta = row_delta(inputs, t)?;

@@ -2,13 +2,12 @@
 //! before any data, then tensor bytes are streamed in declaration order. Memory stays flat
 //! whatever the model size; the file appears under its final name only when complete.
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use serde_json::{Map, Value, json};
-use tempfile::NamedTempFile;
+
+use crate::export::stream_file::StreamingFile;
+pub use crate::export::stream_file::WrittenFile;
 
 use crate::model::TensorDtype;
 
@@ -55,77 +54,9 @@ pub fn header_bytes(entries: &[TensorEntry], metadata: &[(String, String)]) -> V
     out
 }
 
-/// A finished file with the size and SHA-256 of its bytes, as the manifest records them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WrittenFile {
-    pub path: PathBuf,
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// A temporary file that hashes what is written to it, hashing each large write on a second
-/// thread while the write itself proceeds, so the manifest's SHA-256 costs no extra pass.
-struct HashingFile {
-    file: NamedTempFile,
-    hasher: Sha256,
-    written: u64,
-    flushed: u64,
-}
-
-/// Start writeback every so many bytes, so the final fsync does not wait for the whole file.
-const WRITEBACK_STEP: u64 = 64 << 20;
-
-impl HashingFile {
-    fn new(file: NamedTempFile) -> Self {
-        Self { file, hasher: Sha256::new(), written: 0, flushed: 0 }
-    }
-
-    fn finish(self) -> (NamedTempFile, u64, String) {
-        (self.file, self.written, format!("{:x}", self.hasher.finalize()))
-    }
-}
-
-impl Write for HashingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let (file, hasher) = (&mut self.file, &mut self.hasher);
-        if buf.len() >= 1 << 20 {
-            let (written, ()) = rayon::join(|| file.write_all(buf), || hasher.update(buf));
-            written?;
-        } else {
-            file.write_all(buf)?;
-            hasher.update(buf);
-        }
-        self.written += buf.len() as u64;
-        if self.written - self.flushed >= WRITEBACK_STEP {
-            start_writeback(self.file.as_file(), self.flushed, self.written - self.flushed);
-            self.flushed = self.written;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-/// Asks the kernel to begin writing a range to disk now, without waiting (Linux only).
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor and a range within what was written; the call only
-        // schedules I/O and touches no memory of ours.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
-}
-
 pub struct SafetensorsWriter {
     path: PathBuf,
-    out: BufWriter<HashingFile>,
+    out: StreamingFile,
     remaining: u64,
 }
 
@@ -136,9 +67,7 @@ impl SafetensorsWriter {
         entries: &[TensorEntry],
         metadata: &[(String, String)],
     ) -> std::io::Result<Self> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let temp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir)?;
-        let mut out = BufWriter::with_capacity(8 << 20, HashingFile::new(temp));
+        let mut out = StreamingFile::create(path)?;
         out.write_all(&header_bytes(entries, metadata))?;
         Ok(Self { path: path.to_path_buf(), out, remaining: entries.iter().map(TensorEntry::byte_len).sum() })
     }
@@ -169,11 +98,7 @@ impl SafetensorsWriter {
                 self.remaining
             )));
         }
-        let (temp, size, sha256) = self.out.into_inner().map_err(|e| e.into_error())?.finish();
-        temp.as_file().sync_all()?;
-        crate::fsutil::make_shareable(temp.as_file())?;
-        temp.persist(&self.path).map_err(|e| e.error)?;
-        Ok(WrittenFile { path: self.path, size, sha256 })
+        self.out.finish()
     }
 }
 
