@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# ONNX Runtime's shared library comes from its PyPI wheel (the project loads it at run time,
+# see src/runtime/ort_engine.rs); the `onnx` package is an independent checker of our graphs.
+# Pinned: ort 2.0.0-rc.15 needs ONNX Runtime 1.31 or newer.
+echo "== python packages"
+python3 -m pip install --quiet --disable-pip-version-check --no-deps onnxruntime==1.32.0
+python3 -m pip install --quiet --disable-pip-version-check onnx==1.23.2
+
 echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -133,8 +133,10 @@ pub enum Command {
     /// Run every export declared in [package.metadata.model-export]
     #[command(
         long_about = "Run every [[package.metadata.model-export.export]] entry: detect the checkpoint, then write \
-            each export to <out-dir>/<name>/. This version writes safetensors exports; a table that \
-            declares other formats is refused before anything is written.",
+            each export to <out-dir>/<name>/: safetensors folders (f32/f16/bf16) and ONNX models \
+            (portable target, f32/f16, with KV cache) that are loaded back and run in tract and ONNX \
+            Runtime before they are installed. An entry this version cannot write (quantized or `ort`-target \
+            ONNX) is refused before anything is written.",
         after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --out-dir /tmp/exports --message-format json"
     )]
     Run(OverrideArgs),

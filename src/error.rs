@@ -228,6 +228,10 @@ pub enum RuntimeError {
     Input { message: String },
     #[error("{message}")]
     Unsupported { message: String },
+    #[error("ONNX Runtime is not available: {message}")]
+    OrtUnavailable { message: String },
+    #[error("{engine}: {message}")]
+    Engine { engine: &'static str, message: String },
 }
 
 impl RuntimeError {
@@ -245,6 +249,13 @@ impl RuntimeError {
             }
             RuntimeError::Unsupported { .. } => {
                 "use a model whose architecture has a profile (`cargo model-export profiles`)".into()
+            }
+            RuntimeError::OrtUnavailable { .. } => format!(
+                "install the ONNX Runtime wheel (`python3 -m pip install --no-deps {}`) or point ORT_DYLIB_PATH at libonnxruntime.so",
+                crate::runtime::ort_engine::WHEEL
+            ),
+            RuntimeError::Engine { .. } => {
+                "the engine rejected the model; the message names the node. Please report it with the export's config.json".into()
             }
         }
     }

@@ -3,18 +3,23 @@ use serde::Serialize;
 use super::Context;
 use super::output::{print_json, table};
 use crate::config::size::human_bytes;
-use crate::config::{ExportDtype, Format, Overrides};
-use crate::error::ConfigError;
-use crate::error::Error;
+use crate::config::{Config, ExportDtype, ExportSpec, Format, Overrides, Target};
+use crate::error::{ConfigError, Error};
+use crate::export::onnx::{OnnxOptions, OnnxPrecision, write_onnx_folder};
 use crate::export::safetensors::{MergeOptions, write_merged_folder};
 use crate::model::TensorDtype;
 
 #[derive(Serialize)]
-struct ExportResult<'a> {
-    name: &'a str,
+struct ExportResult {
+    name: String,
     format: Format,
-    #[serde(flatten)]
-    merge: super::merge::MergeSummary<'a>,
+    dtype: String,
+    target: Option<Target>,
+    dir: std::path::PathBuf,
+    bytes: u64,
+    files: usize,
+    /// Engines that loaded and ran the export before it was installed.
+    checked_in: Vec<&'static str>,
 }
 
 fn float_dtype(dtype: ExportDtype) -> Option<TensorDtype> {
@@ -26,56 +31,97 @@ fn float_dtype(dtype: ExportDtype) -> Option<TensorDtype> {
     }
 }
 
+/// Refuses, before anything is written, an export this version cannot produce.
+fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError> {
+    let unsupported = match (spec.format, spec.dtype, spec.target) {
+        (Format::Onnx, Some(ExportDtype::Int8 | ExportDtype::Int4), _) => Some((
+            "dtype",
+            "quantized ONNX exports (int8/int4) are not available in this version; use f32 or f16",
+        )),
+        (Format::Onnx, Some(ExportDtype::Bf16), _) => {
+            Some(("dtype", "bf16 ONNX is not run by tract or ONNX Runtime's CPU provider: use f32 or f16"))
+        }
+        (Format::Onnx, _, Some(Target::Ort)) => Some((
+            "target",
+            "the `ort` target (fused ONNX Runtime operators) is not available in this version; use `portable`",
+        )),
+        _ => None,
+    };
+    match unsupported {
+        Some((key, message)) => Err(ConfigError::Invalid {
+            origin: config.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string()),
+            key: format!("export `{}`.{key}", spec.name),
+            message: message.into(),
+            help: "change the entry, or remove it to run the others".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
-    // Refuse what this version cannot write before writing anything.
-    if let Some(export) = config.exports.iter().find(|e| e.value.format != Format::Safetensors) {
-        return Err(ConfigError::Invalid {
-            origin: config.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string()),
-            key: format!("export `{}`.format", export.value.name),
-            message: format!(
-                "this version of cargo-model-export writes safetensors exports only, not {}",
-                export.value.format
-            ),
-            help: "remove the entry or change its format to \"safetensors\"".into(),
-        }
-        .into());
+    for export in &config.exports {
+        check_supported(&config, &export.value)?;
     }
     if config.exports.is_empty() {
         tracing::warn!("no [[package.metadata.model-export.export]] entries: nothing to do");
     }
     let (base, detection) = super::detect::open_inputs(&config)?;
-    let mut reports = Vec::new();
+    let mut results = Vec::new();
     for export in &config.exports {
         let spec = &export.value;
-        let options = MergeOptions {
-            dtype: spec.dtype.and_then(float_dtype),
-            max_shard_size: spec.options.max_shard_size.map(|s| s.0),
-        };
         let out = config.out_dir.value.join(&spec.name);
         tracing::info!("export {}: writing {}", spec.name, out.display());
-        reports.push((spec, write_merged_folder(&base, detection.as_ref(), &options, &out)?));
-    }
-    let results: Vec<ExportResult<'_>> = reports
-        .iter()
-        .map(|(spec, report)| ExportResult {
-            name: &spec.name,
+        let (manifest, dtype, checked_in) = match spec.format {
+            Format::Safetensors => {
+                let options = MergeOptions {
+                    dtype: spec.dtype.and_then(float_dtype),
+                    max_shard_size: spec.options.max_shard_size.map(|s| s.0),
+                };
+                let report = write_merged_folder(&base, detection.as_ref(), &options, &out)?;
+                (report.manifest, report.dtype.to_string(), Vec::new())
+            }
+            Format::Onnx => {
+                let precision = if spec.dtype == Some(ExportDtype::F16) {
+                    OnnxPrecision::F16
+                } else {
+                    OnnxPrecision::F32
+                };
+                let options = OnnxOptions {
+                    precision,
+                    opset: spec.options.opset.map_or(crate::export::onnx::folder::DEFAULT_OPSET, i64::from),
+                    external_data: spec.options.external_data,
+                    threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                };
+                let report = write_onnx_folder(&base, detection.as_ref(), &options, &out)?;
+                let dtype = if precision == OnnxPrecision::F16 { "f16" } else { "f32" };
+                (report.manifest, dtype.to_string(), report.checked_in)
+            }
+        };
+        results.push(ExportResult {
+            name: spec.name.clone(),
             format: spec.format,
-            merge: super::merge::summary(report),
-        })
-        .collect();
+            dtype,
+            target: spec.target,
+            dir: out,
+            bytes: manifest.files.iter().map(|f| f.size).sum(),
+            files: manifest.files.len(),
+            checked_in,
+        });
+    }
     if ctx.json {
         return print_json(&results);
     }
-    let mut t = table(["export", "format", "dtype", "size", "files", "folder"]);
+    let mut t = table(["export", "format", "dtype", "size", "files", "checked in", "folder"]);
     for r in &results {
         t.add_row([
-            r.name.to_string(),
+            r.name.clone(),
             r.format.to_string(),
-            r.merge.dtype.clone(),
-            human_bytes(r.merge.bytes),
-            r.merge.files.len().to_string(),
-            r.merge.dir.display().to_string(),
+            r.dtype.clone(),
+            human_bytes(r.bytes),
+            r.files.to_string(),
+            if r.checked_in.is_empty() { "-".to_string() } else { r.checked_in.join(", ") },
+            r.dir.display().to_string(),
         ]);
     }
     println!("{t}");

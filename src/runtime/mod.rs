@@ -2,9 +2,13 @@
 //! generation. The validator and, later, the loader and `generate` build on these.
 
 pub mod batch;
+pub mod engine;
 pub mod generate;
+pub mod ort_engine;
 pub mod reference;
+pub mod tract_engine;
 
 pub use batch::Batch;
+pub use engine::{DecoderEngine, Logits};
 pub use generate::{GreedyOptions, greedy};
-pub use reference::{KvCache, ReferenceModel};
+pub use reference::{KvCache, ReferenceEngine, ReferenceModel};

@@ -265,3 +265,31 @@ impl ReferenceModel {
         Ok(logits.to_dtype(DType::F32)?)
     }
 }
+
+/// The reference model as an engine: it keeps its own cache between steps.
+pub struct ReferenceEngine<'m> {
+    pub model: &'m ReferenceModel,
+    cache: KvCache,
+}
+
+impl<'m> ReferenceEngine<'m> {
+    pub fn new(model: &'m ReferenceModel) -> Self {
+        Self { model, cache: KvCache::default() }
+    }
+}
+
+impl super::engine::DecoderEngine for ReferenceEngine<'_> {
+    fn name(&self) -> &'static str {
+        "candle"
+    }
+
+    fn step(&mut self, batch: &Batch) -> Result<super::engine::Logits> {
+        let logits = self.model.forward(batch, &mut self.cache)?;
+        let (b, s, vocab) = logits.dims3()?;
+        Ok(super::engine::Logits { values: logits.flatten_all()?.to_vec1::<f32>()?, batch: b, seq: s, vocab })
+    }
+
+    fn reset(&mut self) {
+        self.cache = KvCache::default();
+    }
+}

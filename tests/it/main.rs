@@ -9,6 +9,7 @@ mod detect;
 mod inspect;
 mod merge;
 mod model;
+mod onnx;
 mod peft_semantics;
 mod reference;
 mod run;

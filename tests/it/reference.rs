@@ -5,7 +5,7 @@ use std::path::Path;
 use model_export::checkpoint::detect;
 use model_export::export::safetensors::{MergeOptions, write_merged_folder};
 use model_export::model::{ModelFolder, SafetensorsFile};
-use model_export::runtime::{Batch, GreedyOptions, KvCache, ReferenceModel, greedy};
+use model_export::runtime::{Batch, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
 
 use crate::common::fixture;
 
@@ -91,7 +91,7 @@ fn check_case(case: &str, base: &str, adapter: &str) {
     let new_tokens = g.greedy_ids[0].len() - g.batch.input_ids[0].len();
     let options =
         GreedyOptions { max_new_tokens: new_tokens, eos_token_ids: vec![383, 381], pad_token_id: 381 };
-    let ids = greedy(&model, &g.batch, &options).unwrap();
+    let ids = greedy(&mut ReferenceEngine::new(&model), &g.batch, &options).unwrap();
     assert_eq!(ids, g.greedy_ids, "{case}: greedy ids");
     eprintln!(
         "{case}: max abs logit error base {base_error:.2e}, merged {merged_error:.2e}; greedy ids equal"

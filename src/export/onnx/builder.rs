@@ -8,8 +8,8 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 use tract_onnx::pb::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, type_proto,
 };
 
 /// Ops the builder may emit, with the first opset whose signature the builder writes.
@@ -72,7 +72,10 @@ pub enum Dim {
 pub enum Data {
     Raw(Vec<u8>),
     /// In the external data file next to the model.
-    External { offset: u64, length: u64 },
+    External {
+        offset: u64,
+        length: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,8 @@ pub enum BuildError {
     UnknownOp { op: String },
     #[error("op {op} (node {node}) needs opset {needed}, the export targets opset {opset}")]
     Opset { op: String, node: String, needed: i64, opset: i64 },
+    #[error("the {profile} profile names no {role:?} weight, which the decoder graph needs")]
+    MissingWeight { role: crate::profile::LayerTensor, profile: &'static str },
 }
 
 pub fn attr_int(name: &str, value: i64) -> AttributeProto {
@@ -88,7 +93,12 @@ pub fn attr_int(name: &str, value: i64) -> AttributeProto {
 }
 
 pub fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: values.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 pub fn attr_float(name: &str, value: f32) -> AttributeProto {
@@ -237,8 +247,12 @@ impl GraphBuilder {
 
     /// A named initializer.
     pub fn initializer(&mut self, name: &str, elem: Elem, dims: &[i64], data: Data) -> String {
-        let mut tensor =
-            TensorProto { name: name.into(), dims: dims.to_vec(), data_type: elem.data_type(), ..Default::default() };
+        let mut tensor = TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: elem.data_type(),
+            ..Default::default()
+        };
         match data {
             Data::Raw(bytes) => tensor.raw_data = bytes,
             Data::External { offset, length } => {

@@ -1,0 +1,307 @@
+//! The Qwen decoder as an ONNX graph of standard ops (the `portable` target), emitted from the
+//! profile and config.json: no tracing, so no data-dependent shapes and no masking code that
+//! breaks under export. Activations stay 2-D ([batch*seq, hidden]) between blocks so every
+//! projection is one `Gemm(x, W, transB=1)` on the weight exactly as stored.
+//!
+//! - RoPE is static: cos/sin tables for every position are initializers gathered by
+//!   `position_ids`, applied as `Add(Mul(x, cos), Mul(rotate_half(x), sin))` (tract's rope rewrite).
+//! - The mask is built from `attention_mask` and index ranges with comparisons, filled with a
+//!   finite large negative, so fully padded rows give no NaN; attention is
+//!   `Softmax(Add(Mul(QK, scale), mask))` (tract's scaled-masked-softmax rewrite).
+
+use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
+use crate::model::HfConfig;
+use crate::profile::{LayerTensor, Profile};
+
+/// Names the graph's inputs and outputs follow (those of optimum and onnxruntime-genai).
+pub const PAST_KEY: &str = "past_key_values.%d.key";
+pub const PAST_VALUE: &str = "past_key_values.%d.value";
+pub const PRESENT_KEY: &str = "present.%d.key";
+pub const PRESENT_VALUE: &str = "present.%d.value";
+
+pub fn io_name(pattern: &str, layer: usize) -> String {
+    pattern.replace("%d", &layer.to_string())
+}
+
+pub const ROPE_COS: &str = "/model/rotary_emb/cos_cache";
+pub const ROPE_SIN: &str = "/model/rotary_emb/sin_cache";
+
+/// What the graph needs to know about the weights it references.
+pub struct DecoderSpec<'a> {
+    pub config: &'a HfConfig,
+    pub profile: &'static Profile,
+    /// The initializer used as output head: `lm_head.weight`, or the embedding when tied.
+    pub head: String,
+    /// The stored type of a weight initializer (f16 weights are cast to f32 where used).
+    pub weight_elem: &'a dyn Fn(&str) -> Elem,
+}
+
+struct Emitter<'a, 'b> {
+    g: &'a mut GraphBuilder,
+    spec: &'a DecoderSpec<'b>,
+}
+
+impl Emitter<'_, '_> {
+    /// The weight as f32: itself, or a Cast of its f16 storage.
+    fn weight_f32(&mut self, scope: &str, name: &str) -> Result<String, BuildError> {
+        match (self.spec.weight_elem)(name) {
+            Elem::F16 => self.g.node(scope, "Cast", &[name], vec![attr_int("to", 1)]),
+            _ => Ok(name.to_string()),
+        }
+    }
+
+    fn linear(
+        &mut self,
+        scope: &str,
+        x: &str,
+        weight: &str,
+        bias: Option<&str>,
+    ) -> Result<String, BuildError> {
+        let w = self.weight_f32(scope, weight)?;
+        let mut inputs = vec![x, w.as_str()];
+        if let Some(b) = bias {
+            inputs.push(b);
+        }
+        self.g.node(scope, "Gemm", &inputs, vec![attr_int("transB", 1)])
+    }
+
+    /// RMSNorm over the last axis, as transformers computes it in f32.
+    fn rms_norm(&mut self, scope: &str, x: &str, weight: &str) -> Result<String, BuildError> {
+        let eps = self.g.const_f32(&[self.spec.config.rms_norm_eps as f32], &[]);
+        let sq = self.g.node(scope, "Mul", &[x, x], vec![])?;
+        let mean = self.g.reduce_mean(scope, &sq, &[-1])?;
+        let shifted = self.g.node(scope, "Add", &[&mean, &eps], vec![])?;
+        let root = self.g.node(scope, "Sqrt", &[&shifted], vec![])?;
+        let inverse = self.g.node(scope, "Reciprocal", &[&root], vec![])?;
+        let normed = self.g.node(scope, "Mul", &[x, &inverse], vec![])?;
+        self.g.node(scope, "Mul", &[&normed, weight], vec![])
+    }
+
+    /// `x * cos + rotate_half(x) * sin` with rotate_half = [-x2, x1].
+    fn rope(&mut self, scope: &str, x: &str, cos: &str, sin: &str) -> Result<String, BuildError> {
+        let half = self.spec.config.head_dim as i64 / 2;
+        let axes = self.g.const_i64(&[-1], &[1]);
+        let (zero, mid, end) = (
+            self.g.const_i64(&[0], &[1]),
+            self.g.const_i64(&[half], &[1]),
+            self.g.const_i64(&[2 * half], &[1]),
+        );
+        let lo = self.g.node(scope, "Slice", &[x, &zero, &mid, &axes], vec![])?;
+        let hi = self.g.node(scope, "Slice", &[x, &mid, &end, &axes], vec![])?;
+        let neg = self.g.node(scope, "Neg", &[&hi], vec![])?;
+        let rotated = self.g.node(scope, "Concat", &[&neg, &lo], vec![attr_int("axis", -1)])?;
+        let a = self.g.node(scope, "Mul", &[x, cos], vec![])?;
+        let b = self.g.node(scope, "Mul", &[&rotated, sin], vec![])?;
+        self.g.node(scope, "Add", &[&a, &b], vec![])
+    }
+}
+
+/// Emits the whole decoder into `g`; weights are referenced by their Hugging Face names.
+pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(), BuildError> {
+    let c = spec.config;
+    let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+    let (hidden, vocab) = (c.hidden_size as i64, c.vocab_size as i64);
+    let (b, s, p, t) = (
+        Dim::Named("batch_size"),
+        Dim::Named("sequence_length"),
+        Dim::Named("past_sequence_length"),
+        Dim::Named("total_sequence_length"),
+    );
+    let input_ids = g.input("input_ids", Elem::I64, &[b.clone(), s.clone()]);
+    let attention_mask = g.input("attention_mask", Elem::I64, &[b.clone(), t.clone()]);
+    let position_ids = g.input("position_ids", Elem::I64, &[b.clone(), s.clone()]);
+    for layer in 0..c.num_hidden_layers {
+        for pattern in [PAST_KEY, PAST_VALUE] {
+            g.input(
+                &io_name(pattern, layer),
+                Elem::F32,
+                &[b.clone(), Dim::Fixed(kvh), p.clone(), Dim::Fixed(d)],
+            );
+        }
+    }
+    g.output("logits", Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
+    for layer in 0..c.num_hidden_layers {
+        for pattern in [PRESENT_KEY, PRESENT_VALUE] {
+            g.output(
+                &io_name(pattern, layer),
+                Elem::F32,
+                &[b.clone(), Dim::Fixed(kvh), t.clone(), Dim::Fixed(d)],
+            );
+        }
+    }
+
+    let mut e = Emitter { g, spec };
+    let names = &spec.profile.tensors;
+
+    // Dynamic sizes, as 1-D tensors of one element and as scalars.
+    let scope = "/model/shapes";
+    let ids_shape = e.g.node(scope, "Shape", &[&input_ids], vec![])?;
+    let mask_shape = e.g.node(scope, "Shape", &[&attention_mask], vec![])?;
+    let (i0, i1) = (e.g.const_i64(&[0], &[1]), e.g.const_i64(&[1], &[1]));
+    let batch = e.g.node(scope, "Gather", &[&ids_shape, &i0], vec![attr_int("axis", 0)])?;
+    let seq = e.g.node(scope, "Gather", &[&ids_shape, &i1], vec![attr_int("axis", 0)])?;
+    let total = e.g.node(scope, "Gather", &[&mask_shape, &i1], vec![attr_int("axis", 0)])?;
+    let scalar = e.g.const_i64(&[], &[0]);
+    let seq_scalar = e.g.node(scope, "Reshape", &[&seq, &scalar], vec![])?;
+    let total_scalar = e.g.node(scope, "Reshape", &[&total, &scalar], vec![])?;
+    let past_scalar = e.g.node(scope, "Sub", &[&total_scalar, &seq_scalar], vec![])?;
+
+    // Embeddings, flattened to [batch*seq, hidden].
+    let scope = "/model/embed_tokens";
+    let embedded = e.g.node(scope, "Gather", &[names.embed, &input_ids], vec![attr_int("axis", 0)])?;
+    let embedded = match (spec.weight_elem)(names.embed) {
+        Elem::F16 => e.g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
+        _ => embedded,
+    };
+    let flat = e.g.const_i64(&[-1, hidden], &[2]);
+    let mut x = e.g.node(scope, "Reshape", &[&embedded, &flat], vec![])?;
+
+    // cos/sin for each position: [batch, 1, seq, head_dim].
+    let scope = "/model/rotary_emb";
+    let axis1 = e.g.const_i64(&[1], &[1]);
+    let cos = e.g.node(scope, "Gather", &[ROPE_COS, &position_ids], vec![attr_int("axis", 0)])?;
+    let cos = e.g.node(scope, "Unsqueeze", &[&cos, &axis1], vec![])?;
+    let sin = e.g.node(scope, "Gather", &[ROPE_SIN, &position_ids], vec![attr_int("axis", 0)])?;
+    let sin = e.g.node(scope, "Unsqueeze", &[&sin, &axis1], vec![])?;
+
+    // Additive mask [batch, 1, seq, total]: key j visible to query i (absolute past + i) when
+    // j <= past + i and attention_mask[j] == 1.
+    let scope = "/model/attn_mask";
+    let (zero_s, one_s) = (e.g.const_i64(&[0], &[]), e.g.const_i64(&[1], &[]));
+    let keys = e.g.node(scope, "Range", &[&zero_s, &total_scalar, &one_s], vec![])?;
+    let queries = e.g.node(scope, "Range", &[&past_scalar, &total_scalar, &one_s], vec![])?;
+    let axis0 = e.g.const_i64(&[0], &[1]);
+    let keys_row = e.g.node(scope, "Unsqueeze", &[&keys, &axis0], vec![])?;
+    let queries_col = e.g.node(scope, "Unsqueeze", &[&queries, &axis1], vec![])?;
+    let causal = e.g.node(scope, "LessOrEqual", &[&keys_row, &queries_col], vec![])?;
+    let real = e.g.node(scope, "Cast", &[&attention_mask], vec![attr_int("to", 9)])?;
+    let axes12 = e.g.const_i64(&[1, 2], &[2]);
+    let real = e.g.node(scope, "Unsqueeze", &[&real, &axes12], vec![])?;
+    let allowed = e.g.node(scope, "And", &[&causal, &real], vec![])?;
+    let (open, closed) = (e.g.const_f32(&[0.0], &[]), e.g.const_f32(&[f32::MIN], &[]));
+    let mask = e.g.node(scope, "Where", &[&allowed, &open, &closed], vec![])?;
+
+    // Shapes for splitting heads: [batch, seq, heads, head_dim].
+    let scope = "/model/shapes";
+    let q_tail = e.g.const_i64(&[h, d], &[2]);
+    let kv_tail = e.g.const_i64(&[kvh, d], &[2]);
+    let q_shape = e.g.node(scope, "Concat", &[&batch, &seq, &q_tail], vec![attr_int("axis", 0)])?;
+    let kv_shape = e.g.node(scope, "Concat", &[&batch, &seq, &kv_tail], vec![attr_int("axis", 0)])?;
+    let attn_flat = e.g.const_i64(&[-1, h * d], &[2]);
+    let rep = h / kvh;
+    let expand = e.g.const_i64(&[1, 1, rep, 1, 1], &[5]);
+    let grouped = e.g.const_i64(&[0, h, -1, d], &[4]);
+    let axis2 = e.g.const_i64(&[2], &[1]);
+    let scale = e.g.const_f32(&[1.0 / (d as f32).sqrt()], &[]);
+
+    let tensor = |layer: usize, role: LayerTensor| spec.profile.layer_tensor(layer, role);
+    for layer in 0..c.num_hidden_layers {
+        let root = format!("/model/layers.{layer}");
+        let required = |role: LayerTensor| {
+            tensor(layer, role).ok_or(BuildError::MissingWeight { role, profile: spec.profile.name })
+        };
+        let normed =
+            e.rms_norm(&format!("{root}/input_layernorm"), &x, &required(LayerTensor::InputNorm)?)?;
+
+        let attn = format!("{root}/attn");
+        let heads = |e: &mut Emitter<'_, '_>,
+                     proj: LayerTensor,
+                     bias: LayerTensor,
+                     norm: Option<LayerTensor>,
+                     shape: &str,
+                     label: &str|
+         -> Result<String, BuildError> {
+            let scope = format!("{attn}/{label}");
+            let bias = tensor(layer, bias);
+            let y = e.linear(&scope, &normed, &required(proj)?, bias.as_deref())?;
+            let y = e.g.node(&scope, "Reshape", &[&y, shape], vec![])?;
+            let y = match norm.and_then(|n| tensor(layer, n)) {
+                Some(w) => e.rms_norm(&format!("{attn}/{label}_norm"), &y, &w)?,
+                None => y,
+            };
+            e.g.node(&scope, "Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])])
+        };
+        let q = heads(
+            &mut e,
+            LayerTensor::QProj,
+            LayerTensor::QBias,
+            Some(LayerTensor::QNorm),
+            &q_shape,
+            "q_proj",
+        )?;
+        let k = heads(
+            &mut e,
+            LayerTensor::KProj,
+            LayerTensor::KBias,
+            Some(LayerTensor::KNorm),
+            &kv_shape,
+            "k_proj",
+        )?;
+        let v = heads(&mut e, LayerTensor::VProj, LayerTensor::VBias, None, &kv_shape, "v_proj")?;
+        let q = e.rope(&format!("{attn}/q_rotary"), &q, &cos, &sin)?;
+        let k = e.rope(&format!("{attn}/k_rotary"), &k, &cos, &sin)?;
+
+        let present_k = io_name(PRESENT_KEY, layer);
+        let present_v = io_name(PRESENT_VALUE, layer);
+        let (past_k, past_v) = (io_name(PAST_KEY, layer), io_name(PAST_VALUE, layer));
+        e.g.node_into(
+            &format!("{attn}/k_cache"),
+            "Concat",
+            &[&past_k, &k],
+            &[&present_k],
+            vec![attr_int("axis", 2)],
+        )?;
+        e.g.node_into(
+            &format!("{attn}/v_cache"),
+            "Concat",
+            &[&past_v, &v],
+            &[&present_v],
+            vec![attr_int("axis", 2)],
+        )?;
+        // GQA: each kv head serves `rep` query heads, as transformers' repeat_kv lays them out.
+        let (k_all, v_all) = if rep > 1 {
+            let scope = format!("{attn}/repeat_kv");
+            let repeat = |e: &mut Emitter<'_, '_>, x: &str| -> Result<String, BuildError> {
+                let y = e.g.node(&scope, "Unsqueeze", &[x, &axis2], vec![])?;
+                let y = e.g.node(&scope, "Expand", &[&y, &expand], vec![])?;
+                e.g.node(&scope, "Reshape", &[&y, &grouped], vec![])
+            };
+            (repeat(&mut e, &present_k)?, repeat(&mut e, &present_v)?)
+        } else {
+            (present_k.clone(), present_v.clone())
+        };
+        let scope = format!("{attn}/sdpa");
+        let k_t = e.g.node(&scope, "Transpose", &[&k_all], vec![attr_ints("perm", &[0, 1, 3, 2])])?;
+        let scores = e.g.node(&scope, "MatMul", &[&q, &k_t], vec![])?;
+        let scores = e.g.node(&scope, "Mul", &[&scores, &scale], vec![])?;
+        let scores = e.g.node(&scope, "Add", &[&scores, &mask], vec![])?;
+        let probs = e.g.node(&scope, "Softmax", &[&scores], vec![attr_int("axis", -1)])?;
+        let context = e.g.node(&scope, "MatMul", &[&probs, &v_all], vec![])?;
+        let context = e.g.node(&scope, "Transpose", &[&context], vec![attr_ints("perm", &[0, 2, 1, 3])])?;
+        let context = e.g.node(&scope, "Reshape", &[&context, &attn_flat], vec![])?;
+        let out = e.linear(&format!("{attn}/o_proj"), &context, &required(LayerTensor::OProj)?, None)?;
+        x = e.g.node(&format!("{root}/attn_residual"), "Add", &[&x, &out], vec![])?;
+
+        let normed = e.rms_norm(
+            &format!("{root}/post_attention_layernorm"),
+            &x,
+            &required(LayerTensor::PostAttentionNorm)?,
+        )?;
+        let mlp = format!("{root}/mlp");
+        let gate = e.linear(&format!("{mlp}/gate_proj"), &normed, &required(LayerTensor::GateProj)?, None)?;
+        let up = e.linear(&format!("{mlp}/up_proj"), &normed, &required(LayerTensor::UpProj)?, None)?;
+        let sig = e.g.node(&format!("{mlp}/act_fn"), "Sigmoid", &[&gate], vec![])?;
+        let act = e.g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
+        let act = e.g.node(&mlp, "Mul", &[&act, &up], vec![])?;
+        let down = e.linear(&format!("{mlp}/down_proj"), &act, &required(LayerTensor::DownProj)?, None)?;
+        x = e.g.node(&format!("{root}/mlp_residual"), "Add", &[&x, &down], vec![])?;
+    }
+
+    let normed = e.rms_norm("/model/norm", &x, names.final_norm)?;
+    let scope = "/lm_head";
+    let logits = e.linear(scope, &normed, &spec.head.clone(), None)?;
+    let v_tail = e.g.const_i64(&[vocab], &[1]);
+    let logits_shape = e.g.node(scope, "Concat", &[&batch, &seq, &v_tail], vec![attr_int("axis", 0)])?;
+    e.g.node_into(scope, "Reshape", &[&logits, &logits_shape], &["logits"], vec![])?;
+    Ok(())
+}

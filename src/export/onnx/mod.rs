@@ -1,0 +1,11 @@
+//! ONNX export written directly from the weights: the graph builder, the Qwen decoder graph,
+//! streamed (external) initializer data, RoPE tables and the companion files.
+
+pub mod builder;
+pub mod data;
+pub mod decoder;
+pub mod folder;
+pub mod genai;
+pub mod rope;
+
+pub use folder::{OnnxOptions, OnnxPrecision, OnnxReport, write_onnx_folder};
