@@ -139,7 +139,7 @@ pub enum Command {
             ONNX) is refused before anything is written.",
         after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --out-dir /tmp/exports --message-format json"
     )]
-    Run(OverrideArgs),
+    Run(RunArgs),
     /// List the architecture profiles compiled into this binary
     #[command(
         after_help = "Examples:\n  cargo model-export profiles\n  cargo model-export profiles --message-format json"
@@ -154,6 +154,16 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Do not load ONNX exports back into tract and ONNX Runtime before installing them
+    /// (faster for very large models; `validate` checks them anyway)
+    #[arg(long)]
+    pub skip_check: bool,
 }
 
 #[derive(Debug, Args)]

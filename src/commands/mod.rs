@@ -56,7 +56,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Detect(args) => detect::run(&ctx, &args.into()),
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Merge(args) => merge::run(&ctx, args),
-        Command::Run(args) => run::run(&ctx, &args.into()),
+        Command::Run(args) => run::run(&ctx, &(&args.overrides).into(), args.skip_check),
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
     }

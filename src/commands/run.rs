@@ -58,7 +58,7 @@ fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError
     }
 }
 
-pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
+pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
     for export in &config.exports {
         check_supported(&config, &export.value)?;
@@ -92,6 +92,7 @@ pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
                     opset: spec.options.opset.map_or(crate::export::onnx::folder::DEFAULT_OPSET, i64::from),
                     external_data: spec.options.external_data,
                     threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    check: !skip_check,
                 };
                 let report = write_onnx_folder(&base, detection.as_ref(), &options, &out)?;
                 let dtype = if precision == OnnxPrecision::F16 { "f16" } else { "f32" };

@@ -47,11 +47,19 @@ pub struct OnnxOptions {
     pub external_data: Option<bool>,
     /// Threads the export-time check may use in ONNX Runtime.
     pub threads: usize,
+    /// Load the model back and run it in tract (and ORT) before installing it.
+    pub check: bool,
 }
 
 impl Default for OnnxOptions {
     fn default() -> Self {
-        Self { precision: OnnxPrecision::F32, opset: DEFAULT_OPSET, external_data: None, threads: 2 }
+        Self {
+            precision: OnnxPrecision::F32,
+            opset: DEFAULT_OPSET,
+            external_data: None,
+            threads: 2,
+            check: true,
+        }
     }
 }
 
@@ -216,8 +224,14 @@ pub fn write_onnx_folder(
     staging.write_companions(base, detection, &exported_config(base, export_dtype, plan.untied))?;
     crate::fsutil::write_json(&dir.join("genai_config.json"), &genai_config(base, MODEL_FILE))?;
 
-    let checked_in = check_exported(&model_path, base, options.threads)?;
-    tracing::info!("checked in {} at {:.2} s", checked_in.join(" and "), started.elapsed().as_secs_f64());
+    let checked_in = if options.check {
+        let engines = check_exported(&model_path, base, options.threads)?;
+        tracing::info!("checked in {} at {:.2} s", engines.join(" and "), started.elapsed().as_secs_f64());
+        engines
+    } else {
+        tracing::warn!("{}: not loaded back in any engine (--skip-check)", staging.name());
+        Vec::new()
+    };
     let options_json = serde_json::json!({
         "format": "onnx",
         "target": "portable",
