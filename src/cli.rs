@@ -145,12 +145,13 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export profiles\n  cargo model-export profiles --message-format json"
     )]
     Profiles,
-    /// Build a tiny Qwen3 model, a LoRA training run and a project, and run the tool on them
+    /// Build a tiny Qwen3 model, a LoRA training run and a project, and run the exports on them
     #[command(
         long_about = "The zero-setup tour: writes a tiny random Qwen3 model, a Trainer-style LoRA run \
             (whose newest checkpoint is deliberately truncated) and a Cargo project whose \
-            [package.metadata.model-export] table points at them, then shows the configuration, the \
-            detected checkpoint and the model summary as the other subcommands would.",
+            [package.metadata.model-export] table points at them, then runs the pipeline on it: the \
+            configuration, the detected checkpoint, and a safetensors and an ONNX export, each verified \
+            (the ONNX one run in tract and ONNX Runtime) before it is installed.",
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),

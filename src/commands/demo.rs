@@ -51,6 +51,7 @@ struct DemoReport<'a> {
     config: &'a Config,
     base: &'a ModelSummary,
     detection: &'a Detection,
+    exports: &'a [super::run::ExportResult],
 }
 
 fn demo_dir(args: &DemoArgs, ctx: &Context) -> Result<PathBuf, Error> {
@@ -100,8 +101,15 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
     })?;
     let (base, detection) = super::detect::detect_configured(&config)?;
     let summary = summarize_model(&base);
+    let exports = super::run::run_exports(&config, false)?;
     if ctx.json {
-        return print_json(&DemoReport { dir: &dir, config: &config, base: &summary, detection: &detection });
+        return print_json(&DemoReport {
+            dir: &dir,
+            config: &config,
+            base: &summary,
+            detection: &detection,
+            exports: &exports,
+        });
     }
     println!("demo project written to {}\n", dir.display());
     println!("== cargo model-export config ==\n");
@@ -111,8 +119,14 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
     println!(
         "\nThe newest checkpoint was truncated on purpose: it is reported and skipped, and the newest valid one is used."
     );
+    println!("\n== cargo model-export run ==\n");
+    super::run::print_results(&exports);
     println!(
-        "\nTry it yourself:\n  cd {}\n  cargo model-export config\n  cargo model-export detect\n  cargo model-export inspect models/qwen3-tiny\n  cargo model-export inspect runs/sft",
+        "\nEach export was merged with PEFT's semantics, written under a temporary name, verified (and, for\nONNX, run in tract and ONNX Runtime) before it was installed; manifest.json lists every file's SHA-256."
+    );
+    println!(
+        "\nArtifacts: {}\nTry it yourself:\n  cd {}\n  cargo model-export run\n  cargo model-export inspect target/model-export/hf-f32\n  cargo model-export inspect runs/sft",
+        config.out_dir.value.display(),
         dir.display()
     );
     Ok(())

@@ -10,7 +10,7 @@ use crate::export::safetensors::{MergeOptions, write_merged_folder};
 use crate::model::TensorDtype;
 
 #[derive(Serialize)]
-struct ExportResult {
+pub struct ExportResult {
     name: String,
     format: Format,
     dtype: String,
@@ -60,13 +60,23 @@ fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError
 
 pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
+    let results = run_exports(&config, skip_check)?;
+    if ctx.json {
+        return print_json(&results);
+    }
+    print_results(&results);
+    Ok(())
+}
+
+/// Writes every declared export, refusing unsupported entries before anything is written.
+pub fn run_exports(config: &Config, skip_check: bool) -> Result<Vec<ExportResult>, Error> {
     for export in &config.exports {
-        check_supported(&config, &export.value)?;
+        check_supported(config, &export.value)?;
     }
     if config.exports.is_empty() {
         tracing::warn!("no [[package.metadata.model-export.export]] entries: nothing to do");
     }
-    let (base, detection) = super::detect::open_inputs(&config)?;
+    let (base, detection) = super::detect::open_inputs(config)?;
     let mut results = Vec::new();
     for export in &config.exports {
         let spec = &export.value;
@@ -110,11 +120,12 @@ pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(),
             checked_in,
         });
     }
-    if ctx.json {
-        return print_json(&results);
-    }
+    Ok(results)
+}
+
+pub fn print_results(results: &[ExportResult]) {
     let mut t = table(["export", "format", "dtype", "size", "files", "checked in", "folder"]);
-    for r in &results {
+    for r in results {
         t.add_row([
             r.name.clone(),
             r.format.to_string(),
@@ -126,5 +137,4 @@ pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(),
         ]);
     }
     println!("{t}");
-    Ok(())
 }

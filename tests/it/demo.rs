@@ -12,6 +12,11 @@ fn demo_builds_a_project_whose_broken_checkpoint_is_skipped() {
     assert!(v["detection"]["chosen"].as_str().unwrap().ends_with("checkpoint-4"));
     assert_eq!(v["detection"]["checkpoints"][0]["status"], "skipped");
     assert_eq!(v["config"]["exports"].as_array().unwrap().len(), 2);
+    assert_eq!(v["exports"][0]["name"], "hf-f32");
+    assert_eq!(v["exports"][1]["format"], "onnx");
+    assert!(v["exports"][1]["checked_in"].as_array().unwrap().iter().any(|e| e == "tract"));
+    assert!(target.join("target/model-export/onnx-f32/model.onnx").is_file());
+    assert!(target.join("target/model-export/hf-f32/manifest.json").is_file());
     // The project it wrote is a real one: the CLI reads it from inside.
     let config = run_in(&target, &["config", "--message-format", "json"], &[]);
     assert_eq!(config.code, 0, "{}", config.stderr);
@@ -29,6 +34,9 @@ fn demo_is_deterministic() {
         "models/qwen3-tiny/model.safetensors",
         "runs/sft/checkpoint-4/adapter_model.safetensors",
         "runs/sft/checkpoint-6/adapter_model.safetensors",
+        // Exports too (their manifests differ only in the provenance paths of a and b).
+        "target/model-export/hf-f32/model.safetensors",
+        "target/model-export/onnx-f32/model.onnx",
     ] {
         let a = std::fs::read(dir.path().join("a").join(file)).unwrap();
         let b = std::fs::read(dir.path().join("b").join(file)).unwrap();
