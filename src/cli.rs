@@ -140,6 +140,17 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --out-dir /tmp/exports --message-format json"
     )]
     Run(RunArgs),
+    /// Check every written export against the candle reference in each engine that runs it
+    #[command(
+        long_about = "Validate the exports in <out-dir>: the reference is candle running the merged weights in f32; \
+            each export runs in every engine that supports it (safetensors: candle; ONNX: ONNX Runtime and \
+            tract) on the configured prompts as one padded batch, and is compared on logits (max and mean \
+            absolute error, cosine, top-1 agreement) and on greedy tokens with the KV cache. Tolerances \
+            depend on the dtype and can be set per export. Writes validation.json/.md into each export \
+            and report.json/.md into out-dir; exits 1 if any export misses its tolerance.",
+        after_help = "Examples:\n  cargo model-export validate\n  MODEL_EXPORT_VALIDATE_ENGINES=tract cargo model-export validate --message-format json"
+    )]
+    Validate(OverrideArgs),
     /// List the architecture profiles compiled into this binary
     #[command(
         after_help = "Examples:\n  cargo model-export profiles\n  cargo model-export profiles --message-format json"

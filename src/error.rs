@@ -24,6 +24,8 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("validation failed for {}", failed.join(", "))]
+    ValidationFailed { failed: Vec<String>, report: PathBuf },
 }
 
 impl Error {
@@ -35,13 +37,21 @@ impl Error {
             Error::Checkpoint(e) => e.help(),
             Error::Runtime(e) => e.help(),
             Error::Write { source, .. } => io_help(source),
+            Error::ValidationFailed { report, .. } => format!(
+                "{} names the engine, the measure and the first diverging token; loosen a tolerance per export (options.max-abs-error, min-cosine, min-top1) only if the difference is expected",
+                report.display()
+            ),
         }
     }
 
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Profile(_) => EXIT_USAGE,
-            Error::Model(_) | Error::Checkpoint(_) | Error::Runtime(_) | Error::Write { .. } => EXIT_FAILURE,
+            Error::Model(_)
+            | Error::Checkpoint(_)
+            | Error::Runtime(_)
+            | Error::Write { .. }
+            | Error::ValidationFailed { .. } => EXIT_FAILURE,
         }
     }
 

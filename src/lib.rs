@@ -17,5 +17,6 @@ pub mod monitor;
 pub mod profile;
 pub mod runtime;
 pub mod synth;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@ mod merge;
 mod output;
 mod profiles;
 mod run;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,6 +58,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Merge(args) => merge::run(&ctx, args),
         Command::Run(args) => run::run(&ctx, &(&args.overrides).into(), args.skip_check),
+        Command::Validate(args) => validate::run(&ctx, &args.into()),
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
     }

@@ -61,11 +61,22 @@ fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError
 pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
     let results = run_exports(&config, skip_check)?;
+    let report =
+        if config.exports.is_empty() { None } else { Some(super::validate::validate_exports(&config)?) };
     if ctx.json {
-        return print_json(&results);
+        print_json(&serde_json::json!({ "exports": results, "validation": report }))?;
+    } else {
+        print_results(&results);
+        if let Some(report) = &report {
+            println!();
+            super::validate::print_report(report);
+            println!("\nreport: {}", config.out_dir.value.join("report.md").display());
+        }
     }
-    print_results(&results);
-    Ok(())
+    match &report {
+        Some(report) => super::validate::verdict(&config, report),
+        None => Ok(()),
+    }
 }
 
 /// Writes every declared export, refusing unsupported entries before anything is written.

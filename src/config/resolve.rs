@@ -369,6 +369,19 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                 ));
             }
         }
+        for (key, value, low, high) in [
+            ("options.max-abs-error", options.max_abs_error, f64::MIN_POSITIVE, f64::INFINITY),
+            ("options.min-cosine", options.min_cosine, -1.0, 1.0),
+            ("options.min-top1", options.min_top1, 0.0, 1.0),
+        ] {
+            if let Some(v) = value.filter(|v| !(*v >= low && *v <= high)) {
+                return Err(fail(
+                    key,
+                    format!("{v} is out of range"),
+                    "max-abs-error must be positive; min-cosine and min-top1 are between 0 and 1",
+                ));
+            }
+        }
         let dtype = match entry.format {
             // ONNX has no "storage dtype" to inherit: f32 is the exact, runs-everywhere default.
             Format::Onnx => Some(entry.dtype.unwrap_or(ExportDtype::F32)),

@@ -95,6 +95,15 @@ pub struct ExportOptions {
     /// int4: quantization block size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    /// validation: largest allowed absolute logit error against the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_error: Option<f64>,
+    /// validation: smallest allowed mean cosine similarity of the logits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_cosine: Option<f64>,
+    /// validation: smallest allowed top-1 agreement (0 to 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_top1: Option<f64>,
 }
 
 impl ExportOptions {

@@ -12,6 +12,12 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ModelError};
 
 pub const MANIFEST: &str = "manifest.json";
+/// Reports about an export, written after it is installed: not part of the artifact.
+pub const REPORT_FILES: &[&str] = &["validation.json", "validation.md"];
+
+fn is_artifact(name: &str) -> bool {
+    name != MANIFEST && !REPORT_FILES.contains(&name)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -76,7 +82,7 @@ pub fn hash_folder(dir: &Path, known: &[FileEntry]) -> Result<Vec<FileEntry>, Er
     for entry in std::fs::read_dir(dir).map_err(|e| Error::write(dir, e))? {
         let entry = entry.map_err(|e| Error::write(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().is_file() && name != MANIFEST {
+        if entry.path().is_file() && is_artifact(&name) {
             names.push(name);
         }
     }
@@ -111,7 +117,7 @@ fn current_files(dir: &Path, check: Check, listed: &[FileEntry]) -> Result<Vec<F
     for entry in std::fs::read_dir(dir).map_err(|e| Error::write(dir, e))? {
         let entry = entry.map_err(|e| Error::write(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().is_file() && name != MANIFEST {
+        if entry.path().is_file() && is_artifact(&name) {
             let size = entry.metadata().map_err(|e| Error::write(&entry.path(), e))?.len();
             // Sizes-only: carry the listed hash so that the comparison is on names and sizes.
             let sha256 = listed.iter().find(|f| f.path == name).map(|f| f.sha256.clone()).unwrap_or_default();

@@ -55,6 +55,9 @@ impl KvCache {
     }
 }
 
+/// A weight by name: its f32 values and shape, or `None` when the model has no such tensor.
+pub type WeightSource<'a> = dyn Fn(&str) -> Result<Option<(Vec<f32>, Vec<usize>)>> + 'a;
+
 pub struct ReferenceModel {
     embed: Tensor,
     layers: Vec<Layer>,
@@ -85,15 +88,24 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
 impl ReferenceModel {
     /// Loads every weight of `folder` as f32 on the CPU.
     pub fn load(folder: &ModelFolder) -> Result<Self> {
+        Self::load_with(folder, &|name| {
+            let Some((file, info)) = folder.tensor(name) else { return Ok(None) };
+            let mut values = Vec::new();
+            file.read_f32(info, &mut values)?;
+            Ok(Some((values, info.shape.clone())))
+        })
+    }
+
+    /// Loads the architecture of `folder` with weights from `weights` (name -> f32 values and
+    /// shape), e.g. a merge computed in memory.
+    pub fn load_with(folder: &ModelFolder, weights: &WeightSource<'_>) -> Result<Self> {
         let device = Device::Cpu;
         let tensor = |name: &str| -> Result<Tensor> {
-            let (file, info) = folder.tensor(name).ok_or_else(|| RuntimeError::MissingTensor {
+            let (values, shape) = weights(name)?.ok_or_else(|| RuntimeError::MissingTensor {
                 path: folder.dir.clone(),
                 tensor: name.to_string(),
             })?;
-            let mut values = Vec::new();
-            file.read_f32(info, &mut values)?;
-            Ok(Tensor::from_vec(values, info.shape.as_slice(), &device)?)
+            Ok(Tensor::from_vec(values, shape.as_slice(), &device)?)
         };
         let profile = folder.profile;
         let c = &folder.config;
@@ -131,8 +143,8 @@ impl ReferenceModel {
             });
         }
         let embed = tensor(profile.tensors.embed)?;
-        let lm_head = match folder.tensor(profile.tensors.lm_head) {
-            Some(_) => tensor(profile.tensors.lm_head)?,
+        let lm_head = match weights(profile.tensors.lm_head)? {
+            Some((values, shape)) => Tensor::from_vec(values, shape.as_slice(), &device)?,
             None if c.tie_word_embeddings => embed.clone(),
             None => {
                 return Err(RuntimeError::MissingTensor {

@@ -13,3 +13,4 @@ mod onnx;
 mod peft_semantics;
 mod reference;
 mod run;
+mod validate;

@@ -22,7 +22,7 @@ options = { max-shard-size = "100KB" }
     );
     let out = project.run(&["run", "--message-format", "json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let v = out.json();
+    let v = &out.json()["exports"];
     assert_eq!(v[0]["name"], "hf");
     assert_eq!(v[0]["dtype"], "f32");
     assert_eq!(v[1]["dtype"], "bf16");
@@ -57,7 +57,7 @@ options = { external-data = true, opset = 18 }
     );
     let out = project.run(&["run", "--message-format", "json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let v = out.json();
+    let v = &out.json()["exports"];
     assert_eq!(v[0]["dtype"], "f32");
     assert_eq!(v[1]["dtype"], "f16");
     assert!(v[0]["checked_in"].as_array().unwrap().iter().any(|e| e == "tract"));

@@ -1,0 +1,123 @@
+//! Validation of written exports against the candle reference, and the reports.
+
+use std::path::PathBuf;
+
+use super::Context;
+use super::output::{print_json, table};
+use crate::config::{Config, Overrides};
+use crate::error::{ConfigError, Error};
+use crate::fsutil::{atomic_write, write_json};
+use crate::validate::report::ValidationReport;
+use crate::validate::{build_reference, validate_export};
+
+/// Validates every declared export found in out-dir, writes validation.json/.md into each and
+/// report.json/.md into out-dir, and fails if any export misses its tolerance.
+pub fn validate_exports(config: &Config) -> Result<ValidationReport, Error> {
+    let (base, detection) = super::detect::open_inputs(config)?;
+    for export in &config.exports {
+        let dir = config.out_dir.value.join(&export.value.name);
+        if !dir.join("manifest.json").is_file() {
+            return Err(ConfigError::Invalid {
+                origin: config
+                    .manifest
+                    .as_ref()
+                    .map_or("the command line".into(), |m| m.display().to_string()),
+                key: format!("export `{}`", export.value.name),
+                message: format!("{} holds no finished export", dir.display()),
+                help: "run `cargo model-export run` first (it writes and validates every export)".into(),
+            }
+            .into());
+        }
+    }
+    let v = &config.validate;
+    let reference =
+        build_reference(&base, detection.as_ref(), &v.prompts.value, v.max_new_tokens.value as usize)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut exports = Vec::new();
+    for export in &config.exports {
+        let dir = config.out_dir.value.join(&export.value.name);
+        let result = validate_export(&reference, &base, &export.value, &dir, &v.engines.value, threads)?;
+        let single = ValidationReport {
+            reference: reference_name(&base.dir, detection.as_ref()),
+            passed: result.passed,
+            exports: vec![result.clone()],
+        };
+        write_json(&dir.join("validation.json"), &single)?;
+        atomic_write(&dir.join("validation.md"), single.to_markdown().as_bytes())?;
+        exports.push(result);
+    }
+    let report = ValidationReport {
+        reference: reference_name(&base.dir, detection.as_ref()),
+        passed: exports.iter().all(|e| e.passed),
+        exports,
+    };
+    std::fs::create_dir_all(&config.out_dir.value).map_err(|e| Error::write(&config.out_dir.value, e))?;
+    write_json(&config.out_dir.value.join("report.json"), &report)?;
+    atomic_write(&config.out_dir.value.join("report.md"), report.to_markdown().as_bytes())?;
+    Ok(report)
+}
+
+fn reference_name(base: &std::path::Path, detection: Option<&crate::checkpoint::Detection>) -> String {
+    match detection {
+        Some(d) => format!("candle, f32, {} merged with {}", base.display(), d.chosen.display()),
+        None => format!("candle, f32, {}", base.display()),
+    }
+}
+
+pub fn print_report(report: &ValidationReport) {
+    let mut t = table(["export", "engine", "max abs error", "cosine", "top-1", "greedy", "verdict"]);
+    for e in &report.exports {
+        for r in &e.engines {
+            let (max, cos, top1) = match &r.logits {
+                Some(m) => (
+                    format!("{:.2e}", m.max_abs_error),
+                    format!("{:.6}", m.cosine),
+                    format!("{:.1}%", m.top1_agreement * 100.0),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let greedy = match (r.greedy_match, r.first_divergence) {
+                (Some(true), _) => "identical".to_string(),
+                (Some(false), Some((row, at))) => format!("differs at prompt {row} token {at}"),
+                _ => "-".into(),
+            };
+            let verdict = match (&r.skipped, r.passed) {
+                (Some(why), _) => format!("skipped ({why})"),
+                (None, true) => "pass".into(),
+                (None, false) => format!("FAIL: {}", r.failures.join("; ")),
+            };
+            t.add_row([e.export.clone(), r.engine.clone(), max, cos, top1, greedy, verdict]);
+        }
+    }
+    println!("{t}");
+}
+
+/// Fails the command when the report does.
+pub fn verdict(config: &Config, report: &ValidationReport) -> Result<(), Error> {
+    if report.passed {
+        return Ok(());
+    }
+    Err(Error::ValidationFailed {
+        failed: report
+            .exports
+            .iter()
+            .filter(|e| !e.passed)
+            .flat_map(|e| {
+                e.engines.iter().filter(|r| !r.passed).map(move |r| format!("{} in {}", e.export, r.engine))
+            })
+            .collect(),
+        report: config.out_dir.value.join("report.md"),
+    })
+}
+
+pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
+    let config = ctx.load_config(overrides)?;
+    let report = validate_exports(&config)?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report);
+        println!("\nreport: {}", PathBuf::from(&config.out_dir.value).join("report.md").display());
+    }
+    verdict(&config, &report)
+}

@@ -1,0 +1,254 @@
+//! Proving exports right: the reference is candle running the merged weights in f32; each
+//! export runs in every engine that supports it (safetensors: candle; ONNX: ONNX Runtime and
+//! tract) on the same padded batch of the configured prompts, and is compared on logits and on
+//! greedy tokens with the KV cache.
+
+pub mod metrics;
+pub mod report;
+pub mod tolerance;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::checkpoint::Detection;
+use crate::config::{Engine, ExportDtype, ExportSpec, Format};
+use crate::error::{Error, ModelError, RuntimeError};
+use crate::merge::{MergeInputs, execute, plan_merge};
+use crate::model::{ModelFolder, TensorDtype};
+use crate::runtime::ort_engine::{self, OrtEngine};
+use crate::runtime::tract_engine::TractEngine;
+use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
+use metrics::{compare_logits, first_divergence};
+use report::{EngineResult, ExportValidation};
+use tolerance::Tolerance;
+
+/// The reference run every export is compared with.
+pub struct Reference {
+    pub model: ReferenceModel,
+    pub batch: Batch,
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+    pub greedy: Vec<Vec<i64>>,
+    pub options: GreedyOptions,
+}
+
+/// Tokenizes `prompts` with the tokenizer.json in `dir` (special tokens as written).
+pub fn tokenize(dir: &Path, prompts: &[String]) -> Result<Vec<Vec<i64>>, Error> {
+    let path = dir.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Json {
+        path: path.clone(),
+        message: format!("not a usable tokenizer: {e}"),
+    })?;
+    prompts
+        .iter()
+        .map(|p| {
+            tokenizer
+                .encode(p.as_str(), true)
+                .map(|enc| enc.get_ids().iter().map(|&t| i64::from(t)).collect())
+                .map_err(|e| {
+                    ModelError::Json { path: path.clone(), message: format!("cannot tokenize {p:?}: {e}") }
+                        .into()
+                })
+        })
+        .collect()
+}
+
+/// eos ids (generation_config.json's list first) and the pad id.
+fn stop_ids(base: &ModelFolder) -> (Vec<i64>, i64) {
+    let generation: serde_json::Value = std::fs::read(base.dir.join("generation_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut eos: Vec<i64> = match &generation["eos_token_id"] {
+        serde_json::Value::Array(ids) => ids.iter().filter_map(|v| v.as_i64()).collect(),
+        v => v.as_i64().into_iter().collect(),
+    };
+    if eos.is_empty() {
+        eos = base.config.eos_token_ids.iter().map(|&e| i64::from(e)).collect();
+    }
+    let pad = generation["pad_token_id"]
+        .as_i64()
+        .or(base.config.pad_token_id.map(i64::from))
+        .or(eos.first().copied())
+        .unwrap_or(0);
+    (eos, pad)
+}
+
+/// Merges in memory in f32 (nothing written) and runs the prompts through candle.
+pub fn build_reference(
+    base: &ModelFolder,
+    detection: Option<&Detection>,
+    prompts: &[String],
+    max_new_tokens: usize,
+) -> Result<Reference, Error> {
+    let adapter = detection.map(|d| &d.adapter);
+    let plan = plan_merge(base, adapter)?;
+    let mut weights: HashMap<String, (Vec<f32>, Vec<usize>)> = HashMap::new();
+    let mut bytes = Vec::new();
+    let hidden = indicatif::ProgressBar::hidden();
+    execute(
+        &plan,
+        &MergeInputs { base, adapter },
+        &|_| TensorDtype::F32,
+        &mut |b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        },
+        &hidden,
+    )?;
+    let mut offset = 0;
+    for t in &plan.tensors {
+        let n: usize = t.shape.iter().product();
+        let values = bytes[offset..offset + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        weights.insert(t.name.clone(), (values, t.shape.clone()));
+        offset += 4 * n;
+    }
+    drop(bytes);
+    let model = ReferenceModel::load_with(base, &|name| Ok(weights.get(name).cloned()))?;
+    drop(weights);
+    let tokenizer_dir = detection
+        .map(|d| d.chosen.clone())
+        .filter(|d| d.join("tokenizer.json").is_file())
+        .unwrap_or_else(|| base.dir.clone());
+    let (eos, pad) = stop_ids(base);
+    let batch = Batch::left_padded(&tokenize(&tokenizer_dir, prompts)?, pad);
+    let logits = model.forward(&batch, &mut KvCache::default())?;
+    let vocab = logits.dims3().map_err(RuntimeError::from)?.2;
+    let logits = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(RuntimeError::from)?;
+    let options = GreedyOptions { max_new_tokens, eos_token_ids: eos, pad_token_id: pad };
+    let greedy_ids = greedy(&mut ReferenceEngine::new(&model), &batch, &options)?;
+    Ok(Reference { model, batch, logits, vocab, greedy: greedy_ids, options })
+}
+
+/// Engines that can run an export of `format`.
+pub fn engines_for(format: Format) -> &'static [Engine] {
+    match format {
+        Format::Safetensors => &[Engine::Candle],
+        Format::Onnx => &[Engine::Ort, Engine::Tract],
+    }
+}
+
+fn run_engine(
+    engine: &mut dyn DecoderEngine,
+    reference: &Reference,
+    tolerance: &Tolerance,
+) -> Result<EngineResult, Error> {
+    let logits = engine.step(&reference.batch)?;
+    engine.reset();
+    let m = compare_logits(
+        &logits.values,
+        &reference.logits,
+        &reference.batch,
+        reference.vocab,
+        tolerance.top1_margin,
+    );
+    let ids = greedy(engine, &reference.batch, &reference.options)?;
+    let prompt_len = reference.batch.input_ids.first().map_or(0, Vec::len);
+    let divergence = first_divergence(&ids, &reference.greedy, prompt_len);
+    let mut failures = Vec::new();
+    if let Some(limit) = tolerance.max_abs_error
+        && m.max_abs_error > limit
+    {
+        failures.push(format!("max abs logit error {:.2e} > {limit:.0e}", m.max_abs_error));
+    }
+    if m.cosine < tolerance.min_cosine {
+        failures.push(format!("cosine {:.6} < {}", m.cosine, tolerance.min_cosine));
+    }
+    if m.top1_agreement < tolerance.min_top1 {
+        failures.push(format!(
+            "top-1 agreement {:.2}% < {}%",
+            m.top1_agreement * 100.0,
+            tolerance.min_top1 * 100.0
+        ));
+    }
+    if tolerance.greedy_must_match
+        && let Some((row, at)) = divergence
+    {
+        failures.push(format!("greedy tokens diverge at prompt {row}, token {at}"));
+    }
+    Ok(EngineResult {
+        engine: engine.name().to_string(),
+        skipped: None,
+        logits: Some(m),
+        greedy_match: Some(divergence.is_none()),
+        first_divergence: divergence,
+        passed: failures.is_empty(),
+        failures,
+    })
+}
+
+/// Validates the export `spec` written at `dir` in each requested engine that runs it.
+pub fn validate_export(
+    reference: &Reference,
+    base: &ModelFolder,
+    spec: &ExportSpec,
+    dir: &Path,
+    requested: &[Engine],
+    threads: usize,
+) -> Result<ExportValidation, Error> {
+    let dtype = spec.dtype.unwrap_or(match base.storage_dtype() {
+        TensorDtype::F16 => ExportDtype::F16,
+        TensorDtype::BF16 => ExportDtype::Bf16,
+        _ => ExportDtype::F32,
+    });
+    let tolerance = Tolerance::for_export(dtype, &spec.options);
+    let c = &base.config;
+    let mut results = Vec::new();
+    for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
+        let skipped = |why: String| EngineResult {
+            engine: engine.to_string(),
+            skipped: Some(why),
+            logits: None,
+            greedy_match: None,
+            first_divergence: None,
+            passed: true,
+            failures: Vec::new(),
+        };
+        let result = match engine {
+            Engine::Candle => {
+                let model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
+                run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
+            }
+            Engine::Tract => {
+                let model = dir.join("model.onnx");
+                let mut e =
+                    TractEngine::load(&model, c.num_hidden_layers, c.num_key_value_heads, c.head_dim)?;
+                run_engine(&mut e, reference, &tolerance)?
+            }
+            Engine::Ort if !ort_engine::available() => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    return Err(RuntimeError::OrtUnavailable {
+                        message: "CI=true requires every engine".into(),
+                    }
+                    .into());
+                }
+                skipped(format!(
+                    "ONNX Runtime not installed (python3 -m pip install --no-deps {})",
+                    ort_engine::WHEEL
+                ))
+            }
+            Engine::Ort => {
+                let model = dir.join("model.onnx");
+                let mut e =
+                    OrtEngine::load(&model, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, threads)?;
+                run_engine(&mut e, reference, &tolerance)?
+            }
+        };
+        results.push(result);
+    }
+    let passed = results.iter().all(|r| r.passed);
+    Ok(ExportValidation {
+        export: spec.name.clone(),
+        format: spec.format.to_string(),
+        dtype: dtype.to_string(),
+        target: spec.target.map(|t| t.to_string()),
+        tolerance,
+        prompts: reference.batch.input_ids.len(),
+        max_new_tokens: reference.options.max_new_tokens,
+        engines: results,
+        passed,
+    })
+}

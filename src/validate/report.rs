@@ -1,0 +1,188 @@
+//! The validation report: per export and engine, how close it is to the reference. A `serde`
+//! type for `validation.json`, a Markdown view, and `snapshot()`, whose numbers are bucketed so
+//! that it is stable across machines for `insta::assert_yaml_snapshot!`.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::LogitMetrics;
+use super::tolerance::Tolerance;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineResult {
+    pub engine: String,
+    /// Why the engine did not run (not installed), if it did not.
+    pub skipped: Option<String>,
+    pub logits: Option<LogitMetrics>,
+    pub greedy_match: Option<bool>,
+    /// (row, generated token index) of the first token that differs from the reference's.
+    pub first_divergence: Option<(usize, usize)>,
+    pub passed: bool,
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportValidation {
+    pub export: String,
+    pub format: String,
+    pub dtype: String,
+    pub target: Option<String>,
+    pub tolerance: Tolerance,
+    pub prompts: usize,
+    pub max_new_tokens: usize,
+    pub engines: Vec<EngineResult>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    pub reference: String,
+    pub exports: Vec<ExportValidation>,
+    pub passed: bool,
+}
+
+/// The rounded, machine-independent view of one engine's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineSnapshot {
+    pub engine: String,
+    pub skipped: bool,
+    /// The decade the largest logit error falls under, e.g. "<=1e-5".
+    pub max_abs_error: Option<String>,
+    /// Cosine similarity: ">=0.9999", else rounded down to 4 decimals.
+    pub cosine: Option<String>,
+    /// Top-1 agreement in whole percent, rounded down.
+    pub top1_percent: Option<u32>,
+    pub greedy_match: Option<bool>,
+    pub first_divergence: Option<(usize, usize)>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportSnapshot {
+    pub export: String,
+    pub format: String,
+    pub dtype: String,
+    pub engines: Vec<EngineSnapshot>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportSnapshot {
+    pub exports: Vec<ExportSnapshot>,
+    pub passed: bool,
+}
+
+/// `3.2e-6` -> `<=1e-5`; exact zero stays `0`.
+pub fn decade(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    format!("<=1e{}", x.log10().ceil() as i32)
+}
+
+/// Cosines of equivalent runs sit just below or at 1.0 depending on the machine: one bucket.
+fn cosine_bucket(x: f64) -> String {
+    if x >= 0.9999 { ">=0.9999".into() } else { floor_to(x, 4) }
+}
+
+fn floor_to(x: f64, decimals: i32) -> String {
+    let scale = 10f64.powi(decimals);
+    format!("{:.*}", decimals as usize, (x * scale).floor() / scale)
+}
+
+impl ValidationReport {
+    pub fn snapshot(&self) -> ReportSnapshot {
+        ReportSnapshot {
+            passed: self.passed,
+            exports: self
+                .exports
+                .iter()
+                .map(|e| ExportSnapshot {
+                    export: e.export.clone(),
+                    format: e.format.clone(),
+                    dtype: e.dtype.clone(),
+                    passed: e.passed,
+                    engines: e
+                        .engines
+                        .iter()
+                        .map(|r| EngineSnapshot {
+                            engine: r.engine.clone(),
+                            skipped: r.skipped.is_some(),
+                            max_abs_error: r.logits.as_ref().map(|m| decade(m.max_abs_error)),
+                            cosine: r.logits.as_ref().map(|m| cosine_bucket(m.cosine)),
+                            top1_percent: r
+                                .logits
+                                .as_ref()
+                                .map(|m| (m.top1_agreement * 100.0).floor() as u32),
+                            greedy_match: r.greedy_match,
+                            first_divergence: r.first_divergence,
+                            passed: r.passed,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::from("# Validation report\n\n");
+        let _ = writeln!(md, "Reference: {}\n", self.reference);
+        let _ = writeln!(
+            md,
+            "| export | format | dtype | engine | max abs error | mean abs error | cosine | top-1 | greedy | verdict |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        for e in &self.exports {
+            for r in &e.engines {
+                let (max, mean, cos, top1) = match &r.logits {
+                    Some(m) => (
+                        format!("{:.2e}", m.max_abs_error),
+                        format!("{:.2e}", m.mean_abs_error),
+                        format!("{:.6}", m.cosine),
+                        format!(
+                            "{:.1}% ({:.1}% raw)",
+                            m.top1_agreement * 100.0,
+                            m.top1_agreement_raw * 100.0
+                        ),
+                    ),
+                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
+                };
+                let greedy = match (r.greedy_match, r.first_divergence) {
+                    (Some(true), _) => "identical".to_string(),
+                    (Some(false), Some((row, at))) => format!("differs (prompt {row}, token {at})"),
+                    _ => "-".into(),
+                };
+                let verdict = match (&r.skipped, r.passed) {
+                    (Some(why), _) => format!("skipped: {why}"),
+                    (None, true) => "pass".into(),
+                    (None, false) => format!("FAIL: {}", r.failures.join("; ")),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {max} | {mean} | {cos} | {top1} | {greedy} | {verdict} |",
+                    e.export, e.format, e.dtype, r.engine
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\nVerdict: {}",
+            if self.passed { "every export within tolerance" } else { "FAILED" }
+        );
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decades_and_floors() {
+        assert_eq!(super::decade(3.2e-6), "<=1e-5");
+        assert_eq!(super::decade(1e-4), "<=1e-4");
+        assert_eq!(super::decade(0.0), "0");
+        assert_eq!(super::floor_to(0.999_87, 4), "0.9998");
+        assert_eq!(super::cosine_bucket(0.999_999_9), ">=0.9999");
+        assert_eq!(super::cosine_bucket(1.0), ">=0.9999");
+    }
+}

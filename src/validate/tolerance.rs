@@ -1,0 +1,68 @@
+//! What "close enough to the reference" means for each dtype. Defaults (docs/validation.md):
+//! f32 must match tightly and greedily; f16/bf16 are judged on cosine and top-1 agreement.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ExportDtype, ExportOptions};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tolerance {
+    /// Largest allowed absolute logit error, if judged on it.
+    pub max_abs_error: Option<f64>,
+    pub min_cosine: f64,
+    pub min_top1: f64,
+    /// Top-1 is only counted where the reference's top-1/top-2 margin exceeds this.
+    pub top1_margin: f32,
+    /// Whether greedy tokens must equal the reference's.
+    pub greedy_must_match: bool,
+}
+
+impl Tolerance {
+    pub fn default_for(dtype: ExportDtype) -> Self {
+        match dtype {
+            ExportDtype::F32 => Self {
+                max_abs_error: Some(1e-4),
+                min_cosine: 0.999_999,
+                min_top1: 1.0,
+                top1_margin: 1e-3,
+                greedy_must_match: true,
+            },
+            ExportDtype::F16 => Self {
+                max_abs_error: None,
+                min_cosine: 0.9999,
+                min_top1: 0.99,
+                top1_margin: 2e-2,
+                greedy_must_match: false,
+            },
+            ExportDtype::Bf16 => Self {
+                max_abs_error: None,
+                min_cosine: 0.999,
+                min_top1: 0.98,
+                top1_margin: 5e-2,
+                greedy_must_match: false,
+            },
+            ExportDtype::Int8 | ExportDtype::Int4 => Self {
+                max_abs_error: None,
+                min_cosine: 0.99,
+                min_top1: 0.9,
+                top1_margin: 0.1,
+                greedy_must_match: false,
+            },
+        }
+    }
+
+    /// The dtype's defaults with an export's overrides applied.
+    pub fn for_export(dtype: ExportDtype, options: &ExportOptions) -> Self {
+        let mut t = Self::default_for(dtype);
+        if let Some(v) = options.max_abs_error {
+            t.max_abs_error = Some(v);
+        }
+        if let Some(v) = options.min_cosine {
+            t.min_cosine = v;
+        }
+        if let Some(v) = options.min_top1 {
+            t.min_top1 = v;
+        }
+        t
+    }
+}

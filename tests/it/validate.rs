@@ -1,0 +1,106 @@
+//! `run` and `validate` end to end: the report of the fixtures' exports is snapshot-tested, and
+//! a corrupted export fails naming the export, the engine and the first diverging token.
+
+use model_export::runtime::Batch;
+use model_export::validate::metrics::compare_logits;
+use model_export::validate::report::ValidationReport;
+use model_export::validate::tolerance::Tolerance;
+
+use crate::common::{Project, fixture};
+
+const PROMPTS: &str = r#"prompts = ["Hello, how are you today?", "用一句话解释LoRA", "<|im_start|>user\nWhat does a tiny model learn?<|im_end|>\n<|im_start|>assistant\n"]
+max-new-tokens = 12"#;
+
+fn project(exports: &str) -> Project {
+    Project::new(&format!(
+        "[package.metadata.model-export]\nbase = \"{{fixtures}}/qwen3-tiny\"\nadapter = \"{{fixtures}}/qwen3-tiny-run\"\nout-dir = \"out\"\n\n[package.metadata.model-export.validate]\n{PROMPTS}\n\n{exports}"
+    ))
+}
+
+fn report(project: &Project) -> ValidationReport {
+    serde_json::from_slice(&std::fs::read(project.path().join("out/report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn tokenizer_reproduces_the_golden_prompt_ids() {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/qwen3-tiny.json")).unwrap()).unwrap();
+    let prompts: Vec<String> = serde_json::from_value(info["prompts"].clone()).unwrap();
+    let ids = model_export::validate::tokenize(&fixture("qwen3-tiny"), &prompts).unwrap();
+    assert_eq!(serde_json::to_value(ids).unwrap(), info["prompt_ids"]);
+}
+
+#[test]
+fn fixture_exports_pass_in_every_engine_and_the_report_is_stable() {
+    let project = project(
+        "[[package.metadata.model-export.export]]\nname = \"hf-f32\"\nformat = \"safetensors\"\ndtype = \"f32\"\n\n\
+         [[package.metadata.model-export.export]]\nname = \"onnx-f32\"\nformat = \"onnx\"\n\n\
+         [[package.metadata.model-export.export]]\nname = \"onnx-f16\"\nformat = \"onnx\"\ndtype = \"f16\"\n",
+    );
+    let out = project.run(&["run"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = report(&project);
+    for e in &report.exports {
+        for r in &e.engines {
+            let m = r.logits.as_ref().unwrap();
+            if e.dtype == "f32" {
+                assert!(m.max_abs_error <= 1e-4, "{} {}: {}", e.export, r.engine, m.max_abs_error);
+            }
+            assert_eq!(r.greedy_match, Some(true), "{} {}", e.export, r.engine);
+        }
+    }
+    insta::assert_yaml_snapshot!(report.snapshot());
+    for export in ["hf-f32", "onnx-f32", "onnx-f16"] {
+        let dir = project.path().join("out").join(export);
+        assert!(dir.join("validation.json").is_file() && dir.join("validation.md").is_file());
+    }
+    assert!(
+        std::fs::read_to_string(project.path().join("out/report.md"))
+            .unwrap()
+            .contains("| onnx-f16 | onnx | f16 | tract |")
+    );
+    // validate alone re-checks the installed exports (the reports are not part of the manifests).
+    let again = project.run(&["validate", "--message-format", "json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.json()["passed"], true);
+}
+
+#[test]
+fn corrupted_export_fails_naming_export_engine_and_position() {
+    let project = project(
+        "[[package.metadata.model-export.export]]\nname = \"onnx-ext\"\nformat = \"onnx\"\noptions = { external-data = true }\n",
+    );
+    assert_eq!(project.run(&["run", "-q"]).code, 0);
+    // The embedding comes first in model.onnx_data: flatten its rows.
+    let data = project.path().join("out/onnx-ext/model.onnx_data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    for chunk in bytes[..384 * 64 * 4].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&0.01f32.to_le_bytes());
+    }
+    std::fs::write(&data, bytes).unwrap();
+    let out = project.run(&["validate"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("validation failed for onnx-ext in"), "{}", out.stderr);
+    assert!(out.stdout.contains("differs at prompt 0 token 0"), "{}", out.stdout);
+    let report = report(&project);
+    let tract = report.exports[0].engines.iter().find(|r| r.engine == "tract").unwrap();
+    assert!(!tract.passed);
+    assert_eq!(tract.first_divergence, Some((0, 0)));
+    assert!(tract.failures.iter().any(|f| f.starts_with("max abs logit error")), "{:?}", tract.failures);
+}
+
+#[test]
+fn a_perturbed_logit_breaks_the_f32_tolerance_and_the_snapshot_bucket() {
+    let batch = Batch::left_padded(&[vec![1, 2, 3]], 0);
+    let reference: Vec<f32> = (0..3 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut ours = reference.clone();
+    ours[5] += 2e-6;
+    let tolerance = Tolerance::default_for(model_export::config::ExportDtype::F32);
+    let close = compare_logits(&ours, &reference, &batch, 8, tolerance.top1_margin);
+    assert!(close.max_abs_error <= tolerance.max_abs_error.unwrap());
+    assert_eq!(model_export::validate::report::decade(close.max_abs_error), "<=1e-5");
+    ours[5] += 1e-3;
+    let off = compare_logits(&ours, &reference, &batch, 8, tolerance.top1_margin);
+    assert!(off.max_abs_error > tolerance.max_abs_error.unwrap());
+    assert_eq!(model_export::validate::report::decade(off.max_abs_error), "<=1e-2");
+}
