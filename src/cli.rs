@@ -16,17 +16,18 @@ use crate::config::Overrides;
         Exports are declared in the [package.metadata.model-export] table of Cargo.toml; \
         flags and MODEL_EXPORT_* environment variables override it.",
     after_help = "Examples:\n  \
-        cargo model-export demo                 build a tiny model and run, and show what the tool sees\n  \
+        cargo model-export                      run every export declared in Cargo.toml and validate it\n  \
+        cargo model-export demo                 build a tiny model and run, and run the pipeline on them\n  \
         cargo model-export config               the effective configuration and where each value came from\n  \
         cargo model-export detect               the checkpoint that will be merged, and the skipped ones\n  \
-        cargo model-export inspect models/base  summarise a model, adapter, checkpoint or training run",
-    arg_required_else_help = true
+        cargo model-export inspect models/base  summarise a model, adapter, checkpoint or training run"
 )]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// Without a subcommand, `run`: every declared export, validated.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,7 @@ struct DemoReport<'a> {
     base: &'a ModelSummary,
     detection: &'a Detection,
     exports: &'a [super::run::ExportResult],
+    validation: &'a crate::validate::report::ValidationReport,
 }
 
 fn demo_dir(args: &DemoArgs, ctx: &Context) -> Result<PathBuf, Error> {
@@ -102,6 +103,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
     let (base, detection) = super::detect::detect_configured(&config)?;
     let summary = summarize_model(&base);
     let exports = super::run::run_exports(&config, false)?;
+    let report = super::validate::validate_exports(&config)?;
     if ctx.json {
         return print_json(&DemoReport {
             dir: &dir,
@@ -109,6 +111,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
             base: &summary,
             detection: &detection,
             exports: &exports,
+            validation: &report,
         });
     }
     println!("demo project written to {}\n", dir.display());
@@ -120,14 +123,15 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
         "\nThe newest checkpoint was truncated on purpose: it is reported and skipped, and the newest valid one is used."
     );
     println!("\n== cargo model-export run ==\n");
-    super::run::print_results(&exports);
+    super::run::print_summary(&exports, Some(&report));
     println!(
-        "\nEach export was merged with PEFT's semantics, written under a temporary name, verified (and, for\nONNX, run in tract and ONNX Runtime) before it was installed; manifest.json lists every file's SHA-256."
+        "\nEach export was merged with PEFT's semantics, written under a temporary name, verified (for ONNX:\nrun in tract and ONNX Runtime) before it was installed, then compared with the candle reference\n(merged weights in f32) on logits and greedy tokens. Report: {}",
+        config.out_dir.value.join("report.md").display()
     );
     println!(
         "\nArtifacts: {}\nTry it yourself:\n  cd {}\n  cargo model-export run\n  cargo model-export inspect target/model-export/hf-f32\n  cargo model-export inspect runs/sft",
         config.out_dir.value.display(),
         dir.display()
     );
-    Ok(())
+    super::validate::verdict(&config, &report)
 }

@@ -52,7 +52,10 @@ impl Context {
 
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let ctx = Context::from_cli(cli)?;
-    match &cli.command {
+    let Some(command) = &cli.command else {
+        return run::run(&ctx, &Overrides::default(), false);
+    };
+    match command {
         Command::Config(args) => config::run(&ctx, &args.into()),
         Command::Detect(args) => detect::run(&ctx, &args.into()),
         Command::Inspect(args) => inspect::run(&ctx, args),

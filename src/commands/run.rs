@@ -66,10 +66,8 @@ pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(),
     if ctx.json {
         print_json(&serde_json::json!({ "exports": results, "validation": report }))?;
     } else {
-        print_results(&results);
-        if let Some(report) = &report {
-            println!();
-            super::validate::print_report(report);
+        print_summary(&results, report.as_ref());
+        if report.is_some() {
             println!("\nreport: {}", config.out_dir.value.join("report.md").display());
         }
     }
@@ -134,17 +132,47 @@ pub fn run_exports(config: &Config, skip_check: bool) -> Result<Vec<ExportResult
     Ok(results)
 }
 
-pub fn print_results(results: &[ExportResult]) {
-    let mut t = table(["export", "format", "dtype", "size", "files", "checked in", "folder"]);
+/// One line per export: what was written and how it fared in each engine.
+pub fn print_summary(results: &[ExportResult], report: Option<&crate::validate::report::ValidationReport>) {
+    let mut t = table(["export", "format", "dtype", "size", "engines", "max error", "top-1", "verdict"]);
     for r in results {
+        let validation = report.and_then(|rep| rep.exports.iter().find(|e| e.export == r.name));
+        let ran: Vec<_> = validation
+            .map(|v| v.engines.iter().filter(|e| e.skipped.is_none()).collect())
+            .unwrap_or_default();
+        let engines = ran.iter().map(|e| e.engine.as_str()).collect::<Vec<_>>().join(", ");
+        let max_error = ran
+            .iter()
+            .filter_map(|e| e.logits.as_ref())
+            .map(|m| m.max_abs_error)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let top1 = ran
+            .iter()
+            .filter_map(|e| e.logits.as_ref())
+            .map(|m| m.top1_agreement)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))));
+        let verdict = match validation {
+            None => "not validated".to_string(),
+            Some(v) if v.passed => "pass".to_string(),
+            Some(v) => {
+                let failed: Vec<_> = v
+                    .engines
+                    .iter()
+                    .filter(|e| !e.passed)
+                    .map(|e| format!("{}: {}", e.engine, e.failures.join("; ")))
+                    .collect();
+                format!("FAIL ({})", failed.join(" | "))
+            }
+        };
         t.add_row([
             r.name.clone(),
             r.format.to_string(),
             r.dtype.clone(),
             human_bytes(r.bytes),
-            r.files.to_string(),
-            if r.checked_in.is_empty() { "-".to_string() } else { r.checked_in.join(", ") },
-            r.dir.display().to_string(),
+            if engines.is_empty() { "-".into() } else { engines },
+            max_error.map_or("-".into(), |e| format!("{e:.2e}")),
+            top1.map_or("-".into(), |t| format!("{:.1}%", t * 100.0)),
+            verdict,
         ]);
     }
     println!("{t}");

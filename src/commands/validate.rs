@@ -30,8 +30,13 @@ pub fn validate_exports(config: &Config) -> Result<ValidationReport, Error> {
         }
     }
     let v = &config.validate;
-    let reference =
-        build_reference(&base, detection.as_ref(), &v.prompts.value, v.max_new_tokens.value as usize)?;
+    let reference = build_reference(
+        &base,
+        detection.as_ref(),
+        &v.prompts.value,
+        v.chat_template.value,
+        v.max_new_tokens.value as usize,
+    )?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut exports = Vec::new();
     for export in &config.exports {

@@ -2,6 +2,7 @@
 //! generation. The validator and, later, the loader and `generate` build on these.
 
 pub mod batch;
+pub mod chat;
 pub mod engine;
 pub mod generate;
 pub mod ort_engine;

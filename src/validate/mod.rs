@@ -15,6 +15,7 @@ use crate::config::{Engine, ExportDtype, ExportSpec, Format};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::merge::{MergeInputs, execute, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
+use crate::runtime::chat::{ChatTemplate, Message};
 use crate::runtime::ort_engine::{self, OrtEngine};
 use crate::runtime::tract_engine::TractEngine;
 use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
@@ -79,6 +80,7 @@ pub fn build_reference(
     base: &ModelFolder,
     detection: Option<&Detection>,
     prompts: &[String],
+    chat_template: bool,
     max_new_tokens: usize,
 ) -> Result<Reference, Error> {
     let adapter = detection.map(|d| &d.adapter);
@@ -114,7 +116,16 @@ pub fn build_reference(
         .filter(|d| d.join("tokenizer.json").is_file())
         .unwrap_or_else(|| base.dir.clone());
     let (eos, pad) = stop_ids(base);
-    let batch = Batch::left_padded(&tokenize(&tokenizer_dir, prompts)?, pad);
+    let texts: Vec<String> = if chat_template {
+        let template = ChatTemplate::from_dir(&tokenizer_dir)?;
+        prompts
+            .iter()
+            .map(|p| template.render(&[Message { role: "user".into(), content: p.clone() }], true))
+            .collect::<Result<_, _>>()?
+    } else {
+        prompts.to_vec()
+    };
+    let batch = Batch::left_padded(&tokenize(&tokenizer_dir, &texts)?, pad);
     let logits = model.forward(&batch, &mut KvCache::default())?;
     let vocab = logits.dims3().map_err(RuntimeError::from)?.2;
     let logits = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(RuntimeError::from)?;

@@ -104,3 +104,31 @@ fn a_perturbed_logit_breaks_the_f32_tolerance_and_the_snapshot_bucket() {
     assert!(off.max_abs_error > tolerance.max_abs_error.unwrap());
     assert_eq!(model_export::validate::report::decade(off.max_abs_error), "<=1e-2");
 }
+
+#[test]
+fn chat_template_renders_as_transformers_did() {
+    use model_export::runtime::chat::{ChatTemplate, Message};
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/qwen3-tiny.json")).unwrap()).unwrap();
+    let message = Message { role: "user".into(), content: "What does a tiny model learn?".into() };
+    // Both places a template can live: the checkpoint's chat_template.jinja, the base's tokenizer_config.json.
+    for dir in ["qwen3-tiny-run/checkpoint-4", "qwen3-tiny"] {
+        let rendered = ChatTemplate::from_dir(&fixture(dir))
+            .unwrap()
+            .render(std::slice::from_ref(&message), true)
+            .unwrap();
+        assert_eq!(rendered, info["prompts"][2], "{dir}");
+    }
+    // Validation with chat-template = true tokenizes the rendered prompt.
+    let project = Project::new(
+        "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\nadapter = \"{fixtures}/qwen3-tiny-run\"\nout-dir = \"out\"\n\n\
+         [package.metadata.model-export.validate]\nprompts = [\"What does a tiny model learn?\"]\nchat-template = true\nmax-new-tokens = 4\n\n\
+         [[package.metadata.model-export.export]]\nname = \"hf\"\nformat = \"safetensors\"\n",
+    );
+    let out = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.json()["validation"]["exports"][0]["engines"][0]["logits"]["positions"],
+        info["prompt_ids"][2].as_array().unwrap().len()
+    );
+}
