@@ -152,6 +152,16 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export validate\n  MODEL_EXPORT_VALIDATE_ENGINES=tract cargo model-export validate --message-format json"
     )]
     Validate(OverrideArgs),
+    /// Measure load time, prefill and decode speed and peak memory of each export in each engine
+    #[command(
+        long_about = "Benchmark the exports in <out-dir> in every engine that runs them (safetensors: candle; \
+            ONNX: ONNX Runtime and tract): load time, prefill latency for --prompt-tokens tokens, decode \
+            milliseconds per token with the KV cache over --decode-tokens steps, tokens per second, peak RSS \
+            and file size, after warm-up runs, as the median (and min-max) of the repetitions. Prints a \
+            Markdown table, or JSON with --message-format json. Measure release builds.",
+        after_help = "Examples:\n  cargo model-export bench\n  cargo model-export bench --export onnx-f32 --prompt-tokens 128 --decode-tokens 32 --threads 2"
+    )]
+    Bench(BenchArgs),
     /// List the architecture profiles compiled into this binary
     #[command(
         after_help = "Examples:\n  cargo model-export profiles\n  cargo model-export profiles --message-format json"
@@ -167,6 +177,30 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Only these exports (default: every declared one)
+    #[arg(long, value_name = "NAME")]
+    pub export: Vec<String>,
+    /// Tokens in the prefill prompt
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Decode steps measured after the prefill
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Unmeasured runs first
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Measured runs
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+    /// Threads for ONNX Runtime (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

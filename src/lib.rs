@@ -3,6 +3,7 @@
 //! The binary `cargo-model-export` is a thin layer over this library. Data flows one way:
 //! config -> checkpoint -> model -> (merge -> export -> validate, in later layers).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

@@ -1,6 +1,7 @@
 //! One module per subcommand: each calls the library and renders the result for people
 //! (tables) or programs (`--message-format json`).
 
+mod bench;
 mod config;
 mod demo;
 mod detect;
@@ -62,6 +63,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Merge(args) => merge::run(&ctx, args),
         Command::Run(args) => run::run(&ctx, &(&args.overrides).into(), args.skip_check),
         Command::Validate(args) => validate::run(&ctx, &args.into()),
+        Command::Bench(args) => bench::run(&ctx, args),
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
     }

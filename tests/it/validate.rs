@@ -132,3 +132,61 @@ fn chat_template_renders_as_transformers_did() {
         info["prompt_ids"][2].as_array().unwrap().len()
     );
 }
+
+#[test]
+fn bench_measures_each_export_in_each_engine() {
+    let project = project(
+        "[[package.metadata.model-export.export]]\nname = \"hf\"\nformat = \"safetensors\"\n\n\
+         [[package.metadata.model-export.export]]\nname = \"onnx\"\nformat = \"onnx\"\n",
+    );
+    assert_eq!(project.run(&["run", "-q"]).code, 0);
+    let out = project.run(&[
+        "bench",
+        "--prompt-tokens",
+        "8",
+        "--decode-tokens",
+        "2",
+        "--repetitions",
+        "2",
+        "--message-format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let results = out.json();
+    let pairs: Vec<(String, String)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["export"].as_str().unwrap().to_string(), r["engine"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        pairs.contains(&("hf".into(), "candle".into())) && pairs.contains(&("onnx".into(), "tract".into())),
+        "{pairs:?}"
+    );
+    for r in results.as_array().unwrap() {
+        assert_eq!(r["prefill_tokens"], 8);
+        assert!(r["decode_ms_per_token"]["median"].as_f64().unwrap() > 0.0);
+        assert!(
+            r["decode_ms_per_token"]["min"].as_f64().unwrap()
+                <= r["decode_ms_per_token"]["max"].as_f64().unwrap()
+        );
+        assert!(r["file_bytes"].as_u64().unwrap() > 100_000);
+    }
+    let md = project.run(&[
+        "bench",
+        "--export",
+        "onnx",
+        "--prompt-tokens",
+        "4",
+        "--decode-tokens",
+        "1",
+        "--repetitions",
+        "1",
+    ]);
+    assert!(
+        md.stdout.starts_with("| export | engine | size | load | prefill | decode | tokens/s | peak RSS |"),
+        "{}",
+        md.stdout
+    );
+    assert!(!md.stdout.contains("| hf |"));
+}

@@ -1,0 +1,210 @@
+//! Latency, throughput and memory of each export in each engine that runs it: load time,
+//! prefill latency for N tokens, decode milliseconds per token with the KV cache, peak RSS and
+//! file size, with warm-up and repetitions (median and spread).
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Engine, ExportSpec};
+use crate::error::{Error, RuntimeError};
+use crate::model::ModelFolder;
+use crate::runtime::batch::positions_from_mask;
+use crate::runtime::ort_engine::{self, OrtEngine};
+use crate::runtime::tract_engine::TractEngine;
+use crate::runtime::{Batch, DecoderEngine, ReferenceEngine, ReferenceModel};
+use crate::validate::engines_for;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub warmup: usize,
+    pub repetitions: usize,
+    pub threads: usize,
+}
+
+/// Median, min and max of repeated measurements.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: values.first().copied().unwrap_or(0.0),
+            max: values.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub export: String,
+    pub engine: String,
+    pub file_bytes: u64,
+    pub load_seconds: f64,
+    pub prefill_ms: Spread,
+    pub prefill_tokens: usize,
+    pub decode_ms_per_token: Spread,
+    pub decode_tokens_per_second: f64,
+    /// Peak resident memory while this engine loaded and ran the export (Linux; else None).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Resets the process's peak-RSS mark so that each engine's peak is its own (Linux only).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn measure(
+    engine: &mut dyn DecoderEngine,
+    vocab: usize,
+    options: &BenchOptions,
+) -> Result<(Vec<f64>, Vec<f64>), RuntimeError> {
+    let prompt: Vec<i64> =
+        (0..options.prompt_tokens).map(|i| (i as i64 * 7919 + 13) % vocab as i64).collect();
+    let batch = Batch::left_padded(&[prompt], 0);
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for rep in 0..options.warmup + options.repetitions {
+        engine.reset();
+        let started = Instant::now();
+        engine.step(&batch)?;
+        let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut mask = batch.attention_mask.clone();
+        let started = Instant::now();
+        for i in 0..options.decode_tokens {
+            mask[0].push(1);
+            let step = Batch {
+                input_ids: vec![vec![(i as i64 * 31 + 5) % vocab as i64]],
+                position_ids: positions_from_mask(&mask, 1),
+                attention_mask: mask.clone(),
+            };
+            engine.step(&step)?;
+        }
+        let decode_ms = started.elapsed().as_secs_f64() * 1e3 / options.decode_tokens.max(1) as f64;
+        if rep >= options.warmup {
+            prefill.push(prefill_ms);
+            decode.push(decode_ms);
+        }
+    }
+    engine.reset();
+    Ok((prefill, decode))
+}
+
+/// Benchmarks the export `spec` at `dir` in each of `engines` that runs it.
+pub fn bench_export(
+    base: &ModelFolder,
+    spec: &ExportSpec,
+    dir: &Path,
+    engines: &[Engine],
+    options: &BenchOptions,
+) -> Result<Vec<BenchResult>, Error> {
+    let c = &base.config;
+    let file_bytes: u64 = std::fs::read_dir(dir)
+        .map_err(|e| Error::write(dir, e))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let mut results = Vec::new();
+    for &engine in engines_for(spec.format).iter().filter(|e| engines.contains(e)) {
+        if engine == Engine::Ort && !ort_engine::available() {
+            tracing::warn!("ONNX Runtime is not installed: {} is benchmarked in tract only", spec.name);
+            continue;
+        }
+        reset_peak_rss();
+        let started = Instant::now();
+        let model;
+        let mut boxed: Box<dyn DecoderEngine + '_> = match engine {
+            Engine::Candle => {
+                model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
+                Box::new(ReferenceEngine::new(&model))
+            }
+            Engine::Tract => Box::new(TractEngine::load(
+                &dir.join("model.onnx"),
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim,
+            )?),
+            Engine::Ort => Box::new(OrtEngine::load(
+                &dir.join("model.onnx"),
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim,
+                options.threads,
+            )?),
+        };
+        let load_seconds = started.elapsed().as_secs_f64();
+        let (prefill, decode) = measure(boxed.as_mut(), c.vocab_size, options)?;
+        drop(boxed);
+        let decode = Spread::of(decode);
+        results.push(BenchResult {
+            export: spec.name.clone(),
+            engine: engine.to_string(),
+            file_bytes,
+            load_seconds,
+            prefill_ms: Spread::of(prefill),
+            prefill_tokens: options.prompt_tokens,
+            decode_tokens_per_second: if decode.median > 0.0 { 1e3 / decode.median } else { 0.0 },
+            decode_ms_per_token: decode,
+            peak_rss_bytes: peak_rss(),
+        });
+    }
+    Ok(results)
+}
+
+/// The results as a Markdown table.
+pub fn to_markdown(results: &[BenchResult]) -> String {
+    let mut md = String::from(
+        "| export | engine | size | load | prefill | decode | tokens/s | peak RSS |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.2} s | {:.1} ms for {} tokens ({:.1}–{:.1}) | {:.2} ms/token ({:.2}–{:.2}) | {:.1} | {} |\n",
+            r.export,
+            r.engine,
+            crate::config::size::human_bytes(r.file_bytes),
+            r.load_seconds,
+            r.prefill_ms.median,
+            r.prefill_tokens,
+            r.prefill_ms.min,
+            r.prefill_ms.max,
+            r.decode_ms_per_token.median,
+            r.decode_ms_per_token.min,
+            r.decode_ms_per_token.max,
+            r.decode_tokens_per_second,
+            r.peak_rss_bytes.map_or("-".into(), crate::config::size::human_bytes),
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spread_is_median_min_max() {
+        let s = super::Spread::of(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+    }
+}
