@@ -2,11 +2,14 @@ use serde::Serialize;
 
 use super::Context;
 use super::output::{print_json, table};
+use crate::checkpoint::Detection;
 use crate::config::size::human_bytes;
 use crate::config::{Config, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
+use crate::export::ExportInputs;
 use crate::export::onnx::{OnnxOptions, OnnxPrecision, write_onnx_folder};
-use crate::export::safetensors::{MergeOptions, write_merged_folder};
+use crate::export::safetensors::{MergeOptions, write_merged_folder, write_safetensors_folder};
+use crate::model::ModelFolder;
 use crate::model::TensorDtype;
 
 #[derive(Serialize)]
@@ -60,9 +63,18 @@ fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError
 
 pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
-    let results = run_exports(&config, skip_check)?;
-    let report =
-        if config.exports.is_empty() { None } else { Some(super::validate::validate_exports(&config)?) };
+    for export in &config.exports {
+        check_supported(&config, &export.value)?;
+    }
+    let (base, detection) = super::detect::open_inputs(&config)?;
+    let merged = merge_once(&config, &base, detection.as_ref())?;
+    let inputs = export_inputs(&base, detection.as_ref(), merged.as_ref());
+    let results = run_exports(&config, &inputs, skip_check)?;
+    let report = if config.exports.is_empty() {
+        None
+    } else {
+        Some(super::validate::validate_exports(&config, &inputs)?)
+    };
     if ctx.json {
         print_json(&serde_json::json!({ "exports": results, "validation": report }))?;
     } else {
@@ -77,15 +89,48 @@ pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(),
     }
 }
 
-/// Writes every declared export, refusing unsupported entries before anything is written.
-pub fn run_exports(config: &Config, skip_check: bool) -> Result<Vec<ExportResult>, Error> {
+/// Merges the adapter once, in f32, into `<out-dir>/.state/merged`: every export and the
+/// validation reference then read that one merge (exports convert it; nothing is merged twice).
+pub fn merge_once(
+    config: &Config,
+    base: &ModelFolder,
+    detection: Option<&Detection>,
+) -> Result<Option<ModelFolder>, Error> {
+    let Some(detection) = detection else { return Ok(None) };
+    if config.exports.is_empty() {
+        return Ok(None);
+    }
+    let dir = config.out_dir.value.join(".state").join("merged");
+    let options = MergeOptions { dtype: Some(TensorDtype::F32), max_shard_size: None };
+    write_merged_folder(base, Some(detection), &options, &dir)?;
+    tracing::info!("merged {} once into {}", detection.chosen.display(), dir.display());
+    Ok(Some(ModelFolder::open(&dir, Some(base.profile))?))
+}
+
+/// The exports' inputs: the one merge when there is one, else the base itself.
+pub fn export_inputs<'a>(
+    base: &'a ModelFolder,
+    detection: Option<&'a Detection>,
+    merged: Option<&'a ModelFolder>,
+) -> ExportInputs<'a> {
+    match merged {
+        Some(weights) => ExportInputs { weights, adapter: None, base, detection },
+        None => ExportInputs::from_base(base, detection),
+    }
+}
+
+/// Writes every declared export from `inputs`, refusing unsupported entries before anything is written.
+pub fn run_exports(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    skip_check: bool,
+) -> Result<Vec<ExportResult>, Error> {
     for export in &config.exports {
         check_supported(config, &export.value)?;
     }
     if config.exports.is_empty() {
         tracing::warn!("no [[package.metadata.model-export.export]] entries: nothing to do");
     }
-    let (base, detection) = super::detect::open_inputs(config)?;
     let mut results = Vec::new();
     for export in &config.exports {
         let spec = &export.value;
@@ -97,7 +142,7 @@ pub fn run_exports(config: &Config, skip_check: bool) -> Result<Vec<ExportResult
                     dtype: spec.dtype.and_then(float_dtype),
                     max_shard_size: spec.options.max_shard_size.map(|s| s.0),
                 };
-                let report = write_merged_folder(&base, detection.as_ref(), &options, &out)?;
+                let report = write_safetensors_folder(inputs, &options, &out)?;
                 (report.manifest, report.dtype.to_string(), Vec::new())
             }
             Format::Onnx => {
@@ -113,7 +158,7 @@ pub fn run_exports(config: &Config, skip_check: bool) -> Result<Vec<ExportResult
                     threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     check: !skip_check,
                 };
-                let report = write_onnx_folder(&base, detection.as_ref(), &options, &out)?;
+                let report = write_onnx_folder(inputs, &options, &out)?;
                 let dtype = if precision == OnnxPrecision::F16 { "f16" } else { "f32" };
                 (report.manifest, dtype.to_string(), report.checked_in)
             }

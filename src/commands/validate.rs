@@ -6,14 +6,15 @@ use super::Context;
 use super::output::{print_json, table};
 use crate::config::{Config, Overrides};
 use crate::error::{ConfigError, Error};
+use crate::export::ExportInputs;
 use crate::fsutil::{atomic_write, write_json};
 use crate::validate::report::ValidationReport;
 use crate::validate::{build_reference, validate_export};
 
-/// Validates every declared export found in out-dir, writes validation.json/.md into each and
-/// report.json/.md into out-dir, and fails if any export misses its tolerance.
-pub fn validate_exports(config: &Config) -> Result<ValidationReport, Error> {
-    let (base, detection) = super::detect::open_inputs(config)?;
+/// Validates every declared export found in out-dir against the reference made from `inputs`,
+/// writes validation.json/.md into each and report.json/.md into out-dir.
+pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<ValidationReport, Error> {
+    let (base, detection) = (inputs.base, inputs.detection);
     for export in &config.exports {
         let dir = config.out_dir.value.join(&export.value.name);
         if !dir.join("manifest.json").is_file() {
@@ -30,20 +31,15 @@ pub fn validate_exports(config: &Config) -> Result<ValidationReport, Error> {
         }
     }
     let v = &config.validate;
-    let reference = build_reference(
-        &base,
-        detection.as_ref(),
-        &v.prompts.value,
-        v.chat_template.value,
-        v.max_new_tokens.value as usize,
-    )?;
+    let reference =
+        build_reference(inputs, &v.prompts.value, v.chat_template.value, v.max_new_tokens.value as usize)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut exports = Vec::new();
     for export in &config.exports {
         let dir = config.out_dir.value.join(&export.value.name);
-        let result = validate_export(&reference, &base, &export.value, &dir, &v.engines.value, threads)?;
+        let result = validate_export(&reference, base, &export.value, &dir, &v.engines.value, threads)?;
         let single = ValidationReport {
-            reference: reference_name(&base.dir, detection.as_ref()),
+            reference: reference_name(&base.dir, detection),
             passed: result.passed,
             exports: vec![result.clone()],
         };
@@ -52,7 +48,7 @@ pub fn validate_exports(config: &Config) -> Result<ValidationReport, Error> {
         exports.push(result);
     }
     let report = ValidationReport {
-        reference: reference_name(&base.dir, detection.as_ref()),
+        reference: reference_name(&base.dir, detection),
         passed: exports.iter().all(|e| e.passed),
         exports,
     };
@@ -117,7 +113,8 @@ pub fn verdict(config: &Config, report: &ValidationReport) -> Result<(), Error> 
 
 pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
-    let report = validate_exports(&config)?;
+    let (base, detection) = super::detect::open_inputs(&config)?;
+    let report = validate_exports(&config, &ExportInputs::from_base(&base, detection.as_ref()))?;
     if ctx.json {
         print_json(&report)?;
     } else {

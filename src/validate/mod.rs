@@ -10,9 +10,9 @@ pub mod tolerance;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::checkpoint::Detection;
 use crate::config::{Engine, ExportDtype, ExportSpec, Format};
 use crate::error::{Error, ModelError, RuntimeError};
+use crate::export::ExportInputs;
 use crate::merge::{MergeInputs, execute, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
 use crate::runtime::chat::{ChatTemplate, Message};
@@ -75,22 +75,22 @@ fn stop_ids(base: &ModelFolder) -> (Vec<i64>, i64) {
     (eos, pad)
 }
 
-/// Merges in memory in f32 (nothing written) and runs the prompts through candle.
+/// Loads the merged weights in f32 (merging in memory when `inputs` carry an adapter; nothing
+/// is written) and runs the prompts through candle.
 pub fn build_reference(
-    base: &ModelFolder,
-    detection: Option<&Detection>,
+    inputs: &ExportInputs<'_>,
     prompts: &[String],
     chat_template: bool,
     max_new_tokens: usize,
 ) -> Result<Reference, Error> {
-    let adapter = detection.map(|d| &d.adapter);
-    let plan = plan_merge(base, adapter)?;
+    let (base, detection, adapter) = (inputs.base, inputs.detection, inputs.adapter);
+    let plan = plan_merge(inputs.weights, adapter)?;
     let mut weights: HashMap<String, (Vec<f32>, Vec<usize>)> = HashMap::new();
     let mut bytes = Vec::new();
     let hidden = indicatif::ProgressBar::hidden();
     execute(
         &plan,
-        &MergeInputs { base, adapter },
+        &MergeInputs { base: inputs.weights, adapter },
         &|_| TensorDtype::F32,
         &mut |b| {
             bytes.extend_from_slice(b);
@@ -109,7 +109,7 @@ pub fn build_reference(
         offset += 4 * n;
     }
     drop(bytes);
-    let model = ReferenceModel::load_with(base, &|name| Ok(weights.get(name).cloned()))?;
+    let model = ReferenceModel::load_with(inputs.weights, &|name| Ok(weights.get(name).cloned()))?;
     drop(weights);
     let tokenizer_dir = detection
         .map(|d| d.chosen.clone())

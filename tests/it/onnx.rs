@@ -29,7 +29,8 @@ fn ort_present() -> bool {
 fn export(base: &str, adapter: &str, out: &Path, options: &OnnxOptions) -> (ModelFolder, OnnxReport) {
     let base = ModelFolder::open(&fixture(base), None).unwrap();
     let detection = detect(&fixture(adapter), Some(&base)).unwrap();
-    let report = write_onnx_folder(&base, Some(&detection), options, out).unwrap();
+    let inputs = model_export::export::ExportInputs::from_base(&base, Some(&detection));
+    let report = write_onnx_folder(&inputs, options, out).unwrap();
     (base, report)
 }
 

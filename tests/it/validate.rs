@@ -50,6 +50,19 @@ fn fixture_exports_pass_in_every_engine_and_the_report_is_stable() {
         }
     }
     insta::assert_yaml_snapshot!(report.snapshot());
+    // The exports hold the merged model (not the base): check them against transformers directly.
+    let g = crate::reference::golden("qwen3-tiny");
+    let onnx = project.path().join("out/onnx-f32/model.onnx");
+    let mut tract = model_export::runtime::tract_engine::TractEngine::load(&onnx, 2, 2, 16).unwrap();
+    let logits = model_export::runtime::DecoderEngine::step(&mut tract, &g.batch).unwrap();
+    let error = crate::reference::max_valid_error(&logits.values, &g.logits_merged, &g.batch, g.vocab);
+    assert!(error <= 1e-4, "onnx-f32 from `run` is {error} away from transformers' merged logits");
+    let hf = model_export::model::ModelFolder::open(&project.path().join("out/hf-f32"), None).unwrap();
+    let candle = model_export::runtime::ReferenceModel::load(&hf).unwrap();
+    let logits = candle.forward(&g.batch, &mut model_export::runtime::KvCache::default()).unwrap();
+    let logits = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let error = crate::reference::max_valid_error(&logits, &g.logits_merged, &g.batch, g.vocab);
+    assert!(error <= 1e-4, "hf-f32 from `run` is {error} away from transformers' merged logits");
     for export in ["hf-f32", "onnx-f32", "onnx-f16"] {
         let dir = project.path().join("out").join(export);
         assert!(dir.join("validation.json").is_file() && dir.join("validation.md").is_file());

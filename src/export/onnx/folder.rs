@@ -13,8 +13,8 @@ use super::data::{InitializerSink, PlannedInitializer};
 use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
 use super::genai::genai_config;
 use super::rope::rope_tables;
-use crate::checkpoint::Detection;
 use crate::error::{Error, RuntimeError};
+use crate::export::ExportInputs;
 use crate::export::manifest::{FileEntry, Manifest};
 use crate::export::staging::{Staging, exported_config, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
@@ -126,16 +126,15 @@ pub fn check_exported(model: &Path, base: &ModelFolder, threads: usize) -> Resul
     Ok(checked)
 }
 
-/// Merges the detected adapter (or none) into `base` and writes an ONNX export folder at `out`.
+/// Writes an ONNX export folder at `out` from `inputs` (merging on the fly if they say so).
 pub fn write_onnx_folder(
-    base: &ModelFolder,
-    detection: Option<&Detection>,
+    inputs: &ExportInputs<'_>,
     options: &OnnxOptions,
     out: &Path,
 ) -> Result<OnnxReport, Error> {
-    let adapter = detection.map(|d| &d.adapter);
-    let plan = plan_merge(base, adapter)?;
-    let config = &base.config;
+    let (base, detection, weights, adapter) = (inputs.base, inputs.detection, inputs.weights, inputs.adapter);
+    let plan = plan_merge(weights, adapter)?;
+    let config = &weights.config;
     let f16 = options.precision == OnnxPrecision::F16;
     let dtype_for = |t: &crate::merge::plan::PlannedTensor| {
         if f16 && t.shape.len() == 2 { TensorDtype::F16 } else { TensorDtype::F32 }
@@ -180,10 +179,10 @@ pub fn write_onnx_folder(
         .map_err(|e| Error::write(&data_path, e))?;
     let progress = monitor::bytes_bar(total, format!("writing {}", staging.name()));
     let started = std::time::Instant::now();
-    let inputs = MergeInputs { base, adapter };
+    let merge_inputs = MergeInputs { base: weights, adapter };
     execute(
         &plan,
-        &inputs,
+        &merge_inputs,
         &dtype_for,
         &mut |b| sink.write(b).map_err(|e| Error::write(&data_path, e)),
         &progress,
@@ -200,11 +199,11 @@ pub fn write_onnx_folder(
     for (p, data) in placed {
         graph.initializer(&p.name, p.elem, &p.dims, data);
     }
-    let names = &base.profile.tensors;
+    let names = &weights.profile.tensors;
     let head = if plan.tensors.iter().any(|t| t.name == names.lm_head) { names.lm_head } else { names.embed };
     let weight_elem = |name: &str| elem_of.get(name).copied().unwrap_or(Elem::F32);
     let spec =
-        DecoderSpec { config, profile: base.profile, head: head.to_string(), weight_elem: &weight_elem };
+        DecoderSpec { config, profile: weights.profile, head: head.to_string(), weight_elem: &weight_elem };
     build_decoder(&mut graph, &spec).map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
     let metadata = vec![
         ("model_type".to_string(), config.model_type.clone()),
@@ -221,11 +220,11 @@ pub fn write_onnx_folder(
     tracing::info!("wrote the ONNX model in {:.2} s", started.elapsed().as_secs_f64());
 
     let export_dtype = if f16 { TensorDtype::F16 } else { TensorDtype::F32 };
-    staging.write_companions(base, detection, &exported_config(base, export_dtype, plan.untied))?;
+    staging.write_companions(base, detection, &exported_config(weights, export_dtype, plan.untied))?;
     crate::fsutil::write_json(&dir.join("genai_config.json"), &genai_config(base, MODEL_FILE))?;
 
     let checked_in = if options.check {
-        let engines = check_exported(&model_path, base, options.threads)?;
+        let engines = check_exported(&model_path, weights, options.threads)?;
         tracing::info!("checked in {} at {:.2} s", engines.join(" and "), started.elapsed().as_secs_f64());
         engines
     } else {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::sharded::ShardedWriter;
 use crate::checkpoint::Detection;
 use crate::error::Error;
+use crate::export::ExportInputs;
 use crate::export::manifest::{FileEntry, Manifest};
 use crate::export::staging::{Staging, exported_config, file_entry, provenance};
 use crate::merge::{MergeInputs, execute, output_entries, plan_merge};
@@ -40,8 +41,18 @@ pub fn write_merged_folder(
     options: &MergeOptions,
     out: &Path,
 ) -> Result<MergeReport, Error> {
-    let adapter = detection.map(|d| &d.adapter);
-    let plan = plan_merge(base, adapter)?;
+    write_safetensors_folder(&ExportInputs::from_base(base, detection), options, out)
+}
+
+/// Writes a Hugging Face folder at `out` from `inputs` (merging on the fly if they say so).
+pub fn write_safetensors_folder(
+    inputs: &ExportInputs<'_>,
+    options: &MergeOptions,
+    out: &Path,
+) -> Result<MergeReport, Error> {
+    let (base, detection, weights, adapter) = (inputs.base, inputs.detection, inputs.weights, inputs.adapter);
+    let plan = plan_merge(weights, adapter)?;
+    // Default: the storage dtype of the model the user gave, not of an intermediate merge.
     let dtype = options.dtype.unwrap_or_else(|| base.storage_dtype());
     let staging = Staging::new(out)?;
     let dir = staging.dir().to_path_buf();
@@ -52,16 +63,16 @@ pub fn write_merged_folder(
         ShardedWriter::create(&dir, &entries, options.max_shard_size, &[("format".into(), "pt".into())])
             .map_err(|e| Error::write(&dir, e))?;
     let progress = monitor::bytes_bar(total, format!("merging into {}", staging.name()));
-    let inputs = MergeInputs { base, adapter };
+    let merge_inputs = MergeInputs { base: weights, adapter };
     let started = std::time::Instant::now();
     execute(
         &plan,
-        &inputs,
+        &merge_inputs,
         &|_| dtype,
         &mut |bytes| writer.write(bytes).map_err(|e| Error::write(&dir, e)),
         &progress,
     )?;
-    let weights: Vec<FileEntry> =
+    let weight_files: Vec<FileEntry> =
         writer.finish().map_err(|e| Error::write(&dir, e))?.iter().map(file_entry).collect();
     progress.finish_and_clear();
     tracing::info!("merged and wrote {total} bytes in {:.2} s", started.elapsed().as_secs_f64());
@@ -69,7 +80,7 @@ pub fn write_merged_folder(
     let tokenizer_from =
         staging.write_companions(base, detection, &exported_config(base, dtype, plan.untied))?;
     // Verification: every header re-read and the layout checked, before the manifest.
-    let written = ModelFolder::open(&dir, Some(base.profile))?;
+    let written = ModelFolder::open(&dir, Some(weights.profile))?;
     check_layout(&written)?;
     drop(written);
     let options_json = serde_json::json!({
@@ -77,7 +88,8 @@ pub fn write_merged_folder(
         "max_shard_size": options.max_shard_size,
         "untied_embeddings": plan.untied,
     });
-    let manifest = staging.finish("safetensors", provenance(base, detection, options_json), &weights, out)?;
+    let manifest =
+        staging.finish("safetensors", provenance(base, detection, options_json), &weight_files, out)?;
     tracing::info!("verified and installed at {:.2} s", started.elapsed().as_secs_f64());
     Ok(MergeReport {
         dir: out.to_path_buf(),
