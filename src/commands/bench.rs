@@ -2,7 +2,7 @@ use super::Context;
 use super::output::print_json;
 use crate::bench::{BenchOptions, bench_export, to_markdown};
 use crate::cli::BenchArgs;
-use crate::error::{ConfigError, Error};
+use crate::error::Error;
 
 pub fn run(ctx: &Context, args: &BenchArgs) -> Result<(), Error> {
     let config = ctx.load_config(&(&args.overrides).into())?;
@@ -18,19 +18,7 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<(), Error> {
     for export in
         config.exports.iter().filter(|e| args.export.is_empty() || args.export.contains(&e.value.name))
     {
-        let dir = config.out_dir.value.join(&export.value.name);
-        if !dir.join("manifest.json").is_file() {
-            return Err(ConfigError::Invalid {
-                origin: config
-                    .manifest
-                    .as_ref()
-                    .map_or("the command line".into(), |m| m.display().to_string()),
-                key: format!("export `{}`", export.value.name),
-                message: format!("{} holds no finished export", dir.display()),
-                help: "run `cargo model-export run` first".into(),
-            }
-            .into());
-        }
+        let dir = super::validate::finished_export_dir(&config, &export.value.name)?;
         tracing::info!("benchmarking {}", export.value.name);
         results.extend(bench_export(&base, &export.value, &dir, &config.validate.engines.value, &options)?);
     }

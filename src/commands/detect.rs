@@ -24,7 +24,7 @@ pub fn detect_configured(config: &Config) -> Result<(ModelFolder, Detection), Er
     let (base, detection) = open_inputs(config)?;
     let Some(detection) = detection else {
         return Err(ConfigError::Invalid {
-            origin: config.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string()),
+            origin: config.origin(),
             key: "adapter".into(),
             message: "no adapter configured, so there is no checkpoint to detect".into(),
             help: "set `adapter` in [package.metadata.model-export], MODEL_EXPORT_ADAPTER, or pass --adapter"

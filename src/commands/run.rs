@@ -52,7 +52,7 @@ fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError
     };
     match unsupported {
         Some((key, message)) => Err(ConfigError::Invalid {
-            origin: config.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string()),
+            origin: config.origin(),
             key: format!("export `{}`.{key}", spec.name),
             message: message.into(),
             help: "change the entry, or remove it to run the others".into(),

@@ -11,24 +11,26 @@ use crate::fsutil::{atomic_write, write_json};
 use crate::validate::report::ValidationReport;
 use crate::validate::{build_reference, validate_export};
 
+/// The folder of a finished export (one with its manifest), or an error saying to run first.
+pub fn finished_export_dir(config: &Config, name: &str) -> Result<PathBuf, ConfigError> {
+    let dir = config.out_dir.value.join(name);
+    if dir.join("manifest.json").is_file() {
+        return Ok(dir);
+    }
+    Err(ConfigError::Invalid {
+        origin: config.origin(),
+        key: format!("export `{name}`"),
+        message: format!("{} holds no finished export", dir.display()),
+        help: "run `cargo model-export run` first (it writes and validates every export)".into(),
+    })
+}
+
 /// Validates every declared export found in out-dir against the reference made from `inputs`,
 /// writes validation.json/.md into each and report.json/.md into out-dir.
 pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<ValidationReport, Error> {
     let (base, detection) = (inputs.base, inputs.detection);
     for export in &config.exports {
-        let dir = config.out_dir.value.join(&export.value.name);
-        if !dir.join("manifest.json").is_file() {
-            return Err(ConfigError::Invalid {
-                origin: config
-                    .manifest
-                    .as_ref()
-                    .map_or("the command line".into(), |m| m.display().to_string()),
-                key: format!("export `{}`", export.value.name),
-                message: format!("{} holds no finished export", dir.display()),
-                help: "run `cargo model-export run` first (it writes and validates every export)".into(),
-            }
-            .into());
-        }
+        finished_export_dir(config, &export.value.name)?;
     }
     let v = &config.validate;
     let reference =

@@ -65,6 +65,13 @@ pub struct Config {
     pub exports: Vec<Sourced<ExportSpec>>,
 }
 
+impl Config {
+    /// Where the table came from, for messages: the manifest, or the command line without one.
+    pub fn origin(&self) -> String {
+        self.manifest.as_ref().map_or("the command line".into(), |m| m.display().to_string())
+    }
+}
+
 /// Where a layer was written; decides how its keys are named and where values came from.
 #[derive(Debug, Clone)]
 pub enum LayerKind {
