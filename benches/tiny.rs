@@ -9,6 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use model_export::checkpoint::detect;
 use model_export::export::onnx::builder::{Data, Elem, GraphBuilder};
 use model_export::export::onnx::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
+use model_export::export::onnx::weights::WeightForm;
 use model_export::export::safetensors::{MergeOptions, write_merged_folder};
 use model_export::model::ModelFolder;
 use prost::Message;
@@ -39,7 +40,8 @@ fn graph_builder(c: &mut Criterion) {
                 config,
                 profile: base.profile,
                 head: base.profile.tensors.embed.to_string(),
-                weight_elem: &|_| Elem::F32,
+                weight: &|_| WeightForm::Float(Elem::F32),
+                accuracy_level: 0,
             };
             build_decoder(&mut g, &spec).unwrap();
             g.finish("main_graph", &[]).encode_to_vec().len()

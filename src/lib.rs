@@ -16,6 +16,7 @@ pub mod merge;
 pub mod model;
 pub mod monitor;
 pub mod profile;
+pub mod quant;
 pub mod runtime;
 pub mod synth;
 pub mod validate;

@@ -129,6 +129,18 @@ pub fn bench_export(
         .sum();
     let mut results = Vec::new();
     for &engine in engines_for(spec.format).iter().filter(|e| engines.contains(e)) {
+        let target = spec.target.unwrap_or(crate::config::Target::Portable);
+        let dtype = spec.dtype.unwrap_or(crate::config::ExportDtype::F32);
+        if engine == Engine::Tract
+            && let Some(why) = crate::runtime::tract_engine::unsupported(
+                dtype,
+                target,
+                spec.options.symmetric.unwrap_or(false),
+            )
+        {
+            tracing::warn!("{} is not benchmarked in tract: {why}", spec.name);
+            continue;
+        }
         if engine == Engine::Ort && !ort_engine::available() {
             tracing::warn!("ONNX Runtime is not installed: {} is benchmarked in tract only", spec.name);
             continue;
@@ -141,7 +153,8 @@ pub fn bench_export(
                 model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
                 Box::new(ReferenceEngine::new(&model))
             }
-            Engine::Tract => Box::new(TractEngine::load(
+            Engine::Tract => Box::new(TractEngine::load_for(
+                target,
                 &dir.join("model.onnx"),
                 c.num_hidden_layers,
                 c.num_key_value_heads,

@@ -4,9 +4,10 @@ use super::Context;
 use super::output::{print_json, table};
 use crate::checkpoint::Detection;
 use crate::config::size::human_bytes;
-use crate::config::{Config, ExportDtype, ExportSpec, Format, Overrides, Target};
+use crate::config::{Config, EmbeddingsMode, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
+use crate::export::onnx::folder::QuantOptions;
 use crate::export::onnx::{OnnxOptions, OnnxPrecision, write_onnx_folder};
 use crate::export::safetensors::{MergeOptions, write_merged_folder, write_safetensors_folder};
 use crate::model::ModelFolder;
@@ -23,6 +24,34 @@ pub struct ExportResult {
     files: usize,
     /// Engines that loaded and ran the export before it was installed.
     checked_in: Vec<&'static str>,
+    /// What reduced precision saved and cost.
+    quantization: Option<QuantSummary>,
+}
+
+/// The headline figures of a quantization report (the whole report is quantization.json).
+#[derive(Serialize)]
+pub struct QuantSummary {
+    scheme: String,
+    bytes_before: u64,
+    bytes_after: u64,
+    compression_ratio: f64,
+    mean_relative_error: f64,
+    max_relative_error: f64,
+    worst_tensor: Option<String>,
+}
+
+impl QuantSummary {
+    fn of(q: &crate::quant::QuantReport) -> Self {
+        Self {
+            scheme: q.scheme.clone(),
+            bytes_before: q.bytes_before,
+            bytes_after: q.bytes_after,
+            compression_ratio: q.compression_ratio,
+            mean_relative_error: q.error.mean_relative_error,
+            max_relative_error: q.error.max_relative_error,
+            worst_tensor: q.error.worst_tensor.clone(),
+        }
+    }
 }
 
 fn float_dtype(dtype: ExportDtype) -> Option<TensorDtype> {
@@ -34,30 +63,50 @@ fn float_dtype(dtype: ExportDtype) -> Option<TensorDtype> {
     }
 }
 
-/// Refuses, before anything is written, an export this version cannot produce.
+/// Refuses, before anything is written, an export no engine can run.
 fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError> {
-    let unsupported = match (spec.format, spec.dtype, spec.target) {
-        (Format::Onnx, Some(ExportDtype::Int8 | ExportDtype::Int4), _) => Some((
-            "dtype",
-            "quantized ONNX exports (int8/int4) are not available in this version; use f32 or f16",
-        )),
-        (Format::Onnx, Some(ExportDtype::Bf16), _) => {
-            Some(("dtype", "bf16 ONNX is not run by tract or ONNX Runtime's CPU provider: use f32 or f16"))
-        }
-        (Format::Onnx, _, Some(Target::Ort)) => Some((
-            "target",
-            "the `ort` target (fused ONNX Runtime operators) is not available in this version; use `portable`",
-        )),
-        _ => None,
-    };
-    match unsupported {
-        Some((key, message)) => Err(ConfigError::Invalid {
+    match (spec.format, spec.dtype) {
+        (Format::Onnx, Some(ExportDtype::Bf16)) => Err(ConfigError::Invalid {
             origin: config.origin(),
-            key: format!("export `{}`.{key}", spec.name),
-            message: message.into(),
-            help: "change the entry, or remove it to run the others".into(),
+            key: format!("export `{}`.dtype", spec.name),
+            message: "bf16 ONNX is not run by tract or ONNX Runtime's CPU provider".into(),
+            help: "use f16 (same size, runs everywhere), or bf16 safetensors".into(),
         }),
-        None => Ok(()),
+        _ => Ok(()),
+    }
+}
+
+/// Models with fewer parameters keep the output head in f16 under `embeddings = "auto"`: the
+/// head is a large share of a small model and its error reaches the logits directly.
+const QUANTIZED_HEAD_FROM: u64 = 1_000_000_000;
+
+/// The ONNX writer's options for an export entry.
+pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> OnnxOptions {
+    let precision = match spec.dtype {
+        Some(ExportDtype::F16) => OnnxPrecision::F16,
+        Some(ExportDtype::Int8) => OnnxPrecision::Int8,
+        Some(ExportDtype::Int4) => OnnxPrecision::Int4,
+        _ => OnnxPrecision::F32,
+    };
+    let o = &spec.options;
+    let head = match o.embeddings.unwrap_or(EmbeddingsMode::Auto) {
+        EmbeddingsMode::F16 => false,
+        EmbeddingsMode::Quantized => true,
+        EmbeddingsMode::Auto => parameters >= QUANTIZED_HEAD_FROM,
+    };
+    OnnxOptions {
+        precision,
+        target: spec.target.unwrap_or(Target::Portable),
+        quant: QuantOptions {
+            block: o.block_size.map_or(32, |b| b as usize),
+            symmetric: o.symmetric.unwrap_or(false),
+            head,
+            accuracy_level: i64::from(o.accuracy_level.unwrap_or(0)),
+        },
+        opset: o.opset.map_or(crate::export::onnx::folder::DEFAULT_OPSET, i64::from),
+        external_data: o.external_data,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        check: !skip_check,
     }
 }
 
@@ -136,31 +185,24 @@ pub fn run_exports(
         let spec = &export.value;
         let out = config.out_dir.value.join(&spec.name);
         tracing::info!("export {}: writing {}", spec.name, out.display());
-        let (manifest, dtype, checked_in) = match spec.format {
+        let (manifest, dtype, checked_in, quantization) = match spec.format {
             Format::Safetensors => {
                 let options = MergeOptions {
                     dtype: spec.dtype.and_then(float_dtype),
                     max_shard_size: spec.options.max_shard_size.map(|s| s.0),
                 };
                 let report = write_safetensors_folder(inputs, &options, &out)?;
-                (report.manifest, report.dtype.to_string(), Vec::new())
+                (report.manifest, report.dtype.to_string(), Vec::new(), None)
             }
             Format::Onnx => {
-                let precision = if spec.dtype == Some(ExportDtype::F16) {
-                    OnnxPrecision::F16
-                } else {
-                    OnnxPrecision::F32
-                };
-                let options = OnnxOptions {
-                    precision,
-                    opset: spec.options.opset.map_or(crate::export::onnx::folder::DEFAULT_OPSET, i64::from),
-                    external_data: spec.options.external_data,
-                    threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    check: !skip_check,
-                };
+                let options = onnx_options(spec, inputs.weights.parameter_count(), skip_check);
                 let report = write_onnx_folder(inputs, &options, &out)?;
-                let dtype = if precision == OnnxPrecision::F16 { "f16" } else { "f32" };
-                (report.manifest, dtype.to_string(), report.checked_in)
+                (
+                    report.manifest,
+                    options.precision.as_str().to_string(),
+                    report.checked_in,
+                    report.quantization,
+                )
             }
         };
         results.push(ExportResult {
@@ -172,6 +214,7 @@ pub fn run_exports(
             bytes: manifest.files.iter().map(|f| f.size).sum(),
             files: manifest.files.len(),
             checked_in,
+            quantization: quantization.map(|q| QuantSummary::of(&q)),
         });
     }
     Ok(results)
@@ -221,4 +264,29 @@ pub fn print_summary(results: &[ExportResult], report: Option<&crate::validate::
         ]);
     }
     println!("{t}");
+    let quantized: Vec<_> = results.iter().filter_map(|r| r.quantization.as_ref().map(|q| (r, q))).collect();
+    if quantized.is_empty() {
+        return;
+    }
+    let mut q = table([
+        "export",
+        "scheme",
+        "f32 size",
+        "size",
+        "ratio",
+        "mean rel. error",
+        "max rel. error (tensor)",
+    ]);
+    for (r, s) in quantized {
+        q.add_row([
+            r.name.clone(),
+            s.scheme.clone(),
+            human_bytes(s.bytes_before),
+            human_bytes(s.bytes_after),
+            format!("{:.2}x", s.compression_ratio),
+            format!("{:.2e}", s.mean_relative_error),
+            format!("{:.2e} ({})", s.max_relative_error, s.worst_tensor.as_deref().unwrap_or("-")),
+        ]);
+    }
+    println!("\nweights (before: f32; relative error ||W-Q(W)||/||W|| per tensor)\n{q}");
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use resolve::{Config, ProfileChoice, ValidateConfig};
-pub use schema::{Engine, ExportDtype, ExportOptions, ExportSpec, Format, Target};
+pub use schema::{EmbeddingsMode, Engine, ExportDtype, ExportOptions, ExportSpec, Format, Target};
 pub use size::ByteSize;
 pub use source::{Source, Sourced};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS};
+use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS, Target};
 use super::source::{Source, Sourced};
 use super::table::{ExportEntry, TableLayer};
 use crate::error::ConfigError;
@@ -360,19 +360,49 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                 }
             }
         }
-        if let Some(block) = options.block_size {
-            if entry.dtype != Some(ExportDtype::Int4) {
+        let blocks = entry.dtype == Some(ExportDtype::Int4)
+            || (entry.dtype == Some(ExportDtype::Int8) && entry.target == Some(Target::Ort));
+        for (set, name) in
+            [(options.block_size.is_some(), "block-size"), (options.symmetric.is_some(), "symmetric")]
+        {
+            if set && !blocks {
                 return Err(fail(
-                    "options.block-size",
-                    "applies to int4 exports only".into(),
-                    "remove it, or set dtype = \"int4\"",
+                    &format!("options.{name}"),
+                    "applies to block-quantized exports only (int4, or int8 with target = \"ort\")".into(),
+                    "remove it, or set dtype = \"int4\"; portable int8 is always symmetric per output channel",
                 ));
             }
-            if !INT4_BLOCK_SIZES.contains(&block) {
+        }
+        if let Some(block) = options.block_size
+            && !INT4_BLOCK_SIZES.contains(&block)
+        {
+            return Err(fail(
+                "options.block-size",
+                format!("{block} is not a supported block size"),
+                "use 16, 32, 64 or 128",
+            ));
+        }
+        let quantized = entry.dtype.is_some_and(|d| d.is_quantized());
+        if options.embeddings.is_some() && !quantized {
+            return Err(fail(
+                "options.embeddings",
+                "applies to int8 and int4 exports only".into(),
+                "remove it, or set dtype = \"int8\" or \"int4\"",
+            ));
+        }
+        if let Some(level) = options.accuracy_level {
+            if !(quantized && entry.target == Some(Target::Ort)) {
                 return Err(fail(
-                    "options.block-size",
-                    format!("{block} is not a supported block size"),
-                    "use 16, 32, 64 or 128",
+                    "options.accuracy-level",
+                    "applies to int8/int4 exports with target = \"ort\" only".into(),
+                    "remove it, or set target = \"ort\"",
+                ));
+            }
+            if level > 4 {
+                return Err(fail(
+                    "options.accuracy-level",
+                    format!("{level} is not an accuracy level"),
+                    "use 0 (f32 activations, exact) to 4 (int8 activations, fastest)",
                 ));
             }
         }

@@ -68,6 +68,11 @@ name_enum!(
     Engine { Candle => "candle", Ort => "ort", Tract => "tract" }
 );
 
+name_enum!(
+    /// How a quantized export stores the embedding table and the output head.
+    EmbeddingsMode { Auto => "auto", F16 => "f16", Quantized => "quantized" }
+);
+
 impl ExportDtype {
     pub fn is_quantized(self) -> bool {
         matches!(self, ExportDtype::Int8 | ExportDtype::Int4)
@@ -92,9 +97,21 @@ pub struct ExportOptions {
     /// onnx: store initializers in `model.onnx_data` (always on above 2 GiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_data: Option<bool>,
-    /// int4: quantization block size.
+    /// int4 (and int8 with target "ort"): quantization block size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    /// int4 (and int8 with target "ort"): symmetric blocks (no zero points); default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
+    /// int8/int4: "f16" keeps the embedding table and the output head in f16; "quantized"
+    /// quantizes the head like the other matrices (the embedding table stays f16); "auto" is
+    /// f16 below 1B parameters, quantized above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingsMode>,
+    /// int8/int4 with target "ort": MatMulNBits' accuracy_level (0 = f32 activations, 4 = int8
+    /// activations: faster, less exact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_level: Option<u8>,
     /// validation: largest allowed absolute logit error against the reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_abs_error: Option<f64>,

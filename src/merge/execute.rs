@@ -76,12 +76,72 @@ fn decode_parallel(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) {
     });
 }
 
-fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
+pub fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
     let width = dtype.size_in_bytes();
     out.resize(values.len() * width, 0);
     out.par_chunks_mut(width << 16).zip(values.par_chunks(1 << 16)).for_each(|(dst, src)| {
         encode_into(dtype, src, dst);
     });
+}
+
+/// The merged values of one tensor, handed over in blocks of whole rows (first row, values).
+pub type RowsFn<'a> = &'a mut dyn FnMut(&PlannedTensor, usize, &[f32]) -> Result<(), Error>;
+
+/// One tensor's merged rows: (first row, values).
+type BlockFn<'a> = &'a mut dyn FnMut(usize, &[f32]) -> Result<(), Error>;
+
+/// Columns of a tensor seen as rows: the first axis is rows; a vector is one row.
+pub fn row_width(shape: &[usize]) -> usize {
+    let cols: usize = if shape.len() >= 2 { shape[1..].iter().product() } else { shape.iter().product() };
+    cols.max(1)
+}
+
+/// Merges `t` block by block in f32 and hands each block of rows to `rows`.
+fn merged_rows(
+    inputs: &MergeInputs<'_>,
+    t: &PlannedTensor,
+    values: &mut Vec<f32>,
+    rows: BlockFn<'_>,
+) -> Result<(), Error> {
+    let (file, info) = inputs.source(&t.origin);
+    let bytes = file.bytes(info);
+    let delta = row_delta(inputs, t)?;
+    let bias = match &t.bias {
+        Some((name, scale)) => Some((inputs.adapter_f32(name)?.0, *scale)),
+        None => None,
+    };
+    let cols = row_width(&t.shape);
+    let rows_per_block = (BLOCK_ELEMENTS / cols).max(1);
+    let width = info.dtype.size_in_bytes();
+    let total_rows = info.numel() / cols;
+    let mut row = 0;
+    while row < total_rows {
+        let n = rows_per_block.min(total_rows - row);
+        let start = row * cols * width;
+        let block = &bytes[start..start + n * cols * width];
+        decode_parallel(info.dtype, block, values);
+        if let Some(delta) = &delta {
+            delta.apply(values, row);
+        }
+        if let Some((lora_bias, scale)) = &bias {
+            for (v, b) in values.iter_mut().zip(&lora_bias[row * cols..]) {
+                *v += *b * scale;
+            }
+        }
+        rows(row, values)?;
+        file.release(info, start, block.len());
+        row += n;
+    }
+    Ok(())
+}
+
+/// Streams every planned tensor, in plan order, through `rows` as merged f32 rows.
+pub fn execute_rows(plan: &MergePlan, inputs: &MergeInputs<'_>, rows: RowsFn<'_>) -> Result<(), Error> {
+    let mut values = Vec::new();
+    for t in &plan.tensors {
+        merged_rows(inputs, t, &mut values, &mut |first, v| rows(t, first, v))?;
+    }
+    Ok(())
 }
 
 /// Streams every planned tensor, in plan order, through `write`.
@@ -97,13 +157,8 @@ pub fn execute(
     for t in &plan.tensors {
         let dtype = dtype_for(t);
         let (file, info) = inputs.source(&t.origin);
-        let bytes = file.bytes(info);
-        let delta = row_delta(inputs, t)?;
-        let bias = match &t.bias {
-            Some((name, scale)) => Some((inputs.adapter_f32(name)?.0, *scale)),
-            None => None,
-        };
-        if delta.is_none() && bias.is_none() && info.dtype == dtype {
+        if t.lora.is_none() && t.bias.is_none() && info.dtype == dtype {
+            let bytes = file.bytes(info);
             for (i, block) in bytes.chunks(BLOCK_ELEMENTS * dtype.size_in_bytes()).enumerate() {
                 write(block)?;
                 file.release(info, i * BLOCK_ELEMENTS * dtype.size_in_bytes(), block.len());
@@ -111,33 +166,12 @@ pub fn execute(
             }
             continue;
         }
-        // Rows are the first axis; a vector is one row.
-        let cols: usize =
-            if t.shape.len() >= 2 { t.shape[1..].iter().product() } else { t.shape.iter().product() };
-        let cols = cols.max(1);
-        let rows_per_block = (BLOCK_ELEMENTS / cols).max(1);
-        let width = info.dtype.size_in_bytes();
-        let total_rows = info.numel() / cols;
-        let mut row = 0;
-        while row < total_rows {
-            let n = rows_per_block.min(total_rows - row);
-            let start = row * cols * width;
-            let block = &bytes[start..start + n * cols * width];
-            decode_parallel(info.dtype, block, &mut values);
-            if let Some(delta) = &delta {
-                delta.apply(&mut values, row);
-            }
-            if let Some((lora_bias, scale)) = &bias {
-                for (v, b) in values.iter_mut().zip(&lora_bias[row * cols..]) {
-                    *v += *b * scale;
-                }
-            }
-            encode_parallel(dtype, &values, &mut encoded);
+        merged_rows(inputs, t, &mut values, &mut |_, v| {
+            encode_parallel(dtype, v, &mut encoded);
             write(&encoded)?;
-            file.release(info, start, block.len());
             progress.inc(encoded.len() as u64);
-            row += n;
-        }
+            Ok(())
+        })?;
     }
     Ok(())
 }

@@ -8,12 +8,21 @@ use tract_onnx::prelude::*;
 
 use super::batch::Batch;
 use super::engine::{DecoderEngine, Logits};
+use crate::config::{ExportDtype, Target};
 use crate::error::RuntimeError;
 
 type Runnable = Arc<TypedRunnableModel>;
 
+/// The portable graph runs every step in one model. The fused graph's GroupQueryAttention
+/// runs in tract only as a first prompt (empty cache) or one token at a time, so it is loaded
+/// twice with the lengths pinned: once for the prompt, once for decoding.
+enum Models {
+    Single(Runnable),
+    Split { prompt: Runnable, decode: Runnable },
+}
+
 pub struct TractEngine {
-    model: Runnable,
+    models: Models,
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -28,9 +37,73 @@ fn tract_error(context: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
 /// run them by itself; the validator keeps the KV cache, so `detect_kv_cache` is not used.
 const REWRITES: &[&str] = &["detect_apply_rope", "detect_scaled_masked_softmax"];
 
+/// Why tract cannot run an export of this dtype and target, if it cannot.
+pub fn unsupported(dtype: ExportDtype, target: Target, symmetric: bool) -> Option<&'static str> {
+    match (dtype, target) {
+        (ExportDtype::Int4, _) if symmetric => Some(
+            "tract 0.23.9 miscomputes MatMulNBits whose zero points all equal 8 (symmetric int4): cosine 0.46 where ONNX Runtime gives 0.99",
+        ),
+        (ExportDtype::Bf16, _) => Some("tract loads no bf16 tensors"),
+        (ExportDtype::Int8, Target::Ort) => {
+            Some("tract's MatMulNBits reads 4-bit codes only; this export holds 8-bit blocks (ORT runs it)")
+        }
+        _ => None,
+    }
+}
+
+/// How the inputs' lengths are pinned before typing.
+#[derive(Clone, Copy)]
+enum Pin {
+    None,
+    /// Empty cache: past length 0, the mask as long as the prompt.
+    Prompt,
+    /// One new token after `past_sequence_length` cached ones.
+    Decode,
+}
+
+fn pin_inputs(
+    model: &mut InferenceModel,
+    pin: Pin,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> TractResult<()> {
+    let b = model.symbols.sym("batch_size").to_dim();
+    let (tokens, total, past) = match pin {
+        Pin::None => return Ok(()),
+        Pin::Prompt => {
+            let s = model.symbols.sym("sequence_length").to_dim();
+            (s.clone(), s, 0.to_dim())
+        }
+        Pin::Decode => {
+            let p = model.symbols.sym("past_sequence_length").to_dim();
+            (1.to_dim(), p.clone() + 1, p)
+        }
+    };
+    let i64_fact = |cols: TDim| InferenceFact::dt_shape(i64::datum_type(), [b.clone(), cols]);
+    model.set_input_fact(0, i64_fact(tokens.clone()))?;
+    model.set_input_fact(1, i64_fact(total))?;
+    model.set_input_fact(2, i64_fact(tokens))?;
+    for i in 0..2 * layers {
+        let shape = [b.clone(), kv_heads.to_dim(), past.clone(), head_dim.to_dim()];
+        model.set_input_fact(3 + i, InferenceFact::dt_shape(f32::datum_type(), shape))?;
+    }
+    Ok(())
+}
+
 /// Loads, declutters, applies the transformer rewrites and optimises.
 fn optimized(path: &Path) -> TractResult<TypedModel> {
-    let mut model = tract_onnx::onnx().model_for_path(path)?.into_typed()?.into_decluttered()?;
+    optimized_pinned(path, Pin::None, (0, 0, 0))
+}
+
+fn optimized_pinned(
+    path: &Path,
+    pin: Pin,
+    (layers, kv_heads, head_dim): (usize, usize, usize),
+) -> TractResult<TypedModel> {
+    let mut model = tract_onnx::onnx().model_for_path(path)?;
+    pin_inputs(&mut model, pin, layers, kv_heads, head_dim)?;
+    let mut model = model.into_typed()?.into_decluttered()?;
     for name in REWRITES {
         match tract_onnx::tract_core::transform::get_transform(name)? {
             Some(transform) => transform.transform(&mut model)?,
@@ -41,11 +114,31 @@ fn optimized(path: &Path) -> TractResult<TypedModel> {
 }
 
 impl TractEngine {
+    /// Loads a portable export.
     pub fn load(model: &Path, layers: usize, kv_heads: usize, head_dim: usize) -> Result<Self, RuntimeError> {
+        Self::load_for(Target::Portable, model, layers, kv_heads, head_dim)
+    }
+
+    /// Loads an export of either target.
+    pub fn load_for(
+        target: Target,
+        model: &Path,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self, RuntimeError> {
         let context = model.display().to_string();
         let err = tract_error(&context);
-        let model = optimized(model).map_err(&err)?.into_runnable().map_err(&err)?;
-        Ok(Self { model, layers, kv_heads, head_dim, past: Vec::new() })
+        let dims = (layers, kv_heads, head_dim);
+        let load = |pin| optimized_pinned(model, pin, dims).and_then(|m| m.into_runnable());
+        let models = match target {
+            Target::Portable => Models::Single(load(Pin::None).map_err(&err)?),
+            Target::Ort => Models::Split {
+                prompt: load(Pin::Prompt).map_err(&err)?,
+                decode: load(Pin::Decode).map_err(&err)?,
+            },
+        };
+        Ok(Self { models, layers, kv_heads, head_dim, past: Vec::new() })
     }
 
     /// The op names of the optimised model (to check that tract's fusing rewrites fired).
@@ -69,7 +162,8 @@ impl DecoderEngine for TractEngine {
     fn step(&mut self, batch: &Batch) -> Result<Logits, RuntimeError> {
         let (b, s) = batch.dims();
         let err = tract_error("run");
-        if self.past.is_empty() {
+        let fresh = self.past.is_empty();
+        if fresh {
             let empty =
                 Tensor::zero::<f32>(&[b, self.kv_heads, 0, self.head_dim]).map_err(&err)?.into_tvalue();
             self.past = vec![empty; 2 * self.layers];
@@ -79,8 +173,21 @@ impl DecoderEngine for TractEngine {
             i64_value(&batch.attention_mask).map_err(&err)?,
             i64_value(&batch.position_ids).map_err(&err)?,
         ];
+        let model = match &self.models {
+            Models::Single(m) => m,
+            Models::Split { prompt, .. } if fresh => prompt,
+            Models::Split { decode, .. } if s == 1 => decode,
+            Models::Split { .. } => {
+                return Err(RuntimeError::Engine {
+                    engine: "tract",
+                    message: format!(
+                        "tract runs the fused graph's GroupQueryAttention on a first prompt or one token at a time, not {s} tokens after a cache"
+                    ),
+                });
+            }
+        };
         inputs.extend(self.past.drain(..));
-        let mut outputs = self.model.run(inputs).map_err(&err)?;
+        let mut outputs = model.run(inputs).map_err(&err)?;
         let present: Vec<TValue> = outputs.drain(1..).collect();
         let logits = outputs.remove(0);
         let vocab = logits.shape().last().copied().unwrap_or(0);

@@ -10,14 +10,16 @@ pub mod tolerance;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::{Engine, ExportDtype, ExportSpec, Format};
+use crate::config::{Engine, ExportDtype, ExportSpec, Format, Target};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::export::ExportInputs;
+use crate::export::onnx::folder::QUANT_REPORT_FILE;
 use crate::merge::{MergeInputs, execute, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
+use crate::quant::QuantReport;
 use crate::runtime::chat::{ChatTemplate, Message};
 use crate::runtime::ort_engine::{self, OrtEngine};
-use crate::runtime::tract_engine::TractEngine;
+use crate::runtime::tract_engine::{self, TractEngine};
 use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
 use metrics::{compare_logits, first_divergence};
 use report::{EngineResult, ExportValidation};
@@ -207,6 +209,11 @@ pub fn validate_export(
     });
     let tolerance = Tolerance::for_export(dtype, &spec.options);
     let c = &base.config;
+    let tract_unsupported = tract_engine::unsupported(
+        dtype,
+        spec.target.unwrap_or(Target::Portable),
+        spec.options.symmetric.unwrap_or(false),
+    );
     let mut results = Vec::new();
     for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
         let skipped = |why: String| EngineResult {
@@ -223,10 +230,19 @@ pub fn validate_export(
                 let model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
             }
+            Engine::Tract if tract_unsupported.is_some() => {
+                skipped(tract_unsupported.unwrap_or_default().to_string())
+            }
             Engine::Tract => {
                 let model = dir.join("model.onnx");
-                let mut e =
-                    TractEngine::load(&model, c.num_hidden_layers, c.num_key_value_heads, c.head_dim)?;
+                let target = spec.target.unwrap_or(Target::Portable);
+                let mut e = TractEngine::load_for(
+                    target,
+                    &model,
+                    c.num_hidden_layers,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                )?;
                 run_engine(&mut e, reference, &tolerance)?
             }
             Engine::Ort if !ort_engine::available() => {
@@ -251,6 +267,7 @@ pub fn validate_export(
         results.push(result);
     }
     let passed = results.iter().all(|r| r.passed);
+    let quantization = read_quant_report(dir)?;
     Ok(ExportValidation {
         export: spec.name.clone(),
         format: spec.format.to_string(),
@@ -260,6 +277,17 @@ pub fn validate_export(
         prompts: reference.batch.input_ids.len(),
         max_new_tokens: reference.options.max_new_tokens,
         engines: results,
+        quantization,
         passed,
     })
+}
+
+/// The export's quantization report without its per-tensor list (that stays in the file).
+fn read_quant_report(dir: &Path) -> Result<Option<QuantReport>, Error> {
+    let path = dir.join(QUANT_REPORT_FILE);
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
+    let mut report: QuantReport = serde_json::from_slice(&bytes)
+        .map_err(|e| ModelError::Json { path: path.clone(), message: e.to_string() })?;
+    report.tensors.clear();
+    Ok(Some(report))
 }

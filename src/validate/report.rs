@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::LogitMetrics;
 use super::tolerance::Tolerance;
+use crate::config::size::human_bytes;
+use crate::quant::QuantReport;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineResult {
@@ -32,6 +34,9 @@ pub struct ExportValidation {
     pub prompts: usize,
     pub max_new_tokens: usize,
     pub engines: Vec<EngineResult>,
+    /// What reduced precision saved and cost (from the export's quantization.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantReport>,
     pub passed: bool,
 }
 
@@ -64,7 +69,38 @@ pub struct ExportSnapshot {
     pub format: String,
     pub dtype: String,
     pub engines: Vec<EngineSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantSnapshot>,
     pub passed: bool,
+}
+
+/// The rounded view of a quantization report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuantSnapshot {
+    pub scheme: String,
+    /// f32 bytes over written bytes, to one decimal (rounded down).
+    pub compression_ratio: String,
+    /// The decade of the mean and of the largest per-tensor relative error.
+    pub mean_relative_error: String,
+    pub max_relative_error: String,
+    /// (group, stored as, ratio to one decimal)
+    pub groups: Vec<(String, String, String)>,
+}
+
+impl QuantSnapshot {
+    fn of(q: &QuantReport) -> Self {
+        Self {
+            scheme: q.scheme.clone(),
+            compression_ratio: floor_to(q.compression_ratio, 1),
+            mean_relative_error: decade(q.error.mean_relative_error),
+            max_relative_error: decade(q.error.max_relative_error),
+            groups: q
+                .groups
+                .iter()
+                .map(|g| (g.group.as_str().to_string(), g.stored.join("+"), floor_to(g.compression_ratio, 1)))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -102,6 +138,7 @@ impl ValidationReport {
                     export: e.export.clone(),
                     format: e.format.clone(),
                     dtype: e.dtype.clone(),
+                    quantization: e.quantization.as_ref().map(QuantSnapshot::of),
                     passed: e.passed,
                     engines: e
                         .engines
@@ -165,12 +202,49 @@ impl ValidationReport {
                 );
             }
         }
+        for e in &self.exports {
+            if let Some(q) = &e.quantization {
+                quant_markdown(&mut md, &e.export, q);
+            }
+        }
         let _ = writeln!(
             md,
             "\nVerdict: {}",
             if self.passed { "every export within tolerance" } else { "FAILED" }
         );
         md
+    }
+}
+
+/// What an export's reduced precision saved (bytes per group) and cost (weight error here, the
+/// end-to-end figures in the table above).
+fn quant_markdown(md: &mut String, export: &str, q: &QuantReport) {
+    let _ = writeln!(
+        md,
+        "\n## {export}: {} ({})\n\n{} -> {} ({:.2}x smaller than f32). Relative weight error ||W-Q(W)||/||W||: mean {:.2e}, max {:.2e} ({}).\n",
+        q.dtype,
+        q.scheme,
+        human_bytes(q.bytes_before),
+        human_bytes(q.bytes_after),
+        q.compression_ratio,
+        q.error.mean_relative_error,
+        q.error.max_relative_error,
+        q.error.worst_tensor.as_deref().unwrap_or("-"),
+    );
+    let _ = writeln!(md, "| group | tensors | stored as | f32 bytes | bytes | ratio | max rel. error |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for g in &q.groups {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.2}x | {} |",
+            g.group.as_str(),
+            g.tensors,
+            g.stored.join(", "),
+            g.bytes_before,
+            g.bytes_after,
+            g.compression_ratio,
+            g.max_relative_error.map_or("exact".into(), |e| format!("{e:.2e}")),
+        );
     }
 }
 

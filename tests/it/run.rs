@@ -83,7 +83,7 @@ format = "safetensors"
 [[package.metadata.model-export.export]]
 name = "onnx"
 format = "onnx"
-dtype = "int4"
+dtype = "bf16"
 "#,
     );
     let out = project.run(&["run"]);

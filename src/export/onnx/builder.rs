@@ -19,6 +19,7 @@ const OPS: &[(&str, i64)] = &[
     ("And", 7),
     ("Cast", 13),
     ("Concat", 13),
+    ("DequantizeLinear", 13),
     ("Expand", 13),
     ("Gather", 13),
     ("Gemm", 13),
@@ -29,6 +30,7 @@ const OPS: &[(&str, i64)] = &[
     ("Range", 11),
     ("Reciprocal", 13),
     ("ReduceMean", 13),
+    ("ReduceSum", 13),
     ("Reshape", 14),
     ("Shape", 15),
     ("Sigmoid", 13),
@@ -41,12 +43,22 @@ const OPS: &[(&str, i64)] = &[
     ("Where", 16),
 ];
 
+/// ONNX Runtime's contrib ops (domain `com.microsoft`, version 1), which tract also reads.
+const MICROSOFT_OPS: &[&str] =
+    &["GroupQueryAttention", "MatMulNBits", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"];
+/// ONNX Runtime's contrib ops registered in the default domain.
+const RUNTIME_DEFAULT_DOMAIN_OPS: &[&str] = &["SimplifiedLayerNormalization"];
+pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
+
 /// Element types the exports use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
     F32,
     F16,
     I64,
+    I32,
+    I8,
+    U8,
     Bool,
 }
 
@@ -56,6 +68,9 @@ impl Elem {
             Elem::F32 => DataType::Float as i32,
             Elem::F16 => DataType::Float16 as i32,
             Elem::I64 => DataType::Int64 as i32,
+            Elem::I32 => DataType::Int32 as i32,
+            Elem::I8 => DataType::Int8 as i32,
+            Elem::U8 => DataType::Uint8 as i32,
             Elem::Bool => DataType::Bool as i32,
         }
     }
@@ -138,6 +153,7 @@ pub struct GraphBuilder {
     outputs: Vec<ValueInfoProto>,
     names: HashSet<String>,
     constants: usize,
+    uses_microsoft: bool,
 }
 
 impl GraphBuilder {
@@ -152,6 +168,7 @@ impl GraphBuilder {
             outputs: Vec::new(),
             names: HashSet::new(),
             constants: 0,
+            uses_microsoft: false,
         }
     }
 
@@ -176,6 +193,9 @@ impl GraphBuilder {
     }
 
     fn check(&self, op: &str, node: &str) -> Result<(), BuildError> {
+        if MICROSOFT_OPS.contains(&op) || RUNTIME_DEFAULT_DOMAIN_OPS.contains(&op) {
+            return Ok(());
+        }
         let needed = OPS
             .iter()
             .find(|(o, _)| *o == op)
@@ -223,12 +243,14 @@ impl GraphBuilder {
         attribute: Vec<AttributeProto>,
     ) -> Result<(), BuildError> {
         self.check(op, &name)?;
+        let microsoft = MICROSOFT_OPS.contains(&op);
+        self.uses_microsoft |= microsoft;
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
             name,
             op_type: op.into(),
-            domain: String::new(),
+            domain: if microsoft { MICROSOFT_DOMAIN.into() } else { String::new() },
             attribute,
             doc_string: String::new(),
         });
@@ -285,10 +307,37 @@ impl GraphBuilder {
         self.initializer(&name, Elem::F32, dims, Data::Raw(bytes))
     }
 
+    /// Adds a node with several outputs named `{scope}/{op}_output_{i}`; `wanted[i] == false`
+    /// leaves optional output `i` unset (its name is then empty).
+    pub fn node_multi(
+        &mut self,
+        scope: &str,
+        op: &str,
+        inputs: &[&str],
+        wanted: &[bool],
+        attributes: Vec<AttributeProto>,
+    ) -> Result<Vec<String>, BuildError> {
+        let name = self.unique(format!("{scope}/{op}"));
+        let outputs: Vec<String> = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| if w { format!("{name}_output_{i}") } else { String::new() })
+            .collect();
+        // Unset outputs at the end are left out rather than named "".
+        let used = outputs.iter().rposition(|o| !o.is_empty()).map_or(0, |i| i + 1);
+        let refs: Vec<&str> = outputs[..used].iter().map(String::as_str).collect();
+        self.push(name, op, inputs, &refs, attributes)?;
+        Ok(outputs)
+    }
+
     pub fn finish(self, graph_name: &str, metadata: &[(String, String)]) -> ModelProto {
+        let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: self.opset }];
+        if self.uses_microsoft {
+            opset_import.push(OperatorSetIdProto { domain: MICROSOFT_DOMAIN.into(), version: 1 });
+        }
         ModelProto {
             ir_version: 8,
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            opset_import,
             producer_name: env!("CARGO_PKG_NAME").into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(GraphProto {

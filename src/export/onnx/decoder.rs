@@ -10,6 +10,7 @@
 //!   `Softmax(Add(Mul(QK, scale), mask))` (tract's scaled-masked-softmax rewrite).
 
 use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
+use super::weights::WeightForm;
 use crate::model::HfConfig;
 use crate::profile::{LayerTensor, Profile};
 
@@ -32,8 +33,11 @@ pub struct DecoderSpec<'a> {
     pub profile: &'static Profile,
     /// The initializer used as output head: `lm_head.weight`, or the embedding when tied.
     pub head: String,
-    /// The stored type of a weight initializer (f16 weights are cast to f32 where used).
-    pub weight_elem: &'a dyn Fn(&str) -> Elem,
+    /// How the graph reads each weight (f16 is cast to f32 where used; quantized matrices go
+    /// through DequantizeLinear or MatMulNBits).
+    pub weight: &'a dyn Fn(&str) -> WeightForm,
+    /// MatMulNBits' accuracy_level (0: f32 activations).
+    pub accuracy_level: i64,
 }
 
 struct Emitter<'a, 'b> {
@@ -42,14 +46,6 @@ struct Emitter<'a, 'b> {
 }
 
 impl Emitter<'_, '_> {
-    /// The weight as f32: itself, or a Cast of its f16 storage.
-    fn weight_f32(&mut self, scope: &str, name: &str) -> Result<String, BuildError> {
-        match (self.spec.weight_elem)(name) {
-            Elem::F16 => self.g.node(scope, "Cast", &[name], vec![attr_int("to", 1)]),
-            _ => Ok(name.to_string()),
-        }
-    }
-
     fn linear(
         &mut self,
         scope: &str,
@@ -57,12 +53,7 @@ impl Emitter<'_, '_> {
         weight: &str,
         bias: Option<&str>,
     ) -> Result<String, BuildError> {
-        let w = self.weight_f32(scope, weight)?;
-        let mut inputs = vec![x, w.as_str()];
-        if let Some(b) = bias {
-            inputs.push(b);
-        }
-        self.g.node(scope, "Gemm", &inputs, vec![attr_int("transB", 1)])
+        linear(self.g, self.spec, scope, x, weight, bias)
     }
 
     /// RMSNorm over the last axis, as transformers computes it in f32.
@@ -149,8 +140,8 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
     // Embeddings, flattened to [batch*seq, hidden].
     let scope = "/model/embed_tokens";
     let embedded = e.g.node(scope, "Gather", &[names.embed, &input_ids], vec![attr_int("axis", 0)])?;
-    let embedded = match (spec.weight_elem)(names.embed) {
-        Elem::F16 => e.g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
+    let embedded = match (spec.weight)(names.embed) {
+        WeightForm::Float(Elem::F16) => e.g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
         _ => embedded,
     };
     let flat = e.g.const_i64(&[-1, hidden], &[2]);
@@ -304,4 +295,50 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
     let logits_shape = e.g.node(scope, "Concat", &[&batch, &seq, &v_tail], vec![attr_int("axis", 0)])?;
     e.g.node_into(scope, "Reshape", &[&logits, &logits_shape], &["logits"], vec![])?;
     Ok(())
+}
+
+/// `x @ W^T (+ b)` for a weight stored as HF lays it out ([out, in]), however it is stored.
+pub fn linear(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    scope: &str,
+    x: &str,
+    weight: &str,
+    bias: Option<&str>,
+) -> Result<String, BuildError> {
+    let gemm = |g: &mut GraphBuilder, w: &str| {
+        let mut inputs = vec![x, w];
+        if let Some(b) = bias {
+            inputs.push(b);
+        }
+        g.node(scope, "Gemm", &inputs, vec![attr_int("transB", 1)])
+    };
+    match (spec.weight)(weight) {
+        WeightForm::Float(Elem::F16) => {
+            let w = g.node(scope, "Cast", &[weight], vec![attr_int("to", 1)])?;
+            gemm(g, &w)
+        }
+        WeightForm::Float(_) => gemm(g, weight),
+        WeightForm::Int8 { codes, scale } => {
+            let w = g.node(scope, "DequantizeLinear", &[&codes, &scale], vec![attr_int("axis", 0)])?;
+            gemm(g, &w)
+        }
+        WeightForm::Blocks { codes, scales, zero_points, bits, block, n, k } => {
+            let inputs = [x, codes.as_str(), scales.as_str(), zero_points.as_str()];
+            let mut attributes = vec![
+                attr_int("K", k as i64),
+                attr_int("N", n as i64),
+                attr_int("bits", i64::from(bits)),
+                attr_int("block_size", block as i64),
+            ];
+            if spec.accuracy_level != 0 {
+                attributes.push(attr_int("accuracy_level", spec.accuracy_level));
+            }
+            let y = g.node(scope, "MatMulNBits", &inputs, attributes)?;
+            match bias {
+                Some(b) => g.node(scope, "Add", &[&y, b], vec![]),
+                None => Ok(y),
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! the folder is installed, the model is loaded back and run in tract (and ONNX Runtime when
 //! present): a model an engine rejects is never marked complete.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -11,19 +12,24 @@ use prost::Message;
 use super::builder::{Elem, GraphBuilder};
 use super::data::{InitializerSink, PlannedInitializer};
 use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
+use super::fused::build_fused_decoder;
 use super::genai::genai_config;
 use super::rope::rope_tables;
+use super::weights::{Storage, WeightForm, WeightWriter, plan_initializers, scheme_label};
+use crate::config::{ExportDtype, Target};
 use crate::error::{Error, RuntimeError};
 use crate::export::ExportInputs;
 use crate::export::manifest::{FileEntry, Manifest};
 use crate::export::staging::{Staging, exported_config, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
-use crate::merge::{MergeInputs, execute, output_entries, plan_merge};
+use crate::merge::plan::PlannedTensor;
+use crate::merge::{MergeInputs, execute_rows, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
 use crate::monitor;
+use crate::quant::{QuantReport, Scheme};
 use crate::runtime::batch::positions_from_mask;
 use crate::runtime::ort_engine::{self, OrtEngine};
-use crate::runtime::tract_engine::TractEngine;
+use crate::runtime::tract_engine::{self, TractEngine};
 use crate::runtime::{Batch, DecoderEngine};
 
 pub const MODEL_FILE: &str = "model.onnx";
@@ -31,17 +37,63 @@ pub const DATA_FILE: &str = "model.onnx_data";
 /// Protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
 const EMBEDDED_LIMIT: u64 = (2 << 30) - (64 << 20);
 pub const DEFAULT_OPSET: i64 = 17;
+/// What reduced precision saved and cost, beside every non-f32 export.
+pub const QUANT_REPORT_FILE: &str = "quantization.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnnxPrecision {
     F32,
     /// f16 weights (matrices), f32 norms and biases, f32 arithmetic.
     F16,
+    /// int8 matrices: per-channel DequantizeLinear (portable) or 8-bit MatMulNBits (ort).
+    Int8,
+    /// int4 matrices in MatMulNBits blocks.
+    Int4,
+}
+
+impl OnnxPrecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnnxPrecision::F32 => "f32",
+            OnnxPrecision::F16 => "f16",
+            OnnxPrecision::Int8 => "int8",
+            OnnxPrecision::Int4 => "int4",
+        }
+    }
+
+    pub fn dtype(self) -> ExportDtype {
+        match self {
+            OnnxPrecision::F32 => ExportDtype::F32,
+            OnnxPrecision::F16 => ExportDtype::F16,
+            OnnxPrecision::Int8 => ExportDtype::Int8,
+            OnnxPrecision::Int4 => ExportDtype::Int4,
+        }
+    }
+}
+
+/// Settings of the int8/int4 quantizers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantOptions {
+    /// Block size of MatMulNBits blocks.
+    pub block: usize,
+    pub symmetric: bool,
+    /// Quantize the output head too (a quantized copy when it is tied to the embeddings).
+    pub head: bool,
+    /// MatMulNBits' accuracy_level.
+    pub accuracy_level: i64,
+}
+
+impl Default for QuantOptions {
+    fn default() -> Self {
+        Self { block: 32, symmetric: false, head: false, accuracy_level: 0 }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct OnnxOptions {
     pub precision: OnnxPrecision,
+    pub target: Target,
+    pub quant: QuantOptions,
     pub opset: i64,
     /// `None`: external data only when the weights would not fit a protobuf.
     pub external_data: Option<bool>,
@@ -55,6 +107,8 @@ impl Default for OnnxOptions {
     fn default() -> Self {
         Self {
             precision: OnnxPrecision::F32,
+            target: Target::Portable,
+            quant: QuantOptions::default(),
             opset: DEFAULT_OPSET,
             external_data: None,
             threads: 2,
@@ -63,14 +117,60 @@ impl Default for OnnxOptions {
     }
 }
 
+impl OnnxOptions {
+    /// The quantization scheme of the matrices, if quantized.
+    pub fn scheme(&self) -> Option<Scheme> {
+        let block = self.quant.block;
+        let symmetric = self.quant.symmetric;
+        match (self.precision, self.target) {
+            (OnnxPrecision::Int8, Target::Portable) => Some(Scheme::Int8PerChannel),
+            (OnnxPrecision::Int8, Target::Ort) => Some(Scheme::Blocks { bits: 8, block, symmetric }),
+            (OnnxPrecision::Int4, _) => Some(Scheme::Blocks { bits: 4, block, symmetric }),
+            _ => None,
+        }
+    }
+
+    /// How tensor `t` is stored: norms, biases and tables stay f32; the embedding table f16
+    /// in every reduced precision; the head follows `quant.head`.
+    fn storage(&self, t: &PlannedTensor, names: &crate::profile::TensorNames) -> Storage {
+        let matrix = t.shape.len() == 2;
+        match (self.precision, self.scheme()) {
+            (OnnxPrecision::F32, _) => Storage::F32,
+            (_, None) => {
+                if matrix {
+                    Storage::F16
+                } else {
+                    Storage::F32
+                }
+            }
+            (_, Some(scheme)) => {
+                if !matrix {
+                    Storage::F32
+                } else if t.name == names.embed || (t.name == names.lm_head && !self.quant.head) {
+                    Storage::F16
+                } else {
+                    Storage::Quantized(scheme)
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct OnnxReport {
     pub dir: PathBuf,
+    /// What reduced precision saved and cost (absent for f32).
+    pub quantization: Option<QuantReport>,
     pub manifest: Manifest,
     pub external_data: bool,
     pub parameters: u64,
     /// Engines that loaded and ran the model before it was installed.
     pub checked_in: Vec<&'static str>,
+}
+
+/// The first `cols` columns of each `width`-wide row.
+fn table_columns(table: &[f32], width: usize, cols: usize) -> Vec<f32> {
+    table.chunks(width).flat_map(|row| row[..cols].iter().copied()).collect()
 }
 
 /// Runs a two-row padded prefill and one cached decode step; the logits must be finite.
@@ -108,14 +208,26 @@ fn check_engine(engine: &mut dyn DecoderEngine, vocab: usize, pad: i64) -> Resul
 }
 
 /// Loads the written model in every available engine and runs a tiny batch.
-pub fn check_exported(model: &Path, base: &ModelFolder, threads: usize) -> Result<Vec<&'static str>, Error> {
+pub fn check_exported(
+    model: &Path,
+    base: &ModelFolder,
+    threads: usize,
+    dtype: ExportDtype,
+    target: Target,
+    symmetric: bool,
+) -> Result<Vec<&'static str>, Error> {
     let c = &base.config;
     let pad = c.pad_token_id.map_or(0, i64::from);
     let (layers, kv, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
     let mut checked = Vec::new();
-    let mut tract = TractEngine::load(model, layers, kv, d)?;
-    check_engine(&mut tract, c.vocab_size, pad)?;
-    checked.push("tract");
+    match tract_engine::unsupported(dtype, target, symmetric) {
+        Some(why) => tracing::info!("not checked in tract: {why}"),
+        None => {
+            let mut tract = TractEngine::load_for(target, model, layers, kv, d)?;
+            check_engine(&mut tract, c.vocab_size, pad)?;
+            checked.push("tract");
+        }
+    }
     if ort_engine::available() {
         let mut ort = OrtEngine::load(model, layers, kv, d, threads)?;
         check_engine(&mut ort, c.vocab_size, pad)?;
@@ -133,24 +245,32 @@ pub fn write_onnx_folder(
     out: &Path,
 ) -> Result<OnnxReport, Error> {
     let (base, detection, weights, adapter) = (inputs.base, inputs.detection, inputs.weights, inputs.adapter);
-    let plan = plan_merge(weights, adapter)?;
+    let mut plan = plan_merge(weights, adapter)?;
     let config = &weights.config;
-    let f16 = options.precision == OnnxPrecision::F16;
-    let dtype_for = |t: &crate::merge::plan::PlannedTensor| {
-        if f16 && t.shape.len() == 2 { TensorDtype::F16 } else { TensorDtype::F32 }
-    };
-    let elem = |d: TensorDtype| if d == TensorDtype::F16 { Elem::F16 } else { Elem::F32 };
+    let names = &weights.profile.tensors;
+    let has_head = plan.tensors.iter().any(|t| t.name == names.lm_head);
+    if options.scheme().is_some() && options.quant.head && !has_head {
+        // A tied head is quantized as a copy; the embedding table stays f16 for the lookup.
+        if let Some(embed) = plan.tensors.iter().find(|t| t.name == names.embed) {
+            let mut copy = embed.clone();
+            copy.name = names.lm_head.to_string();
+            plan.tensors.push(copy);
+        }
+    }
+    let storage: Vec<Storage> = plan.tensors.iter().map(|t| options.storage(t, names)).collect();
     let (cos, sin) = rope_tables(config);
-    let table_dims = vec![config.max_position_embeddings as i64, config.head_dim as i64];
-    let mut planned: Vec<PlannedInitializer> = output_entries(&plan, &dtype_for)
-        .into_iter()
-        .map(|e| PlannedInitializer {
-            bytes: e.byte_len(),
-            name: e.name,
-            elem: elem(e.dtype),
-            dims: e.shape.iter().map(|&d| d as i64).collect(),
-        })
-        .collect();
+    // The fused RotaryEmbedding takes half-width tables (the two halves are equal).
+    let table_cols = if options.target == Target::Ort { config.head_dim / 2 } else { config.head_dim };
+    let (cos, sin) =
+        (table_columns(&cos, config.head_dim, table_cols), table_columns(&sin, config.head_dim, table_cols));
+    let table_dims = vec![config.max_position_embeddings as i64, table_cols as i64];
+    let mut planned: Vec<PlannedInitializer> = Vec::new();
+    let mut forms: HashMap<String, WeightForm> = HashMap::new();
+    for (t, &st) in plan.tensors.iter().zip(&storage) {
+        let (inits, form) = plan_initializers(t, st);
+        planned.extend(inits);
+        forms.insert(t.name.clone(), form);
+    }
     for name in [ROPE_COS, ROPE_SIN] {
         planned.push(PlannedInitializer {
             name: name.into(),
@@ -169,8 +289,6 @@ pub fn write_onnx_folder(
         }
         .into());
     }
-    let elem_of: std::collections::HashMap<String, Elem> =
-        planned.iter().map(|p| (p.name.clone(), p.elem)).collect();
 
     let staging = Staging::new(out)?;
     let dir = staging.dir().to_path_buf();
@@ -180,34 +298,48 @@ pub fn write_onnx_folder(
     let progress = monitor::bytes_bar(total, format!("writing {}", staging.name()));
     let started = std::time::Instant::now();
     let merge_inputs = MergeInputs { base: weights, adapter };
-    execute(
-        &plan,
-        &merge_inputs,
-        &dtype_for,
-        &mut |b| sink.write(b).map_err(|e| Error::write(&data_path, e)),
-        &progress,
-    )?;
-    for table in [&cos, &sin] {
+    let mut writer = WeightWriter::new(&mut sink, &data_path);
+    let index: HashMap<&str, Storage> =
+        plan.tensors.iter().zip(&storage).map(|(t, &s)| (t.name.as_str(), s)).collect();
+    execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
+        writer.rows(t, index[t.name.as_str()], first, values, &progress)
+    })?;
+    let (rows, cols) = (config.max_position_embeddings, table_cols);
+    for (name, table) in [(ROPE_COS, &cos), (ROPE_SIN, &sin)] {
         let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_le_bytes()).collect();
-        sink.write(&bytes).map_err(|e| Error::write(&data_path, e))?;
+        writer.raw(name, &[rows, cols], &bytes)?;
     }
+    let report = writer.into_report();
     drop((cos, sin));
     let (placed, data_file) = sink.finish().map_err(|e| Error::write(&data_path, e))?;
     progress.finish_and_clear();
+    let scheme_text = options.scheme().map_or_else(|| options.precision.as_str().to_string(), scheme_label);
+    let quantization = (options.precision != OnnxPrecision::F32)
+        .then(|| report.finish(options.precision.as_str(), &scheme_text));
 
     let mut graph = GraphBuilder::new(options.opset, DATA_FILE);
     for (p, data) in placed {
         graph.initializer(&p.name, p.elem, &p.dims, data);
     }
-    let names = &weights.profile.tensors;
     let head = if plan.tensors.iter().any(|t| t.name == names.lm_head) { names.lm_head } else { names.embed };
-    let weight_elem = |name: &str| elem_of.get(name).copied().unwrap_or(Elem::F32);
-    let spec =
-        DecoderSpec { config, profile: weights.profile, head: head.to_string(), weight_elem: &weight_elem };
-    build_decoder(&mut graph, &spec).map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
+    let weight = |name: &str| forms.get(name).cloned().unwrap_or(WeightForm::Float(Elem::F32));
+    let spec = DecoderSpec {
+        config,
+        profile: weights.profile,
+        head: head.to_string(),
+        weight: &weight,
+        accuracy_level: options.quant.accuracy_level,
+    };
+    match options.target {
+        Target::Portable => build_decoder(&mut graph, &spec),
+        Target::Ort => build_fused_decoder(&mut graph, &spec),
+    }
+    .map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
     let metadata = vec![
         ("model_type".to_string(), config.model_type.clone()),
-        ("export_dtype".to_string(), if f16 { "f16" } else { "f32" }.to_string()),
+        ("export_dtype".to_string(), options.precision.as_str().to_string()),
+        ("export_target".to_string(), options.target.to_string()),
+        ("quantization".to_string(), scheme_text.clone()),
     ];
     let model = graph.finish("main_graph", &metadata).encode_to_vec();
     let model_path = dir.join(MODEL_FILE);
@@ -219,12 +351,23 @@ pub fn write_onnx_folder(
     known.extend(data_file.as_ref().map(file_entry));
     tracing::info!("wrote the ONNX model in {:.2} s", started.elapsed().as_secs_f64());
 
-    let export_dtype = if f16 { TensorDtype::F16 } else { TensorDtype::F32 };
+    let export_dtype =
+        if options.precision == OnnxPrecision::F32 { TensorDtype::F32 } else { TensorDtype::F16 };
     staging.write_companions(base, detection, &exported_config(weights, export_dtype, plan.untied))?;
     crate::fsutil::write_json(&dir.join("genai_config.json"), &genai_config(base, MODEL_FILE))?;
+    if let Some(q) = &quantization {
+        crate::fsutil::write_json(&dir.join(QUANT_REPORT_FILE), q)?;
+    }
 
     let checked_in = if options.check {
-        let engines = check_exported(&model_path, weights, options.threads)?;
+        let engines = check_exported(
+            &model_path,
+            weights,
+            options.threads,
+            options.precision.dtype(),
+            options.target,
+            options.quant.symmetric,
+        )?;
         tracing::info!("checked in {} at {:.2} s", engines.join(" and "), started.elapsed().as_secs_f64());
         engines
     } else {
@@ -233,8 +376,10 @@ pub fn write_onnx_folder(
     };
     let options_json = serde_json::json!({
         "format": "onnx",
-        "target": "portable",
-        "dtype": export_dtype.to_string(),
+        "target": options.target.to_string(),
+        "dtype": options.precision.as_str(),
+        "quantization": scheme_text,
+        "quantized_head": options.scheme().is_some() && options.quant.head,
         "opset": options.opset,
         "external_data": external,
         "untied_embeddings": plan.untied,
@@ -244,6 +389,7 @@ pub fn write_onnx_folder(
         dir: out.to_path_buf(),
         manifest,
         external_data: external,
+        quantization,
         parameters: plan.parameter_count(),
         checked_in,
     })

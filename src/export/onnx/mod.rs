@@ -5,7 +5,9 @@ pub mod builder;
 pub mod data;
 pub mod decoder;
 pub mod folder;
+pub mod fused;
 pub mod genai;
 pub mod rope;
+pub mod weights;
 
 pub use folder::{OnnxOptions, OnnxPrecision, OnnxReport, write_onnx_folder};

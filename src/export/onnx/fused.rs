@@ -1,0 +1,260 @@
+//! The Qwen decoder with ONNX Runtime's fused operators (the `ort` target), the layout
+//! onnxruntime-genai's own builder writes: `SimplifiedLayerNormalization` and
+//! `SkipSimplifiedLayerNormalization` (the residual add fused into the norm), com.microsoft
+//! `RotaryEmbedding` driven by `position_ids` (so left-padded rows rotate correctly),
+//! `GroupQueryAttention` with the KV cache, and `MatMulNBits` for quantized matrices.
+//!
+//! GroupQueryAttention masks causally from `seqlens_k` (every row is `total - 1` here) and takes
+//! the padding mask as an additive `attention_bias` built from `attention_mask`, the same mask
+//! as the portable graph; its own rotary path is not used, because it derives positions from
+//! sequence lengths, which is wrong for left padding.
+
+use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_float, attr_int};
+use super::decoder::{
+    DecoderSpec, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, ROPE_COS, ROPE_SIN, io_name, linear,
+};
+use super::weights::WeightForm;
+use crate::profile::LayerTensor;
+
+struct Fused<'a, 'b> {
+    g: &'a mut GraphBuilder,
+    spec: &'a DecoderSpec<'b>,
+    eps: f32,
+}
+
+impl Fused<'_, '_> {
+    fn norm(&mut self, scope: &str, x: &str, weight: &str) -> Result<String, BuildError> {
+        let attrs = vec![attr_int("axis", -1), attr_float("epsilon", self.eps), attr_int("stash_type", 1)];
+        self.g.node(scope, "SimplifiedLayerNormalization", &[x, weight], attrs)
+    }
+
+    /// (normed, input + skip) in one op.
+    fn skip_norm(
+        &mut self,
+        scope: &str,
+        x: &str,
+        skip: &str,
+        weight: &str,
+        want_sum: bool,
+    ) -> Result<(String, String), BuildError> {
+        let outputs = self.g.node_multi(
+            scope,
+            "SkipSimplifiedLayerNormalization",
+            &[x, skip, weight],
+            &[true, false, false, want_sum],
+            vec![attr_float("epsilon", self.eps)],
+        )?;
+        Ok((outputs[0].clone(), outputs[3].clone()))
+    }
+}
+
+/// Emits the fused decoder into `g`. Activations are [batch*seq, hidden] between blocks and
+/// [batch, seq, heads*head_dim] around attention, as the fused ops want them.
+pub fn build_fused_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(), BuildError> {
+    let c = spec.config;
+    let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+    let (hidden, vocab) = (c.hidden_size as i64, c.vocab_size as i64);
+    let (b, s, p, t) = (
+        Dim::Named("batch_size"),
+        Dim::Named("sequence_length"),
+        Dim::Named("past_sequence_length"),
+        Dim::Named("total_sequence_length"),
+    );
+    let input_ids = g.input("input_ids", Elem::I64, &[b.clone(), s.clone()]);
+    let attention_mask = g.input("attention_mask", Elem::I64, &[b.clone(), t.clone()]);
+    let position_ids = g.input("position_ids", Elem::I64, &[b.clone(), s.clone()]);
+    for layer in 0..c.num_hidden_layers {
+        for pattern in [PAST_KEY, PAST_VALUE] {
+            g.input(
+                &io_name(pattern, layer),
+                Elem::F32,
+                &[b.clone(), Dim::Fixed(kvh), p.clone(), Dim::Fixed(d)],
+            );
+        }
+    }
+    g.output("logits", Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
+    for layer in 0..c.num_hidden_layers {
+        for pattern in [PRESENT_KEY, PRESENT_VALUE] {
+            g.output(
+                &io_name(pattern, layer),
+                Elem::F32,
+                &[b.clone(), Dim::Fixed(kvh), t.clone(), Dim::Fixed(d)],
+            );
+        }
+    }
+    let mut f = Fused { g, spec, eps: c.rms_norm_eps as f32 };
+    let names = &spec.profile.tensors;
+
+    let scope = "/model/shapes";
+    let ids_shape = f.g.node(scope, "Shape", &[&input_ids], vec![])?;
+    let mask_shape = f.g.node(scope, "Shape", &[&attention_mask], vec![])?;
+    let (i0, i1) = (f.g.const_i64(&[0], &[1]), f.g.const_i64(&[1], &[1]));
+    let batch = f.g.node(scope, "Gather", &[&ids_shape, &i0], vec![attr_int("axis", 0)])?;
+    let seq = f.g.node(scope, "Gather", &[&ids_shape, &i1], vec![attr_int("axis", 0)])?;
+    let total = f.g.node(scope, "Gather", &[&mask_shape, &i1], vec![attr_int("axis", 0)])?;
+    let scalar = f.g.const_i64(&[], &[0]);
+    let total_scalar = f.g.node(scope, "Reshape", &[&total, &scalar], vec![])?;
+
+    // GroupQueryAttention's lengths: every row holds `total` keys (padding is in the bias).
+    let scope = "/model/attn_lengths";
+    let one_s = f.g.const_i64(&[1], &[]);
+    let last = f.g.node(scope, "Sub", &[&total_scalar, &one_s], vec![])?;
+    let last = f.g.node(scope, "Expand", &[&last, &batch], vec![])?;
+    let seqlens_k = f.g.node(scope, "Cast", &[&last], vec![attr_int("to", 6)])?;
+    let total_i32 = f.g.node(scope, "Cast", &[&total_scalar], vec![attr_int("to", 6)])?;
+
+    let scope = "/model/embed_tokens";
+    let embedded = f.g.node(scope, "Gather", &[names.embed, &input_ids], vec![attr_int("axis", 0)])?;
+    let embedded = match (spec.weight)(names.embed) {
+        WeightForm::Float(Elem::F16) => f.g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
+        _ => embedded,
+    };
+    let flat = f.g.const_i64(&[-1, hidden], &[2]);
+    let mut residual = f.g.node(scope, "Reshape", &[&embedded, &flat], vec![])?;
+
+    // Padding as an additive bias [batch, 1, seq, total]; GroupQueryAttention itself is causal.
+    let scope = "/model/attn_mask";
+    let real = f.g.node(scope, "Cast", &[&attention_mask], vec![attr_int("to", 9)])?;
+    let axes12 = f.g.const_i64(&[1, 2], &[2]);
+    let real = f.g.node(scope, "Unsqueeze", &[&real, &axes12], vec![])?;
+    let (open, closed) = (f.g.const_f32(&[0.0], &[]), f.g.const_f32(&[f32::MIN], &[]));
+    let bias = f.g.node(scope, "Where", &[&real, &open, &closed], vec![])?;
+    let one = f.g.const_i64(&[1], &[1]);
+    let bias_shape = f.g.node(scope, "Concat", &[&batch, &one, &seq, &total], vec![attr_int("axis", 0)])?;
+    let bias = f.g.node(scope, "Expand", &[&bias, &bias_shape], vec![])?;
+
+    let scope = "/model/shapes";
+    let q3_tail = f.g.const_i64(&[h * d], &[1]);
+    let kv3_tail = f.g.const_i64(&[kvh * d], &[1]);
+    let q3 = f.g.node(scope, "Concat", &[&batch, &seq, &q3_tail], vec![attr_int("axis", 0)])?;
+    let kv3 = f.g.node(scope, "Concat", &[&batch, &seq, &kv3_tail], vec![attr_int("axis", 0)])?;
+    let per_head = f.g.const_i64(&[-1, d], &[2]);
+    let attn_flat = f.g.const_i64(&[-1, h * d], &[2]);
+
+    let tensor = |layer: usize, role: LayerTensor| spec.profile.layer_tensor(layer, role);
+    let mut pending: Option<String> = None;
+    for layer in 0..c.num_hidden_layers {
+        let root = format!("/model/layers.{layer}");
+        let required = |role: LayerTensor| {
+            tensor(layer, role).ok_or(BuildError::MissingWeight { role, profile: spec.profile.name })
+        };
+        let norm_w = required(LayerTensor::InputNorm)?;
+        let scope = format!("{root}/input_layernorm");
+        let normed = match pending.take() {
+            None => f.norm(&scope, &residual, &norm_w)?,
+            Some(out) => {
+                let (normed, sum) = f.skip_norm(&scope, &out, &residual, &norm_w, true)?;
+                residual = sum;
+                normed
+            }
+        };
+
+        let attn = format!("{root}/attn");
+        let project = |f: &mut Fused<'_, '_>,
+                       proj: LayerTensor,
+                       bias_role: LayerTensor,
+                       norm: Option<LayerTensor>,
+                       shape3: &str,
+                       heads: i64,
+                       label: &str|
+         -> Result<String, BuildError> {
+            let scope = format!("{attn}/{label}");
+            let y =
+                linear(f.g, f.spec, &scope, &normed, &required(proj)?, tensor(layer, bias_role).as_deref())?;
+            let y = match norm.and_then(|n| tensor(layer, n)) {
+                Some(w) => {
+                    let norm_scope = format!("{attn}/{label}_norm");
+                    let per = f.g.node(&norm_scope, "Reshape", &[&y, &per_head], vec![])?;
+                    f.norm(&norm_scope, &per, &w)?
+                }
+                None => y,
+            };
+            let y = f.g.node(&scope, "Reshape", &[&y, shape3], vec![])?;
+            if heads == 0 {
+                return Ok(y);
+            }
+            let rotary = vec![attr_int("interleaved", 0), attr_int("num_heads", heads)];
+            f.g.node(
+                &format!("{attn}/{label}_rotary"),
+                "RotaryEmbedding",
+                &[&y, &position_ids, ROPE_COS, ROPE_SIN],
+                rotary,
+            )
+        };
+        let q = project(
+            &mut f,
+            LayerTensor::QProj,
+            LayerTensor::QBias,
+            Some(LayerTensor::QNorm),
+            &q3,
+            h,
+            "q_proj",
+        )?;
+        let k = project(
+            &mut f,
+            LayerTensor::KProj,
+            LayerTensor::KBias,
+            Some(LayerTensor::KNorm),
+            &kv3,
+            kvh,
+            "k_proj",
+        )?;
+        let v = project(&mut f, LayerTensor::VProj, LayerTensor::VBias, None, &kv3, 0, "v_proj")?;
+
+        let (past_k, past_v) = (io_name(PAST_KEY, layer), io_name(PAST_VALUE, layer));
+        let (present_k, present_v) = (io_name(PRESENT_KEY, layer), io_name(PRESENT_VALUE, layer));
+        let context = format!("{attn}/GroupQueryAttention_output_0");
+        f.g.node_into(
+            &attn,
+            "GroupQueryAttention",
+            &[&q, &k, &v, &past_k, &past_v, &seqlens_k, &total_i32, "", "", "", &bias],
+            &[&context, &present_k, &present_v],
+            vec![
+                attr_int("num_heads", h),
+                attr_int("kv_num_heads", kvh),
+                attr_float("scale", 1.0 / (d as f32).sqrt()),
+            ],
+        )?;
+        let context = f.g.node(&attn, "Reshape", &[&context, &attn_flat], vec![])?;
+        let out =
+            linear(f.g, f.spec, &format!("{attn}/o_proj"), &context, &required(LayerTensor::OProj)?, None)?;
+
+        let scope = format!("{root}/post_attention_layernorm");
+        let (normed, sum) =
+            f.skip_norm(&scope, &out, &residual, &required(LayerTensor::PostAttentionNorm)?, true)?;
+        residual = sum;
+        let mlp = format!("{root}/mlp");
+        let gate = linear(
+            f.g,
+            f.spec,
+            &format!("{mlp}/gate_proj"),
+            &normed,
+            &required(LayerTensor::GateProj)?,
+            None,
+        )?;
+        let up =
+            linear(f.g, f.spec, &format!("{mlp}/up_proj"), &normed, &required(LayerTensor::UpProj)?, None)?;
+        let sig = f.g.node(&format!("{mlp}/act_fn"), "Sigmoid", &[&gate], vec![])?;
+        let act = f.g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
+        let act = f.g.node(&mlp, "Mul", &[&act, &up], vec![])?;
+        pending = Some(linear(
+            f.g,
+            f.spec,
+            &format!("{mlp}/down_proj"),
+            &act,
+            &required(LayerTensor::DownProj)?,
+            None,
+        )?);
+    }
+
+    let normed = match pending {
+        Some(out) => f.skip_norm("/model/norm", &out, &residual, names.final_norm, false)?.0,
+        None => f.norm("/model/norm", &residual, names.final_norm)?,
+    };
+    let scope = "/lm_head";
+    let logits = linear(f.g, f.spec, scope, &normed, &spec.head, None)?;
+    let v_tail = f.g.const_i64(&[vocab], &[1]);
+    let logits_shape = f.g.node(scope, "Concat", &[&batch, &seq, &v_tail], vec![attr_int("axis", 0)])?;
+    f.g.node_into(scope, "Reshape", &[&logits, &logits_shape], &["logits"], vec![])?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! How each merged tensor is stored in an ONNX export and the writer that stores it: floats
+//! in f32 or f16, matrices quantized (int8 per channel for `DequantizeLinear`, 4/8-bit blocks
+//! for `MatMulNBits`). Tensors arrive as blocks of merged f32 rows; codes are written as they
+//! come, scales and zero points (a small fraction) follow each tensor. Every tensor's storage
+//! error goes into the quantization report.
+
+use super::builder::Elem;
+use super::data::{InitializerSink, PlannedInitializer};
+use crate::error::{Error, RuntimeError};
+use crate::merge::plan::PlannedTensor;
+use crate::merge::row_width;
+use crate::model::TensorDtype;
+use crate::model::dtype::encode_into;
+use crate::quant::report::QuantReportBuilder;
+use crate::quant::{ErrorSums, Quantized, Scheme, quantize_rows};
+
+/// How one merged tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Storage {
+    F32,
+    F16,
+    Quantized(Scheme),
+}
+
+impl Storage {
+    pub fn label(self) -> String {
+        match self {
+            Storage::F32 => "f32".into(),
+            Storage::F16 => "f16".into(),
+            Storage::Quantized(scheme) => scheme_label(scheme),
+        }
+    }
+}
+
+pub fn scheme_label(scheme: Scheme) -> String {
+    match scheme {
+        Scheme::Int8PerChannel => "int8-per-channel".into(),
+        Scheme::Blocks { bits, block, symmetric } => {
+            format!("int{bits}-block{block}-{}", if symmetric { "symmetric" } else { "asymmetric" })
+        }
+    }
+}
+
+/// How the graph reads a weight.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightForm {
+    /// A float initializer of the weight's own name.
+    Float(Elem),
+    /// `DequantizeLinear(codes, scale, axis 0)`.
+    Int8 { codes: String, scale: String },
+    /// com.microsoft `MatMulNBits` inputs and attributes.
+    Blocks { codes: String, scales: String, zero_points: String, bits: u8, block: usize, n: usize, k: usize },
+}
+
+/// The initializers a tensor becomes, in the order they are written.
+pub fn plan_initializers(t: &PlannedTensor, storage: Storage) -> (Vec<PlannedInitializer>, WeightForm) {
+    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    let numel: u64 = t.shape.iter().product::<usize>() as u64;
+    let float = |elem: Elem, width: u64| {
+        (
+            vec![PlannedInitializer { name: t.name.clone(), elem, dims: dims.clone(), bytes: numel * width }],
+            WeightForm::Float(elem),
+        )
+    };
+    match storage {
+        Storage::F32 => float(Elem::F32, 4),
+        Storage::F16 => float(Elem::F16, 2),
+        Storage::Quantized(scheme) => {
+            let (rows, cols) = (t.shape[0], row_width(&t.shape));
+            let groups = scheme.groups_per_row(cols);
+            match scheme {
+                Scheme::Int8PerChannel => {
+                    let (codes, scale) = (format!("{}_quantized", t.name), format!("{}_scale", t.name));
+                    let planned = vec![
+                        PlannedInitializer { name: codes.clone(), elem: Elem::I8, dims, bytes: numel },
+                        PlannedInitializer {
+                            name: scale.clone(),
+                            elem: Elem::F32,
+                            dims: vec![rows as i64],
+                            bytes: 4 * rows as u64,
+                        },
+                    ];
+                    (planned, WeightForm::Int8 { codes, scale })
+                }
+                Scheme::Blocks { bits, block, .. } => {
+                    let codes = format!("{}_Q{bits}", t.name);
+                    let scales = format!("{}_scales", t.name);
+                    let blob = scheme.code_bytes_per_row(cols) / groups;
+                    let mut planned = vec![
+                        PlannedInitializer {
+                            name: codes.clone(),
+                            elem: Elem::U8,
+                            dims: vec![rows as i64, groups as i64, blob as i64],
+                            bytes: (rows * groups * blob) as u64,
+                        },
+                        PlannedInitializer {
+                            name: scales.clone(),
+                            elem: Elem::F32,
+                            dims: vec![(rows * groups) as i64],
+                            bytes: (4 * rows * groups) as u64,
+                        },
+                    ];
+                    let zero_points = format!("{}_zero_points", t.name);
+                    let per_row = scheme.zero_point_bytes_per_row(cols);
+                    planned.push(PlannedInitializer {
+                        name: zero_points.clone(),
+                        elem: Elem::U8,
+                        dims: vec![(rows * per_row) as i64],
+                        bytes: (rows * per_row) as u64,
+                    });
+                    (
+                        planned,
+                        WeightForm::Blocks { codes, scales, zero_points, bits, block, n: rows, k: cols },
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Writes merged rows into the initializer sink in the planned order.
+pub struct WeightWriter<'a> {
+    sink: &'a mut InitializerSink,
+    path: &'a std::path::Path,
+    report: QuantReportBuilder,
+    encoded: Vec<u8>,
+    quantized: Quantized,
+    sums: ErrorSums,
+    bytes: u64,
+}
+
+fn f16_round_trip(values: &[f32]) -> ErrorSums {
+    let mut sums = ErrorSums::default();
+    for &v in values {
+        sums.push(v, half::f16::from_f32(v).to_f32());
+    }
+    sums
+}
+
+impl<'a> WeightWriter<'a> {
+    /// `path` names the file in write errors.
+    pub fn new(sink: &'a mut InitializerSink, path: &'a std::path::Path) -> Self {
+        Self {
+            sink,
+            path,
+            report: QuantReportBuilder::default(),
+            encoded: Vec::new(),
+            quantized: Quantized::default(),
+            sums: ErrorSums::default(),
+            bytes: 0,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.bytes += bytes.len() as u64;
+        self.sink.write(bytes).map_err(|e| Error::write(self.path, e))
+    }
+
+    /// One block of rows of `t`, starting at `first_row`. `progress` counts bytes written.
+    pub fn rows(
+        &mut self,
+        t: &PlannedTensor,
+        storage: Storage,
+        first_row: usize,
+        values: &[f32],
+        progress: &indicatif::ProgressBar,
+    ) -> Result<(), Error> {
+        let before = self.bytes;
+        let cols = row_width(&t.shape);
+        match storage {
+            Storage::F32 => {
+                self.encoded.clear();
+                self.encoded.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+                let encoded = std::mem::take(&mut self.encoded);
+                self.write(&encoded)?;
+                self.encoded = encoded;
+            }
+            Storage::F16 => {
+                self.sums.add(f16_round_trip(values));
+                let mut encoded = std::mem::take(&mut self.encoded);
+                encoded.resize(values.len() * 2, 0);
+                encode_into(TensorDtype::F16, values, &mut encoded);
+                self.write(&encoded)?;
+                self.encoded = encoded;
+            }
+            Storage::Quantized(scheme) => {
+                let sums = quantize_rows(scheme, &t.name, values, cols, first_row, &mut self.quantized)
+                    .map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
+                self.sums.add(sums);
+                let codes = std::mem::take(&mut self.quantized.codes);
+                self.write(&codes)?;
+                self.quantized.codes = codes;
+                self.quantized.codes.clear();
+            }
+        }
+        progress.inc(self.bytes - before);
+        let rows_done = first_row + values.len() / cols;
+        if rows_done == t.shape.first().copied().unwrap_or(1).max(1) || t.shape.len() < 2 {
+            self.finish_tensor(t, storage)?;
+        }
+        Ok(())
+    }
+
+    fn finish_tensor(&mut self, t: &PlannedTensor, storage: Storage) -> Result<(), Error> {
+        if let Storage::Quantized(_) = storage {
+            let scales: Vec<u8> = self.quantized.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let zeros = std::mem::take(&mut self.quantized.zero_points);
+            self.write(&scales)?;
+            self.write(&zeros)?;
+            self.quantized.clear();
+        }
+        let error = match storage {
+            Storage::F32 => None,
+            _ => Some(std::mem::take(&mut self.sums)),
+        };
+        self.report.push(&t.name, &t.shape, &storage.label(), std::mem::take(&mut self.bytes), error);
+        Ok(())
+    }
+
+    /// An initializer written as is (the RoPE tables), counted in the report.
+    pub fn raw(&mut self, name: &str, shape: &[usize], bytes: &[u8]) -> Result<(), Error> {
+        self.write(bytes)?;
+        self.report.push(name, shape, "f32", std::mem::take(&mut self.bytes), None);
+        Ok(())
+    }
+
+    pub fn into_report(self) -> QuantReportBuilder {
+        self.report
+    }
+}

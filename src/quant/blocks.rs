@@ -1,0 +1,296 @@
+//! Block-wise quantization in com.microsoft `MatMulNBits`' layout: each row is cut into blocks
+//! of `block` weights along the input axis; each block has an f32 scale and a zero point, and
+//! codes are unsigned (`bits` = 4: 0..=15, two per byte, low nibble first; 8: one per byte).
+//!
+//! - symmetric: zero point 2^(bits-1) (8 or 128); scale from max|w| (max|w| / 7 for 4 bits);
+//! - asymmetric: the block's range widened to include 0, scale = (max - min) / (2^bits - 1),
+//!   zero point = round(-min / scale).
+//!
+//! Starting from those round-to-nearest parameters, a few narrower grids (clipping the extremes)
+//! are tried, the one with the least squared error in the block is kept, and its scale is
+//! refitted by least squares to the codes it chose. Zero points are
+//! always stored, packed like the codes: tract's MatMulNBits mis-reads symmetric weights without
+//! them, and they cost 1/64 byte per 4-bit weight.
+//!
+//! A block with no range gets scale 1 (its codes then stand for exact zeros). The padding of a
+//! partial last block holds the zero point's code, so it stands for 0 as well.
+
+use rayon::prelude::*;
+
+use super::{ErrorSums, Quantized};
+
+/// Rows per parallel task.
+const ROWS_PER_TASK: usize = 8;
+/// Grids tried against the block's full range (1.0: other anchorings of the full range).
+const SHRINK: [f32; 13] = [1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.825, 0.8, 0.775, 0.75, 0.725, 0.7];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub bits: u8,
+    pub block: usize,
+    pub symmetric: bool,
+}
+
+impl Format {
+    fn max_code(self) -> f32 {
+        ((1u32 << self.bits) - 1) as f32
+    }
+
+    fn mid(self) -> u8 {
+        1 << (self.bits - 1)
+    }
+
+    fn per_byte(self) -> usize {
+        8 / usize::from(self.bits)
+    }
+
+    /// Round-to-nearest parameters of one block: the block's whole range, nothing clipped.
+    fn range_params(self, values: &[f32]) -> (f32, u8) {
+        if self.symmetric {
+            let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = if max == 0.0 { 1.0 } else { max / f32::from(self.mid() - 1) };
+            (scale, self.mid())
+        } else {
+            let (lo, hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            if hi == lo {
+                return (1.0, 0);
+            }
+            let scale = (hi - lo) / self.max_code();
+            let zero = (-lo / scale).round().clamp(0.0, self.max_code()) as u8;
+            (scale, zero)
+        }
+    }
+
+    /// Squared error of round-to-nearest over the block's range (what the search improves on).
+    pub fn range_error(self, values: &[f32]) -> f64 {
+        let (scale, zero) = self.range_params(values);
+        values
+            .iter()
+            .map(|&w| {
+                let d = f64::from(w) - f64::from(self.dequantize(self.code(w, scale, zero), scale, zero));
+                d * d
+            })
+            .sum()
+    }
+
+    /// Squared error of the block under (scale, zero).
+    fn squared_error(self, values: &[f32], scale: f32, zero: u8) -> f32 {
+        values
+            .iter()
+            .map(|&w| {
+                let d = w - self.dequantize(self.code(w, scale, zero), scale, zero);
+                d * d
+            })
+            .sum()
+    }
+
+    /// Scale and zero point of one block: the range's own, or a narrower grid that clips the
+    /// extremes when that lowers the block's squared error (few weights sit at the extremes, so
+    /// a finer grid usually wins; the search only ever lowers the error).
+    pub fn block_params(self, values: &[f32]) -> (f32, u8) {
+        let (scale, zero) = self.range_params(values);
+        let mut best = (self.squared_error(values, scale, zero), scale, zero);
+        if best.0 == 0.0 {
+            return (scale, zero);
+        }
+        let (lo, hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        for factor in SHRINK {
+            let mut candidates = [(0.0f32, 0u8); 3];
+            if self.symmetric {
+                // The extra negative code (-8 of -8..=7) lets the grid reach max|w| in 8 steps.
+                let max = hi.max(-lo);
+                let steps = f32::from(self.mid());
+                candidates[0] = (scale * factor, zero);
+                candidates[1] = (max / steps * factor, zero);
+                candidates[2] = candidates[0];
+            } else {
+                let s = scale * factor;
+                let zero_at = |z: f32| z.round().clamp(0.0, self.max_code()) as u8;
+                // Anchor the low end, the high end, or centre the grid on the range.
+                candidates[0] = (s, zero_at(-lo / s));
+                candidates[1] = (s, zero_at(self.max_code() - hi / s));
+                candidates[2] = (s, zero_at((self.max_code() - (hi + lo) / s) / 2.0));
+            }
+            for (s, z) in candidates {
+                let error = self.squared_error(values, s, z);
+                if error < best.0 {
+                    best = (error, s, z);
+                }
+            }
+        }
+        // Least squares for the scale given the codes and zero point, then re-round; twice.
+        for _ in 0..2 {
+            let (_, s, z) = best;
+            let (mut num, mut den) = (0.0f32, 0.0f32);
+            for &w in values {
+                let q = f32::from(self.code(w, s, z)) - f32::from(z);
+                num += w * q;
+                den += q * q;
+            }
+            if den == 0.0 || num <= 0.0 {
+                break;
+            }
+            let refit = num / den;
+            let error = self.squared_error(values, refit, z);
+            if error >= best.0 {
+                break;
+            }
+            best = (error, refit, z);
+        }
+        (best.1, best.2)
+    }
+
+    pub fn code(self, w: f32, scale: f32, zero: u8) -> u8 {
+        ((w / scale).round() + f32::from(zero)).clamp(0.0, self.max_code()) as u8
+    }
+
+    /// The codes are symmetric around the zero point except for one extra negative step; the
+    /// symmetric scale leaves that step unused so +max and -max are both exact.
+    pub fn dequantize(self, code: u8, scale: f32, zero: u8) -> f32 {
+        (f32::from(code) - f32::from(zero)) * scale
+    }
+}
+
+fn pack(codes: &mut [u8], index: usize, bits: u8, code: u8) {
+    let per_byte = 8 / usize::from(bits);
+    let shift = usize::from(bits) * (index % per_byte);
+    let byte = &mut codes[index / per_byte];
+    *byte = (*byte & !(((1u16 << bits) - 1) << shift) as u8) | (code << shift);
+}
+
+/// Reads code `index` of a packed run.
+pub fn unpack(codes: &[u8], index: usize, bits: u8) -> u8 {
+    let per_byte = 8 / usize::from(bits);
+    let shift = usize::from(bits) * (index % per_byte);
+    (codes[index / per_byte] >> shift) & ((1u16 << bits) - 1) as u8
+}
+
+/// One row: its packed codes, scales and packed zero points.
+fn row(format: Format, values: &[f32], codes: &mut [u8], scales: &mut [f32], zeros: &mut [u8]) -> ErrorSums {
+    let mut sums = ErrorSums::default();
+    let blob = format.block * usize::from(format.bits) / 8;
+    for (b, ((block, codes), scale)) in
+        values.chunks(format.block).zip(codes.chunks_mut(blob)).zip(scales.iter_mut()).enumerate()
+    {
+        let (s, zero) = format.block_params(block);
+        *scale = s;
+        for i in 0..format.block {
+            let code = match block.get(i) {
+                Some(&w) => {
+                    let code = format.code(w, s, zero);
+                    sums.push(w, format.dequantize(code, s, zero));
+                    code
+                }
+                None => zero,
+            };
+            pack(codes, i, format.bits, code);
+        }
+        pack(zeros, b, format.bits, zero);
+    }
+    sums
+}
+
+/// Quantizes whole rows of `cols`, appending codes, scales and (asymmetric) zero points.
+pub fn quantize(format: Format, values: &[f32], cols: usize, out: &mut Quantized) -> ErrorSums {
+    let rows = values.len() / cols;
+    let blocks = cols.div_ceil(format.block);
+    let code_row = blocks * format.block * usize::from(format.bits) / 8;
+    let zero_row = blocks.div_ceil(format.per_byte());
+    let (code_start, scale_start, zero_start) = (out.codes.len(), out.scales.len(), out.zero_points.len());
+    out.codes.resize(code_start + rows * code_row, 0);
+    out.scales.resize(scale_start + rows * blocks, 0.0);
+    out.zero_points.resize(zero_start + rows * zero_row, 0);
+    let mut zero_chunks: Vec<&mut [u8]> =
+        out.zero_points[zero_start..].chunks_mut(zero_row * ROWS_PER_TASK).collect();
+    out.codes[code_start..]
+        .par_chunks_mut(code_row * ROWS_PER_TASK)
+        .zip(out.scales[scale_start..].par_chunks_mut(blocks * ROWS_PER_TASK))
+        .zip(zero_chunks.par_iter_mut())
+        .zip(values.par_chunks(cols * ROWS_PER_TASK))
+        .map(|(((codes, scales), zeros), values)| {
+            let mut sums = ErrorSums::default();
+            for (r, v) in values.chunks(cols).enumerate() {
+                let zeros = &mut zeros[r * zero_row..(r + 1) * zero_row];
+                sums.add(row(
+                    format,
+                    v,
+                    &mut codes[r * code_row..(r + 1) * code_row],
+                    &mut scales[r * blocks..(r + 1) * blocks],
+                    zeros,
+                ));
+            }
+            sums
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYM4: Format = Format { bits: 4, block: 4, symmetric: true };
+    const ASYM4: Format = Format { bits: 4, block: 4, symmetric: false };
+
+    #[test]
+    fn symmetric_int4_by_hand() {
+        let mut out = Quantized::default();
+        // Block 0: max 7 -> scale 1, exact: codes w + 8. Block 1 (partial, 2 of 4): the range
+        // grid (0.7 / 7 = 0.1) rounds 0.35 to 0.4; the 8-step grid 0.7 / 8 = 0.0875 is exact
+        // (0.35 -> 4 + 8 = 12, -0.7 -> -8 + 8 = 0) and wins. Padding holds 8.
+        let values = [7.0, -7.0, 2.0, 0.0, 0.35, -0.7];
+        quantize(SYM4, &values, 6, &mut out);
+        assert_eq!(out.scales.len(), 2);
+        assert_eq!(out.scales[0], 1.0);
+        assert!((out.scales[1] - 0.0875).abs() < 1e-7);
+        let codes: Vec<u8> = (0..8).map(|i| unpack(&out.codes, i, 4)).collect();
+        assert_eq!(codes, [15, 1, 10, 8, 12, 0, 8, 8]);
+        // Low nibble first: byte 0 = 15 | 1 << 4.
+        assert_eq!(out.codes[0], 0x1F);
+        // Zero points 8 and 8, packed into one byte.
+        assert_eq!(out.zero_points, [0x88]);
+    }
+
+    #[test]
+    fn asymmetric_int4_by_hand() {
+        let mut out = Quantized::default();
+        // Range [0, 1.5] (0 included): scale 0.1, zero 0. Second row range [-1.5, 0]:
+        // scale 0.1, zero 15.
+        let values = [0.0, 0.5, 1.0, 1.5, -1.5, -1.0, -0.5, 0.0];
+        quantize(ASYM4, &values, 4, &mut out);
+        assert!((out.scales[0] - 0.1).abs() < 1e-7 && (out.scales[1] - 0.1).abs() < 1e-7);
+        let codes: Vec<u8> = (0..8).map(|i| unpack(&out.codes, i, 4)).collect();
+        assert_eq!(codes, [0, 5, 10, 15, 0, 5, 10, 15]);
+        // One zero point per row, packed into one byte per row (a single block).
+        assert_eq!(out.zero_points, [0, 15]);
+    }
+
+    #[test]
+    fn all_zero_rows_and_eight_bits() {
+        let mut out = Quantized::default();
+        // Clipping 1.5 would cost more than the exact grid saves: the range grid stays.
+        quantize(ASYM4, &[0.0; 4], 4, &mut out);
+        assert_eq!((out.scales[0], out.zero_points[0]), (1.0, 0));
+        let mut out = Quantized::default();
+        let sym8 = Format { bits: 8, block: 2, symmetric: true };
+        // Scale 1.27 / 127 = 0.01 is exact: 1.27 -> 127 + 128 = 255, -0.5 -> -50 + 128 = 78.
+        quantize(sym8, &[1.27, -0.5], 2, &mut out);
+        assert_eq!(out.codes, [255, 78]);
+        assert!((out.scales[0] - 0.01).abs() < 1e-8);
+    }
+
+    #[test]
+    fn parallel_tasks_match_one_row_at_a_time() {
+        let values: Vec<f32> = (0..37 * 70).map(|i| ((i * 7919) % 113) as f32 / 13.0 - 4.0).collect();
+        for format in [SYM4, ASYM4, Format { bits: 4, block: 32, symmetric: false }] {
+            let mut all = Quantized::default();
+            let total = quantize(format, &values, 70, &mut all);
+            let mut one = Quantized::default();
+            let mut sum = ErrorSums::default();
+            for r in values.chunks(70) {
+                sum.add(quantize(format, r, 70, &mut one));
+            }
+            assert_eq!(all, one);
+            assert!((total.squared_error - sum.squared_error).abs() < 1e-9);
+        }
+    }
+}
