@@ -211,6 +211,10 @@ pub struct RunArgs {
     /// (faster for very large models; `validate` checks them anyway)
     #[arg(long)]
     pub skip_check: bool,
+    /// Write the exports without validating them against the reference (for timing the
+    /// export alone; `validate` runs it later)
+    #[arg(long)]
+    pub no_validate: bool,
 }
 
 #[derive(Debug, Args)]

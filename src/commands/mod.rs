@@ -54,14 +54,14 @@ impl Context {
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let ctx = Context::from_cli(cli)?;
     let Some(command) = &cli.command else {
-        return run::run(&ctx, &Overrides::default(), false);
+        return run::run(&ctx, &Overrides::default(), false, false);
     };
     match command {
         Command::Config(args) => config::run(&ctx, &args.into()),
         Command::Detect(args) => detect::run(&ctx, &args.into()),
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Merge(args) => merge::run(&ctx, args),
-        Command::Run(args) => run::run(&ctx, &(&args.overrides).into(), args.skip_check),
+        Command::Run(args) => run::run(&ctx, &(&args.overrides).into(), args.skip_check, args.no_validate),
         Command::Validate(args) => validate::run(&ctx, &args.into()),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Profiles => profiles::run(&ctx),

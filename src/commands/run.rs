@@ -110,7 +110,7 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
     }
 }
 
-pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(), Error> {
+pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool, no_validate: bool) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
     for export in &config.exports {
         check_supported(&config, &export.value)?;
@@ -120,6 +120,11 @@ pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool) -> Result<(),
     let inputs = export_inputs(&base, detection.as_ref(), merged.as_ref());
     let results = run_exports(&config, &inputs, skip_check)?;
     let report = if config.exports.is_empty() {
+        None
+    } else if no_validate {
+        tracing::warn!(
+            "exports written without validation (--no-validate): run `cargo model-export validate`"
+        );
         None
     } else {
         Some(super::validate::validate_exports(&config, &inputs)?)

@@ -94,7 +94,7 @@ pub struct ExportOptions {
     /// onnx: the default opset of the graph.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opset: Option<u32>,
-    /// onnx: store initializers in `model.onnx_data` (always on above 2 GiB).
+    /// onnx: store initializers in `model.onnx_data` (default above 256 MiB; always above 2 GiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_data: Option<bool>,
     /// int4 (and int8 with target "ort"): quantization block size.

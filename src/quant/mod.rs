@@ -10,7 +10,8 @@
 //!
 //! Block scales are searched (see `blocks`): the error is never above round-to-nearest's.
 //!
-//! Rounding is half away from zero (`f32::round`). NaN and infinite weights are refused: a
+//! Rounding: int8 per channel rounds half away from zero; blocks round `w / scale + zero` half
+//! up (the same away from ties). NaN and infinite weights are refused: a
 //! scale computed from them would poison a whole row or block.
 
 pub mod blocks;

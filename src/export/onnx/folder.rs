@@ -36,6 +36,9 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const DATA_FILE: &str = "model.onnx_data";
 /// Protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
 const EMBEDDED_LIMIT: u64 = (2 << 30) - (64 << 20);
+/// Above this, weights go to external data by default: an embedded protobuf is built in memory
+/// (twice: the initializers, then the encoded message), external data streams to disk.
+const EMBEDDED_DEFAULT: u64 = 256 << 20;
 pub const DEFAULT_OPSET: i64 = 17;
 /// What reduced precision saved and cost, beside every non-f32 export.
 pub const QUANT_REPORT_FILE: &str = "quantization.json";
@@ -280,7 +283,7 @@ pub fn write_onnx_folder(
         });
     }
     let total: u64 = planned.iter().map(|p| p.bytes).sum();
-    let external = options.external_data.unwrap_or(total > EMBEDDED_LIMIT);
+    let external = options.external_data.unwrap_or(total > EMBEDDED_DEFAULT);
     if !external && total > EMBEDDED_LIMIT {
         return Err(RuntimeError::Unsupported {
             message: format!(

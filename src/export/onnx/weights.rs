@@ -4,6 +4,8 @@
 //! come, scales and zero points (a small fraction) follow each tensor. Every tensor's storage
 //! error goes into the quantization report.
 
+use rayon::prelude::*;
+
 use super::builder::Elem;
 use super::data::{InitializerSink, PlannedInitializer};
 use crate::error::{Error, RuntimeError};
@@ -129,12 +131,22 @@ pub struct WeightWriter<'a> {
     bytes: u64,
 }
 
-fn f16_round_trip(values: &[f32]) -> ErrorSums {
-    let mut sums = ErrorSums::default();
-    for &v in values {
-        sums.push(v, half::f16::from_f32(v).to_f32());
-    }
-    sums
+/// Encodes `values` as f16 into `out` in parallel, returning the rounding error.
+fn encode_f16(values: &[f32], out: &mut Vec<u8>) -> ErrorSums {
+    const CHUNK: usize = 1 << 16;
+    out.resize(values.len() * 2, 0);
+    values
+        .par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(2 * CHUNK))
+        .map(|(v, bytes)| {
+            encode_into(TensorDtype::F16, v, bytes);
+            let mut sums = ErrorSums::default();
+            for (&w, b) in v.iter().zip(bytes.chunks_exact(2)) {
+                sums.push(w, half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            }
+            sums
+        })
+        .sum()
 }
 
 impl<'a> WeightWriter<'a> {
@@ -176,10 +188,8 @@ impl<'a> WeightWriter<'a> {
                 self.encoded = encoded;
             }
             Storage::F16 => {
-                self.sums.add(f16_round_trip(values));
                 let mut encoded = std::mem::take(&mut self.encoded);
-                encoded.resize(values.len() * 2, 0);
-                encode_into(TensorDtype::F16, values, &mut encoded);
+                self.sums.add(encode_f16(values, &mut encoded));
                 self.write(&encoded)?;
                 self.encoded = encoded;
             }
