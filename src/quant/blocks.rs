@@ -148,8 +148,8 @@ impl Format {
         (best.1, best.2)
     }
 
-    /// `clamp(w / scale + zero)` rounded half up: branch-free and without `roundf` (which
-    /// baseline x86-64 calls out of line), so the search loops vectorize.
+    /// `clamp(w / scale + zero)` rounded half to even: branch-free and without `roundf`
+    /// (which baseline x86-64 calls out of line), so the search loops vectorize.
     pub fn code(self, w: f32, scale: f32, zero: u8) -> u8 {
         code_with(w, 1.0 / scale, f32::from(zero), self.max_code()) as u8
     }
@@ -161,10 +161,15 @@ impl Format {
     }
 }
 
-/// The code of `w` as a float: `floor(clamp(w * inverse + zero, 0, max) + 0.5)`.
+/// Adding and subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to an integer
+/// (half to even) in two plain additions, which vectorize; `as i32` saturates and `round`
+/// calls libm, neither of which does.
+const ROUNDER: f32 = 12_582_912.0;
+
+/// The code of `w` as a float: `clamp(w * inverse + zero, 0, max)` rounded half to even.
 #[inline(always)]
 fn code_with(w: f32, inverse: f32, zero: f32, max: f32) -> f32 {
-    ((w * inverse + zero).clamp(0.0, max) + 0.5) as i32 as f32
+    ((w * inverse + zero).clamp(0.0, max) + ROUNDER) - ROUNDER
 }
 
 fn pack(codes: &mut [u8], index: usize, bits: u8, code: u8) {

@@ -11,7 +11,7 @@
 //! Block scales are searched (see `blocks`): the error is never above round-to-nearest's.
 //!
 //! Rounding: int8 per channel rounds half away from zero; blocks round `w / scale + zero` half
-//! up (the same away from ties). NaN and infinite weights are refused: a
+//! to even (the same away from ties). NaN and infinite weights are refused: a
 //! scale computed from them would poison a whole row or block.
 
 pub mod blocks;
