@@ -98,7 +98,7 @@ pub struct OnnxOptions {
     pub target: Target,
     pub quant: QuantOptions,
     pub opset: i64,
-    /// `None`: external data only when the weights would not fit a protobuf.
+    /// `None`: external data above 256 MiB of weights (always above 2 GiB, the protobuf limit).
     pub external_data: Option<bool>,
     /// Threads the export-time check may use in ONNX Runtime.
     pub threads: usize,
