@@ -98,8 +98,8 @@ pub struct OrtEngine {
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
-    /// Per layer: (key, value) as (shape, data).
-    past: Vec<[(Vec<i64>, Vec<f32>); 2]>,
+    /// Per layer: key and value, as ONNX Runtime returned them (fed back without a copy).
+    past: Vec<[ort::value::DynValue; 2]>,
 }
 
 fn ort_error(context: &str) -> impl Fn(ort::Error) -> RuntimeError + '_ {
@@ -147,35 +147,37 @@ impl DecoderEngine for OrtEngine {
         let (b, s) = batch.dims();
         let err = ort_error("run");
         if self.past.is_empty() {
-            let empty = (vec![b as i64, self.kv_heads as i64, 0, self.head_dim as i64], Vec::new());
-            self.past = (0..self.layers).map(|_| [empty.clone(), empty.clone()]).collect();
+            let empty = || -> Result<ort::value::DynValue, ort::Error> {
+                let shape = vec![b as i64, self.kv_heads as i64, 0, self.head_dim as i64];
+                Ok(Tensor::from_array((shape, Vec::<f32>::new()))?.upcast().into_dyn())
+            };
+            for _ in 0..self.layers {
+                self.past.push([empty().map_err(&err)?, empty().map_err(&err)?]);
+            }
         }
         let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
             ("input_ids".into(), i64_tensor(&batch.input_ids).map_err(&err)?),
             ("attention_mask".into(), i64_tensor(&batch.attention_mask).map_err(&err)?),
             ("position_ids".into(), i64_tensor(&batch.position_ids).map_err(&err)?),
         ];
-        for (layer, kv) in self.past.drain(..).enumerate() {
-            for (pattern, (shape, data)) in [PAST_KEY, PAST_VALUE].into_iter().zip(kv) {
-                let value = Tensor::from_array((shape, data)).map_err(&err)?.upcast().into_dyn();
-                inputs.push((io_name(pattern, layer), value));
-            }
+        for (layer, [key, value]) in self.past.drain(..).enumerate() {
+            inputs.push((io_name(PAST_KEY, layer), key));
+            inputs.push((io_name(PAST_VALUE, layer), value));
         }
-        let outputs = self.session.run(inputs).map_err(&err)?;
+        let mut outputs = self.session.run(inputs).map_err(&err)?;
         let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(&err)?;
         let vocab = shape.last().copied().unwrap_or(0) as usize;
         let logits = Logits { values: logits.to_vec(), batch: b, seq: s, vocab };
         let mut past = Vec::with_capacity(self.layers);
         for layer in 0..self.layers {
-            let mut pair = Vec::with_capacity(2);
-            for pattern in [PRESENT_KEY, PRESENT_VALUE] {
-                let (shape, data) =
-                    outputs[io_name(pattern, layer).as_str()].try_extract_tensor::<f32>().map_err(&err)?;
-                pair.push((shape.to_vec(), data.to_vec()));
-            }
-            let value = pair.pop().unwrap_or_default();
-            let key = pair.pop().unwrap_or_default();
-            past.push([key, value]);
+            let mut take = |pattern: &str| {
+                let name = io_name(pattern, layer);
+                outputs.remove(&name).ok_or_else(|| RuntimeError::Engine {
+                    engine: "ort",
+                    message: format!("the model has no output {name}"),
+                })
+            };
+            past.push([take(PRESENT_KEY)?, take(PRESENT_VALUE)?]);
         }
         self.past = past;
         Ok(logits)
