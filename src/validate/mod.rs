@@ -209,11 +209,8 @@ pub fn validate_export(
     });
     let tolerance = Tolerance::for_export(dtype, &spec.options);
     let c = &base.config;
-    let tract_unsupported = tract_engine::unsupported(
-        dtype,
-        spec.target.unwrap_or(Target::Portable),
-        spec.options.symmetric.unwrap_or(false),
-    );
+    let target = spec.target.unwrap_or(Target::Portable);
+    let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
     let mut results = Vec::new();
     for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
         let skipped = |why: String| EngineResult {
@@ -230,21 +227,15 @@ pub fn validate_export(
                 let model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
             }
-            Engine::Tract if tract_unsupported.is_some() => {
-                skipped(tract_unsupported.unwrap_or_default().to_string())
-            }
-            Engine::Tract => {
-                let model = dir.join("model.onnx");
-                let target = spec.target.unwrap_or(Target::Portable);
-                let mut e = TractEngine::load_for(
-                    target,
-                    &model,
-                    c.num_hidden_layers,
-                    c.num_key_value_heads,
-                    c.head_dim,
-                )?;
-                run_engine(&mut e, reference, &tolerance)?
-            }
+            Engine::Tract => match tract_unsupported {
+                Some(why) => skipped(why.to_string()),
+                None => {
+                    let model = dir.join("model.onnx");
+                    let (layers, kv, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
+                    let mut e = TractEngine::load_for(target, &model, layers, kv, d)?;
+                    run_engine(&mut e, reference, &tolerance)?
+                }
+            },
             Engine::Ort if !ort_engine::available() => {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
                     return Err(RuntimeError::OrtUnavailable {

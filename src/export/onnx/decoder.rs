@@ -91,61 +91,14 @@ impl Emitter<'_, '_> {
 pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(), BuildError> {
     let c = spec.config;
     let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
-    let (hidden, vocab) = (c.hidden_size as i64, c.vocab_size as i64);
-    let (b, s, p, t) = (
-        Dim::Named("batch_size"),
-        Dim::Named("sequence_length"),
-        Dim::Named("past_sequence_length"),
-        Dim::Named("total_sequence_length"),
-    );
-    let input_ids = g.input("input_ids", Elem::I64, &[b.clone(), s.clone()]);
-    let attention_mask = g.input("attention_mask", Elem::I64, &[b.clone(), t.clone()]);
-    let position_ids = g.input("position_ids", Elem::I64, &[b.clone(), s.clone()]);
-    for layer in 0..c.num_hidden_layers {
-        for pattern in [PAST_KEY, PAST_VALUE] {
-            g.input(
-                &io_name(pattern, layer),
-                Elem::F32,
-                &[b.clone(), Dim::Fixed(kvh), p.clone(), Dim::Fixed(d)],
-            );
-        }
-    }
-    g.output("logits", Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
-    for layer in 0..c.num_hidden_layers {
-        for pattern in [PRESENT_KEY, PRESENT_VALUE] {
-            g.output(
-                &io_name(pattern, layer),
-                Elem::F32,
-                &[b.clone(), Dim::Fixed(kvh), t.clone(), Dim::Fixed(d)],
-            );
-        }
-    }
-
+    let io = declare_io(g, c);
+    let sizes = dynamic_sizes(g, &io)?;
+    let (batch, seq, total_scalar) = (sizes.batch.clone(), sizes.seq.clone(), sizes.total_scalar.clone());
+    let past_scalar = g.node("/model/shapes", "Sub", &[&total_scalar, &sizes.seq_scalar], vec![])?;
+    let (attention_mask, position_ids) = (io.attention_mask, io.position_ids);
+    let mut x = embed(g, spec, &io.input_ids)?;
     let mut e = Emitter { g, spec };
     let names = &spec.profile.tensors;
-
-    // Dynamic sizes, as 1-D tensors of one element and as scalars.
-    let scope = "/model/shapes";
-    let ids_shape = e.g.node(scope, "Shape", &[&input_ids], vec![])?;
-    let mask_shape = e.g.node(scope, "Shape", &[&attention_mask], vec![])?;
-    let (i0, i1) = (e.g.const_i64(&[0], &[1]), e.g.const_i64(&[1], &[1]));
-    let batch = e.g.node(scope, "Gather", &[&ids_shape, &i0], vec![attr_int("axis", 0)])?;
-    let seq = e.g.node(scope, "Gather", &[&ids_shape, &i1], vec![attr_int("axis", 0)])?;
-    let total = e.g.node(scope, "Gather", &[&mask_shape, &i1], vec![attr_int("axis", 0)])?;
-    let scalar = e.g.const_i64(&[], &[0]);
-    let seq_scalar = e.g.node(scope, "Reshape", &[&seq, &scalar], vec![])?;
-    let total_scalar = e.g.node(scope, "Reshape", &[&total, &scalar], vec![])?;
-    let past_scalar = e.g.node(scope, "Sub", &[&total_scalar, &seq_scalar], vec![])?;
-
-    // Embeddings, flattened to [batch*seq, hidden].
-    let scope = "/model/embed_tokens";
-    let embedded = e.g.node(scope, "Gather", &[names.embed, &input_ids], vec![attr_int("axis", 0)])?;
-    let embedded = match (spec.weight)(names.embed) {
-        WeightForm::Float(Elem::F16) => e.g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
-        _ => embedded,
-    };
-    let flat = e.g.const_i64(&[-1, hidden], &[2]);
-    let mut x = e.g.node(scope, "Reshape", &[&embedded, &flat], vec![])?;
 
     // cos/sin for each position: [batch, 1, seq, head_dim].
     let scope = "/model/rotary_emb";
@@ -165,12 +118,9 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
     let keys_row = e.g.node(scope, "Unsqueeze", &[&keys, &axis0], vec![])?;
     let queries_col = e.g.node(scope, "Unsqueeze", &[&queries, &axis1], vec![])?;
     let causal = e.g.node(scope, "LessOrEqual", &[&keys_row, &queries_col], vec![])?;
-    let real = e.g.node(scope, "Cast", &[&attention_mask], vec![attr_int("to", 9)])?;
-    let axes12 = e.g.const_i64(&[1, 2], &[2]);
-    let real = e.g.node(scope, "Unsqueeze", &[&real, &axes12], vec![])?;
+    let real = real_keys(e.g, scope, &attention_mask)?;
     let allowed = e.g.node(scope, "And", &[&causal, &real], vec![])?;
-    let (open, closed) = (e.g.const_f32(&[0.0], &[]), e.g.const_f32(&[f32::MIN], &[]));
-    let mask = e.g.node(scope, "Where", &[&allowed, &open, &closed], vec![])?;
+    let mask = additive_mask(e.g, scope, &allowed)?;
 
     // Shapes for splitting heads: [batch, seq, heads, head_dim].
     let scope = "/model/shapes";
@@ -188,9 +138,7 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
     let tensor = |layer: usize, role: LayerTensor| spec.profile.layer_tensor(layer, role);
     for layer in 0..c.num_hidden_layers {
         let root = format!("/model/layers.{layer}");
-        let required = |role: LayerTensor| {
-            tensor(layer, role).ok_or(BuildError::MissingWeight { role, profile: spec.profile.name })
-        };
+        let required = |role: LayerTensor| layer_weight(spec, layer, role);
         let normed =
             e.rms_norm(&format!("{root}/input_layernorm"), &x, &required(LayerTensor::InputNorm)?)?;
 
@@ -278,23 +226,153 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
             &x,
             &required(LayerTensor::PostAttentionNorm)?,
         )?;
-        let mlp = format!("{root}/mlp");
-        let gate = e.linear(&format!("{mlp}/gate_proj"), &normed, &required(LayerTensor::GateProj)?, None)?;
-        let up = e.linear(&format!("{mlp}/up_proj"), &normed, &required(LayerTensor::UpProj)?, None)?;
-        let sig = e.g.node(&format!("{mlp}/act_fn"), "Sigmoid", &[&gate], vec![])?;
-        let act = e.g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
-        let act = e.g.node(&mlp, "Mul", &[&act, &up], vec![])?;
-        let down = e.linear(&format!("{mlp}/down_proj"), &act, &required(LayerTensor::DownProj)?, None)?;
+        let down = swiglu_mlp(e.g, spec, &root, layer, &normed)?;
         x = e.g.node(&format!("{root}/mlp_residual"), "Add", &[&x, &down], vec![])?;
     }
 
     let normed = e.rms_norm("/model/norm", &x, names.final_norm)?;
+    lm_head(e.g, spec, &normed, &sizes)
+}
+
+/// The graph inputs every decoder takes, with the outputs declared.
+pub(super) struct Io {
+    pub input_ids: String,
+    pub attention_mask: String,
+    pub position_ids: String,
+}
+
+/// Declares inputs and outputs with optimum's and onnxruntime-genai's names and dynamic axes.
+pub(super) fn declare_io(g: &mut GraphBuilder, c: &HfConfig) -> Io {
+    let (kvh, d, vocab) = (c.num_key_value_heads as i64, c.head_dim as i64, c.vocab_size as i64);
+    let (b, s, p, t) = (
+        Dim::Named("batch_size"),
+        Dim::Named("sequence_length"),
+        Dim::Named("past_sequence_length"),
+        Dim::Named("total_sequence_length"),
+    );
+    let input_ids = g.input("input_ids", Elem::I64, &[b.clone(), s.clone()]);
+    let attention_mask = g.input("attention_mask", Elem::I64, &[b.clone(), t.clone()]);
+    let position_ids = g.input("position_ids", Elem::I64, &[b.clone(), s.clone()]);
+    for layer in 0..c.num_hidden_layers {
+        for pattern in [PAST_KEY, PAST_VALUE] {
+            g.input(
+                &io_name(pattern, layer),
+                Elem::F32,
+                &[b.clone(), Dim::Fixed(kvh), p.clone(), Dim::Fixed(d)],
+            );
+        }
+    }
+    g.output("logits", Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
+    for layer in 0..c.num_hidden_layers {
+        for pattern in [PRESENT_KEY, PRESENT_VALUE] {
+            g.output(
+                &io_name(pattern, layer),
+                Elem::F32,
+                &[b.clone(), Dim::Fixed(kvh), t.clone(), Dim::Fixed(d)],
+            );
+        }
+    }
+    Io { input_ids, attention_mask, position_ids }
+}
+
+/// Dynamic sizes: batch, seq and total as 1-D tensors of one element, seq and total as scalars.
+pub(super) struct Sizes {
+    pub batch: String,
+    pub seq: String,
+    pub total: String,
+    pub seq_scalar: String,
+    pub total_scalar: String,
+}
+
+pub(super) fn dynamic_sizes(g: &mut GraphBuilder, io: &Io) -> Result<Sizes, BuildError> {
+    let scope = "/model/shapes";
+    let ids_shape = g.node(scope, "Shape", &[&io.input_ids], vec![])?;
+    let mask_shape = g.node(scope, "Shape", &[&io.attention_mask], vec![])?;
+    let (i0, i1) = (g.const_i64(&[0], &[1]), g.const_i64(&[1], &[1]));
+    let batch = g.node(scope, "Gather", &[&ids_shape, &i0], vec![attr_int("axis", 0)])?;
+    let seq = g.node(scope, "Gather", &[&ids_shape, &i1], vec![attr_int("axis", 0)])?;
+    let total = g.node(scope, "Gather", &[&mask_shape, &i1], vec![attr_int("axis", 0)])?;
+    let scalar = g.const_i64(&[], &[0]);
+    let seq_scalar = g.node(scope, "Reshape", &[&seq, &scalar], vec![])?;
+    let total_scalar = g.node(scope, "Reshape", &[&total, &scalar], vec![])?;
+    Ok(Sizes { batch, seq, total, seq_scalar, total_scalar })
+}
+
+/// The embeddings of `input_ids` in f32, flattened to [batch*seq, hidden].
+pub(super) fn embed(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    input_ids: &str,
+) -> Result<String, BuildError> {
+    let scope = "/model/embed_tokens";
+    let table = spec.profile.tensors.embed;
+    let embedded = g.node(scope, "Gather", &[table, input_ids], vec![attr_int("axis", 0)])?;
+    let embedded = match (spec.weight)(table) {
+        WeightForm::Float(Elem::F16) => g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
+        _ => embedded,
+    };
+    let flat = g.const_i64(&[-1, spec.config.hidden_size as i64], &[2]);
+    g.node(scope, "Reshape", &[&embedded, &flat], vec![])
+}
+
+/// Which keys are real tokens: `attention_mask` as bool [batch, 1, 1, total].
+pub(super) fn real_keys(
+    g: &mut GraphBuilder,
+    scope: &str,
+    attention_mask: &str,
+) -> Result<String, BuildError> {
+    let real = g.node(scope, "Cast", &[attention_mask], vec![attr_int("to", 9)])?;
+    let axes12 = g.const_i64(&[1, 2], &[2]);
+    g.node(scope, "Unsqueeze", &[&real, &axes12], vec![])
+}
+
+/// 0 where `allowed`, else the finite -3.4e38 (so fully masked rows give no NaN).
+pub(super) fn additive_mask(g: &mut GraphBuilder, scope: &str, allowed: &str) -> Result<String, BuildError> {
+    let (open, closed) = (g.const_f32(&[0.0], &[]), g.const_f32(&[f32::MIN], &[]));
+    g.node(scope, "Where", &[allowed, &open, &closed], vec![])
+}
+
+/// A layer's weight by role, or an error naming the role the profile lacks.
+pub(super) fn layer_weight(
+    spec: &DecoderSpec<'_>,
+    layer: usize,
+    role: LayerTensor,
+) -> Result<String, BuildError> {
+    spec.profile
+        .layer_tensor(layer, role)
+        .ok_or(BuildError::MissingWeight { role, profile: spec.profile.name })
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))`, SiLU as `gate * Sigmoid(gate)`.
+pub(super) fn swiglu_mlp(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    root: &str,
+    layer: usize,
+    normed: &str,
+) -> Result<String, BuildError> {
+    let mlp = format!("{root}/mlp");
+    let weight = |role| layer_weight(spec, layer, role);
+    let gate = linear(g, spec, &format!("{mlp}/gate_proj"), normed, &weight(LayerTensor::GateProj)?, None)?;
+    let up = linear(g, spec, &format!("{mlp}/up_proj"), normed, &weight(LayerTensor::UpProj)?, None)?;
+    let sig = g.node(&format!("{mlp}/act_fn"), "Sigmoid", &[&gate], vec![])?;
+    let act = g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
+    let act = g.node(&mlp, "Mul", &[&act, &up], vec![])?;
+    linear(g, spec, &format!("{mlp}/down_proj"), &act, &weight(LayerTensor::DownProj)?, None)
+}
+
+/// The output head on the final hidden states, reshaped to the `logits` output.
+pub(super) fn lm_head(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    normed: &str,
+    sizes: &Sizes,
+) -> Result<(), BuildError> {
     let scope = "/lm_head";
-    let logits = e.linear(scope, &normed, &spec.head.clone(), None)?;
-    let v_tail = e.g.const_i64(&[vocab], &[1]);
-    let logits_shape = e.g.node(scope, "Concat", &[&batch, &seq, &v_tail], vec![attr_int("axis", 0)])?;
-    e.g.node_into(scope, "Reshape", &[&logits, &logits_shape], &["logits"], vec![])?;
-    Ok(())
+    let logits = linear(g, spec, scope, normed, &spec.head, None)?;
+    let v_tail = g.const_i64(&[spec.config.vocab_size as i64], &[1]);
+    let shape = g.node(scope, "Concat", &[&sizes.batch, &sizes.seq, &v_tail], vec![attr_int("axis", 0)])?;
+    g.node_into(scope, "Reshape", &[&logits, &shape], &["logits"], vec![])
 }
 
 /// `x @ W^T (+ b)` for a weight stored as HF lays it out ([out, in]), however it is stored.

@@ -260,7 +260,6 @@ pub fn write_onnx_folder(
             plan.tensors.push(copy);
         }
     }
-    let storage: Vec<Storage> = plan.tensors.iter().map(|t| options.storage(t, names)).collect();
     let (cos, sin) = rope_tables(config);
     // The fused RotaryEmbedding takes half-width tables (the two halves are equal).
     let table_cols = if options.target == Target::Ort { config.head_dim / 2 } else { config.head_dim };
@@ -269,8 +268,8 @@ pub fn write_onnx_folder(
     let table_dims = vec![config.max_position_embeddings as i64, table_cols as i64];
     let mut planned: Vec<PlannedInitializer> = Vec::new();
     let mut forms: HashMap<String, WeightForm> = HashMap::new();
-    for (t, &st) in plan.tensors.iter().zip(&storage) {
-        let (inits, form) = plan_initializers(t, st);
+    for t in &plan.tensors {
+        let (inits, form) = plan_initializers(t, options.storage(t, names));
         planned.extend(inits);
         forms.insert(t.name.clone(), form);
     }
@@ -302,10 +301,8 @@ pub fn write_onnx_folder(
     let started = std::time::Instant::now();
     let merge_inputs = MergeInputs { base: weights, adapter };
     let mut writer = WeightWriter::new(&mut sink, &data_path);
-    let index: HashMap<&str, Storage> =
-        plan.tensors.iter().zip(&storage).map(|(t, &s)| (t.name.as_str(), s)).collect();
     execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
-        writer.rows(t, index[t.name.as_str()], first, values, &progress)
+        writer.rows(t, options.storage(t, names), first, values, &progress)
     })?;
     let (rows, cols) = (config.max_position_embeddings, table_cols);
     for (name, table) in [(ROPE_COS, &cos), (ROPE_SIN, &sin)] {

@@ -9,11 +9,11 @@
 //! as the portable graph; its own rotary path is not used, because it derives positions from
 //! sequence lengths, which is wrong for left padding.
 
-use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_float, attr_int};
+use super::builder::{BuildError, GraphBuilder, attr_float, attr_int};
 use super::decoder::{
-    DecoderSpec, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, ROPE_COS, ROPE_SIN, io_name, linear,
+    DecoderSpec, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, ROPE_COS, ROPE_SIN, additive_mask,
+    declare_io, dynamic_sizes, embed, io_name, layer_weight, linear, lm_head, real_keys, swiglu_mlp,
 };
-use super::weights::WeightForm;
 use crate::profile::LayerTensor;
 
 struct Fused<'a, 'b> {
@@ -53,47 +53,13 @@ impl Fused<'_, '_> {
 pub fn build_fused_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(), BuildError> {
     let c = spec.config;
     let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
-    let (hidden, vocab) = (c.hidden_size as i64, c.vocab_size as i64);
-    let (b, s, p, t) = (
-        Dim::Named("batch_size"),
-        Dim::Named("sequence_length"),
-        Dim::Named("past_sequence_length"),
-        Dim::Named("total_sequence_length"),
-    );
-    let input_ids = g.input("input_ids", Elem::I64, &[b.clone(), s.clone()]);
-    let attention_mask = g.input("attention_mask", Elem::I64, &[b.clone(), t.clone()]);
-    let position_ids = g.input("position_ids", Elem::I64, &[b.clone(), s.clone()]);
-    for layer in 0..c.num_hidden_layers {
-        for pattern in [PAST_KEY, PAST_VALUE] {
-            g.input(
-                &io_name(pattern, layer),
-                Elem::F32,
-                &[b.clone(), Dim::Fixed(kvh), p.clone(), Dim::Fixed(d)],
-            );
-        }
-    }
-    g.output("logits", Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
-    for layer in 0..c.num_hidden_layers {
-        for pattern in [PRESENT_KEY, PRESENT_VALUE] {
-            g.output(
-                &io_name(pattern, layer),
-                Elem::F32,
-                &[b.clone(), Dim::Fixed(kvh), t.clone(), Dim::Fixed(d)],
-            );
-        }
-    }
+    let io = declare_io(g, c);
+    let sizes = dynamic_sizes(g, &io)?;
+    let (batch, seq, total, total_scalar) =
+        (sizes.batch.clone(), sizes.seq.clone(), sizes.total.clone(), sizes.total_scalar.clone());
+    let position_ids = io.position_ids.clone();
     let mut f = Fused { g, spec, eps: c.rms_norm_eps as f32 };
     let names = &spec.profile.tensors;
-
-    let scope = "/model/shapes";
-    let ids_shape = f.g.node(scope, "Shape", &[&input_ids], vec![])?;
-    let mask_shape = f.g.node(scope, "Shape", &[&attention_mask], vec![])?;
-    let (i0, i1) = (f.g.const_i64(&[0], &[1]), f.g.const_i64(&[1], &[1]));
-    let batch = f.g.node(scope, "Gather", &[&ids_shape, &i0], vec![attr_int("axis", 0)])?;
-    let seq = f.g.node(scope, "Gather", &[&ids_shape, &i1], vec![attr_int("axis", 0)])?;
-    let total = f.g.node(scope, "Gather", &[&mask_shape, &i1], vec![attr_int("axis", 0)])?;
-    let scalar = f.g.const_i64(&[], &[0]);
-    let total_scalar = f.g.node(scope, "Reshape", &[&total, &scalar], vec![])?;
 
     // GroupQueryAttention's lengths: every row holds `total` keys (padding is in the bias).
     let scope = "/model/attn_lengths";
@@ -103,22 +69,12 @@ pub fn build_fused_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Resu
     let seqlens_k = f.g.node(scope, "Cast", &[&last], vec![attr_int("to", 6)])?;
     let total_i32 = f.g.node(scope, "Cast", &[&total_scalar], vec![attr_int("to", 6)])?;
 
-    let scope = "/model/embed_tokens";
-    let embedded = f.g.node(scope, "Gather", &[names.embed, &input_ids], vec![attr_int("axis", 0)])?;
-    let embedded = match (spec.weight)(names.embed) {
-        WeightForm::Float(Elem::F16) => f.g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
-        _ => embedded,
-    };
-    let flat = f.g.const_i64(&[-1, hidden], &[2]);
-    let mut residual = f.g.node(scope, "Reshape", &[&embedded, &flat], vec![])?;
+    let mut residual = embed(f.g, spec, &io.input_ids)?;
 
     // Padding as an additive bias [batch, 1, seq, total]; GroupQueryAttention itself is causal.
     let scope = "/model/attn_mask";
-    let real = f.g.node(scope, "Cast", &[&attention_mask], vec![attr_int("to", 9)])?;
-    let axes12 = f.g.const_i64(&[1, 2], &[2]);
-    let real = f.g.node(scope, "Unsqueeze", &[&real, &axes12], vec![])?;
-    let (open, closed) = (f.g.const_f32(&[0.0], &[]), f.g.const_f32(&[f32::MIN], &[]));
-    let bias = f.g.node(scope, "Where", &[&real, &open, &closed], vec![])?;
+    let real = real_keys(f.g, scope, &io.attention_mask)?;
+    let bias = additive_mask(f.g, scope, &real)?;
     let one = f.g.const_i64(&[1], &[1]);
     let bias_shape = f.g.node(scope, "Concat", &[&batch, &one, &seq, &total], vec![attr_int("axis", 0)])?;
     let bias = f.g.node(scope, "Expand", &[&bias, &bias_shape], vec![])?;
@@ -135,9 +91,7 @@ pub fn build_fused_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Resu
     let mut pending: Option<String> = None;
     for layer in 0..c.num_hidden_layers {
         let root = format!("/model/layers.{layer}");
-        let required = |role: LayerTensor| {
-            tensor(layer, role).ok_or(BuildError::MissingWeight { role, profile: spec.profile.name })
-        };
+        let required = |role: LayerTensor| layer_weight(spec, layer, role);
         let norm_w = required(LayerTensor::InputNorm)?;
         let scope = format!("{root}/input_layernorm");
         let normed = match pending.take() {
@@ -223,38 +177,12 @@ pub fn build_fused_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Resu
         let (normed, sum) =
             f.skip_norm(&scope, &out, &residual, &required(LayerTensor::PostAttentionNorm)?, true)?;
         residual = sum;
-        let mlp = format!("{root}/mlp");
-        let gate = linear(
-            f.g,
-            f.spec,
-            &format!("{mlp}/gate_proj"),
-            &normed,
-            &required(LayerTensor::GateProj)?,
-            None,
-        )?;
-        let up =
-            linear(f.g, f.spec, &format!("{mlp}/up_proj"), &normed, &required(LayerTensor::UpProj)?, None)?;
-        let sig = f.g.node(&format!("{mlp}/act_fn"), "Sigmoid", &[&gate], vec![])?;
-        let act = f.g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
-        let act = f.g.node(&mlp, "Mul", &[&act, &up], vec![])?;
-        pending = Some(linear(
-            f.g,
-            f.spec,
-            &format!("{mlp}/down_proj"),
-            &act,
-            &required(LayerTensor::DownProj)?,
-            None,
-        )?);
+        pending = Some(swiglu_mlp(f.g, spec, &root, layer, &normed)?);
     }
 
     let normed = match pending {
         Some(out) => f.skip_norm("/model/norm", &out, &residual, names.final_norm, false)?.0,
         None => f.norm("/model/norm", &residual, names.final_norm)?,
     };
-    let scope = "/lm_head";
-    let logits = linear(f.g, f.spec, scope, &normed, &spec.head, None)?;
-    let v_tail = f.g.const_i64(&[vocab], &[1]);
-    let logits_shape = f.g.node(scope, "Concat", &[&batch, &seq, &v_tail], vec![attr_int("axis", 0)])?;
-    f.g.node_into(scope, "Reshape", &[&logits, &logits_shape], &["logits"], vec![])?;
-    Ok(())
+    lm_head(f.g, spec, &normed, &sizes)
 }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::builder::Elem;
 use super::data::{InitializerSink, PlannedInitializer};
 use crate::error::{Error, RuntimeError};
+use crate::merge::execute::encode_parallel;
 use crate::merge::plan::PlannedTensor;
 use crate::merge::row_width;
 use crate::model::TensorDtype;
@@ -181,9 +182,8 @@ impl<'a> WeightWriter<'a> {
         let cols = row_width(&t.shape);
         match storage {
             Storage::F32 => {
-                self.encoded.clear();
-                self.encoded.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-                let encoded = std::mem::take(&mut self.encoded);
+                let mut encoded = std::mem::take(&mut self.encoded);
+                encode_parallel(TensorDtype::F32, values, &mut encoded);
                 self.write(&encoded)?;
                 self.encoded = encoded;
             }
