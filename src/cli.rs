@@ -89,6 +89,7 @@ impl From<&OverrideArgs> for Overrides {
             adapter: args.adapter.clone(),
             out_dir: args.out_dir.clone(),
             profile: args.profile.clone(),
+            max_memory: None,
         }
     }
 }
@@ -133,12 +134,14 @@ pub enum Command {
     Merge(MergeArgs),
     /// Run every export declared in [package.metadata.model-export]
     #[command(
-        long_about = "Run every [[package.metadata.model-export.export]] entry: detect the checkpoint, then write \
-            each export to <out-dir>/<name>/: safetensors folders (f32/f16/bf16) and ONNX models \
-            (portable target, f32/f16, with KV cache) that are loaded back and run in tract and ONNX \
-            Runtime before they are installed. An entry this version cannot write (quantized or `ort`-target \
-            ONNX) is refused before anything is written.",
-        after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --out-dir /tmp/exports --message-format json"
+        long_about = "Run every [[package.metadata.model-export.export]] entry as a pipeline of stages: merge the \
+            newest valid checkpoint once (f32, <out-dir>/.state/merged), write each export to <out-dir>/<name>/ \
+            (safetensors f32/f16/bf16; ONNX f32/f16/int8/int4 with KV cache, portable or ort target, loaded back \
+            in tract and ONNX Runtime before it is installed), validate each against the candle reference, and \
+            write report.md. Disk space and memory are checked before anything is written. Finished stages are \
+            recorded under <out-dir>/.state: a re-run skips what is unchanged and redoes what changed, also \
+            after a kill; Ctrl-C stops at a safe point. One run per out-dir at a time.",
+        after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --dry-run\n  cargo model-export run --force --max-memory 8GiB\n  cargo model-export run --out-dir /tmp/exports --message-format json"
     )]
     Run(RunArgs),
     /// Check every written export against the candle reference in each engine that runs it
@@ -215,6 +218,16 @@ pub struct RunArgs {
     /// export alone; `validate` runs it later)
     #[arg(long)]
     pub no_validate: bool,
+    /// Print the plan (stages, what each reads and writes, estimated bytes and memory, and
+    /// whether it runs or is skipped) and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Redo every stage, even those whose inputs are unchanged
+    #[arg(long)]
+    pub force: bool,
+    /// Peak memory the plan may need (overrides `max-memory`; default: the available RAM)
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,8 @@ pub enum Error {
     Write { path: PathBuf, source: std::io::Error },
     #[error("validation failed for {}", failed.join(", "))]
     ValidationFailed { failed: Vec<String>, report: PathBuf },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
 }
 
 impl Error {
@@ -36,6 +38,7 @@ impl Error {
             Error::Model(e) => e.help(),
             Error::Checkpoint(e) => e.help(),
             Error::Runtime(e) => e.help(),
+            Error::Pipeline(e) => e.help(),
             Error::Write { source, .. } => io_help(source),
             Error::ValidationFailed { report, .. } => format!(
                 "{} names the engine, the measure and the first diverging token; loosen a tolerance per export (options.max-abs-error, min-cosine, min-top1) only if the difference is expected",
@@ -47,6 +50,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Profile(_) => EXIT_USAGE,
+            Error::Pipeline(e) => e.exit_code(),
             Error::Model(_)
             | Error::Checkpoint(_)
             | Error::Runtime(_)
@@ -267,6 +271,63 @@ impl RuntimeError {
             RuntimeError::Engine { .. } => {
                 "the engine rejected the model; the message names the node. Please report it with the export's config.json".into()
             }
+        }
+    }
+}
+
+/// Exit code after SIGINT/SIGTERM, as shells report a process stopped by SIGINT.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// The run as a whole: another run holds the out-dir, the plan does not fit, the user stopped it.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("another run (pid {pid}) is using this out-dir: {} exists", lock.display())]
+    Locked { lock: PathBuf, pid: u32 },
+    #[error(
+        "not enough disk space in {}: the plan writes about {} there, {} is free",
+        dir.display(),
+        crate::config::size::human_bytes(*needed),
+        crate::config::size::human_bytes(*free)
+    )]
+    DiskSpace { dir: PathBuf, needed: u64, free: u64, largest: Vec<(String, u64)> },
+    #[error(
+        "stage `{stage}` needs about {} of memory, more than max-memory ({})",
+        crate::config::size::human_bytes(*needed),
+        crate::config::size::human_bytes(*limit)
+    )]
+    Memory { stage: String, needed: u64, limit: u64, suggestion: String },
+    #[error("stopped by {signal} during `{stage}`; its partial outputs were removed")]
+    Interrupted { signal: &'static str, stage: String },
+}
+
+impl PipelineError {
+    pub fn help(&self) -> String {
+        match self {
+            PipelineError::Locked { lock, .. } => format!(
+                "wait for that run to finish, or use another out-dir; if no such process runs, delete {}",
+                lock.display()
+            ),
+            PipelineError::DiskSpace { largest, .. } => {
+                let names: Vec<_> = largest
+                    .iter()
+                    .map(|(name, bytes)| format!("{name} ({})", crate::config::size::human_bytes(*bytes)))
+                    .collect();
+                format!(
+                    "free space, point `out-dir` (or --out-dir) at a larger filesystem, or drop the largest stages: {}",
+                    names.join(", ")
+                )
+            }
+            PipelineError::Memory { suggestion, .. } => suggestion.clone(),
+            PipelineError::Interrupted { .. } => {
+                "run the same command again: finished stages are kept and skipped".into()
+            }
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PipelineError::Interrupted { .. } => EXIT_INTERRUPTED,
+            _ => EXIT_USAGE,
         }
     }
 }

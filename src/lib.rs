@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod merge;
 pub mod model;
 pub mod monitor;
+pub mod pipeline;
 pub mod profile;
 pub mod quant;
 pub mod runtime;

@@ -75,3 +75,13 @@ fn bar(total: u64, message: impl Into<String>, template: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::new(total).with_style(style).with_message(message.into())
 }
+
+/// A one-line status for people (stderr), dropped under -q or `--message-format json`.
+pub fn status(message: &str) {
+    let settings = SETTINGS.get().copied();
+    if settings.is_some_and(|s| s.json || s.verbosity < 0) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}

@@ -54,14 +54,23 @@ impl Context {
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let ctx = Context::from_cli(cli)?;
     let Some(command) = &cli.command else {
-        return run::run(&ctx, &Overrides::default(), false, false);
+        return run::run(&ctx, &Overrides::default(), run::RunFlags::default());
     };
     match command {
         Command::Config(args) => config::run(&ctx, &args.into()),
         Command::Detect(args) => detect::run(&ctx, &args.into()),
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Merge(args) => merge::run(&ctx, args),
-        Command::Run(args) => run::run(&ctx, &(&args.overrides).into(), args.skip_check, args.no_validate),
+        Command::Run(args) => {
+            let overrides = Overrides { max_memory: args.max_memory.clone(), ..(&args.overrides).into() };
+            let flags = run::RunFlags {
+                skip_check: args.skip_check,
+                no_validate: args.no_validate,
+                dry_run: args.dry_run,
+                force: args.force,
+            };
+            run::run(&ctx, &overrides, flags)
+        }
         Command::Validate(args) => validate::run(&ctx, &args.into()),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Profiles => profiles::run(&ctx),

@@ -7,11 +7,23 @@ use crate::config::size::human_bytes;
 use crate::config::{Config, EmbeddingsMode, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
+use crate::export::manifest::read_manifest;
+use crate::export::onnx::folder::QUANT_REPORT_FILE;
 use crate::export::onnx::folder::QuantOptions;
 use crate::export::onnx::{OnnxOptions, OnnxPrecision, write_onnx_folder};
 use crate::export::safetensors::{MergeOptions, write_merged_folder, write_safetensors_folder};
+use crate::fsutil::write_json;
 use crate::model::ModelFolder;
 use crate::model::TensorDtype;
+use crate::pipeline::lock::RunLock;
+use crate::pipeline::metrics::{StageMetrics, StageTimer};
+use crate::pipeline::plan::{
+    Action, Plan, Stage, export_stage_id, merge_stage_id, report_stage_id, validate_stage_id,
+};
+use crate::pipeline::state::{Output, StateDir};
+use crate::pipeline::{build_plan, fault, interrupt, merged_dir, preflight};
+use crate::validate::build_reference;
+use crate::validate::report::ValidationReport;
 
 #[derive(Serialize)]
 pub struct ExportResult {
@@ -110,37 +122,235 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
     }
 }
 
-pub fn run(ctx: &Context, overrides: &Overrides, skip_check: bool, no_validate: bool) -> Result<(), Error> {
+/// What `run` was asked to do besides the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFlags {
+    pub skip_check: bool,
+    pub no_validate: bool,
+    pub dry_run: bool,
+    pub force: bool,
+}
+
+pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
     for export in &config.exports {
         check_supported(&config, &export.value)?;
     }
     let (base, detection) = super::detect::open_inputs(&config)?;
-    let merged = merge_once(&config, &base, detection.as_ref())?;
+    let plan = build_plan(&config, &base, detection.as_ref(), flags.force, !flags.no_validate)?;
+    if flags.dry_run {
+        return print_plan(ctx, &plan);
+    }
+    if config.exports.is_empty() {
+        tracing::warn!("no [[package.metadata.model-export.export]] entries: nothing to do");
+    }
+    // Before the lock: a refused plan writes nothing at all.
+    preflight::check(&plan, config.max_memory.value.map(|b| b.0))?;
+    interrupt::install();
+    let out_dir = config.out_dir.value.clone();
+    let state = StateDir::new(&out_dir);
+    let _lock = RunLock::acquire(state.path())?;
+    for leftover in state.remove_leftovers(&out_dir)? {
+        tracing::info!("removed {} (left by an interrupted run)", leftover.display());
+    }
+
+    let mut metrics = Vec::new();
+    let merged = match plan.stage(&merge_stage_id()) {
+        Some(stage) => {
+            let timer = StageTimer::start(&stage.id, &out_dir);
+            if stage.runs() {
+                begin(&state, stage)?;
+                merge_once(&config, &base, detection.as_ref())?;
+                state.record(&stage.id, &stage.inputs_digest, outputs(&[merged_dir(&out_dir)]))?;
+            } else {
+                say_skipped(stage);
+            }
+            metrics.push(timer.finish(stage.runs(), &out_dir));
+            Some(ModelFolder::open(&merged_dir(&out_dir), Some(base.profile))?)
+        }
+        None => None,
+    };
     let inputs = export_inputs(&base, detection.as_ref(), merged.as_ref());
-    let results = run_exports(&config, &inputs, skip_check)?;
-    let report = if config.exports.is_empty() {
-        None
-    } else if no_validate {
-        tracing::warn!(
-            "exports written without validation (--no-validate): run `cargo model-export validate`"
-        );
+
+    let mut results = Vec::new();
+    for export in &config.exports {
+        let spec = &export.value;
+        let Some(stage) = plan.stage(&export_stage_id(&spec.name)) else { continue };
+        let timer = StageTimer::start(&stage.id, &out_dir);
+        if stage.runs() {
+            begin(&state, stage)?;
+            state.forget(&validate_stage_id(&spec.name))?;
+            let result = write_export(&config, &inputs, spec, flags.skip_check)?;
+            state.record(&stage.id, &stage.inputs_digest, outputs(std::slice::from_ref(&result.dir)))?;
+            results.push(result);
+        } else {
+            say_skipped(stage);
+            results.push(existing_export(&config, spec)?);
+        }
+        metrics.push(timer.finish(stage.runs(), &out_dir));
+        fault::point("between-exports");
+    }
+
+    let report = if flags.no_validate || config.exports.is_empty() {
+        if flags.no_validate {
+            tracing::warn!(
+                "exports written without validation (--no-validate): run `cargo model-export validate`"
+            );
+        }
         None
     } else {
-        Some(super::validate::validate_exports(&config, &inputs)?)
+        Some(validate_stages(&config, &inputs, &plan, &state, &mut metrics)?)
     };
+    write_json(&out_dir.join(RUN_FILE), &serde_json::json!({ "stages": metrics }))?;
     if ctx.json {
-        print_json(&serde_json::json!({ "exports": results, "validation": report }))?;
+        print_json(&serde_json::json!({ "exports": results, "validation": report, "stages": metrics }))?;
     } else {
         print_summary(&results, report.as_ref());
+        print_stages(&metrics);
         if report.is_some() {
-            println!("\nreport: {}", config.out_dir.value.join("report.md").display());
+            println!("\nreport: {}", out_dir.join("report.md").display());
         }
     }
     match &report {
         Some(report) => super::validate::verdict(&config, report),
         None => Ok(()),
     }
+}
+
+/// Per-stage measurements of the last run (report.json holds what does not change between runs).
+pub const RUN_FILE: &str = "run.json";
+
+/// A stage about to run: stop here if the user asked to, and forget its old record first, so a
+/// kill midway cannot leave a record that claims the old outputs.
+fn begin(state: &StateDir, stage: &Stage) -> Result<(), Error> {
+    interrupt::check()?;
+    interrupt::enter(&stage.id);
+    if let Action::Run { reason } = &stage.action {
+        tracing::info!("{}: running ({reason})", stage.id);
+    }
+    state.forget(&stage.id)
+}
+
+fn say_skipped(stage: &Stage) {
+    crate::monitor::status(&format!("skipped {} (unchanged since the last run)", stage.id));
+}
+
+fn outputs(paths: &[std::path::PathBuf]) -> Vec<Output> {
+    paths.iter().filter_map(|p| if p.is_dir() { Output::folder(p) } else { Output::file(p) }).collect()
+}
+
+/// Validates each export whose validate stage runs (building the reference only if one does),
+/// reads the others' results back, and writes report.json/.md when the report stage runs.
+fn validate_stages(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    plan: &Plan,
+    state: &StateDir,
+    metrics: &mut Vec<StageMetrics>,
+) -> Result<ValidationReport, Error> {
+    let out_dir = &config.out_dir.value;
+    let v = &config.validate;
+    let mut reference = None;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut exports = Vec::new();
+    for export in &config.exports {
+        let spec = &export.value;
+        let dir = out_dir.join(&spec.name);
+        let Some(stage) = plan.stage(&validate_stage_id(&spec.name)) else { continue };
+        let timer = StageTimer::start(&stage.id, out_dir);
+        if stage.runs() {
+            begin(state, stage)?;
+            if reference.is_none() {
+                let prompts = &v.prompts.value;
+                reference = Some(build_reference(
+                    inputs,
+                    prompts,
+                    v.chat_template.value,
+                    v.max_new_tokens.value as usize,
+                )?);
+            }
+            let Some(reference) = reference.as_ref() else { unreachable!("built just above") };
+            let result = super::validate::validate_into(config, inputs, reference, spec, &dir, threads)?;
+            state.record(&stage.id, &stage.inputs_digest, outputs(&stage.writes))?;
+            exports.push(result);
+            fault::point("validated");
+        } else {
+            say_skipped(stage);
+            exports.push(super::validate::read_validation(&dir)?);
+        }
+        metrics.push(timer.finish(stage.runs(), out_dir));
+    }
+    let report = ValidationReport {
+        reference: super::validate::reference_name(&inputs.base.dir, inputs.detection),
+        passed: exports.iter().all(|e| e.passed),
+        exports,
+    };
+    if let Some(stage) = plan.stage(&report_stage_id()) {
+        let timer = StageTimer::start(&stage.id, out_dir);
+        if stage.runs() {
+            begin(state, stage)?;
+            super::validate::write_report(config, &report)?;
+            state.record(&stage.id, &stage.inputs_digest, outputs(&stage.writes))?;
+        } else {
+            say_skipped(stage);
+        }
+        metrics.push(timer.finish(stage.runs(), out_dir));
+    }
+    Ok(report)
+}
+
+/// `run --dry-run`: the plan, as a table or JSON; nothing is written.
+fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), Error> {
+    if ctx.json {
+        return print_json(plan);
+    }
+    let mut t = table(["stage", "action", "reads", "writes", "bytes written (est.)", "peak memory (est.)"]);
+    let names = |paths: &[std::path::PathBuf]| {
+        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")
+    };
+    for s in &plan.stages {
+        let action = match &s.action {
+            Action::Run { reason } => format!("run ({reason})"),
+            Action::Skip => "skip (unchanged)".into(),
+        };
+        t.add_row([
+            s.id.clone(),
+            action,
+            names(&s.reads),
+            names(&s.writes),
+            human_bytes(s.estimated_bytes_written),
+            human_bytes(s.estimated_peak_memory),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "\nplan: {} of {} stages run, about {} to write in {}; nothing was written (--dry-run)",
+        plan.stages.iter().filter(|s| s.runs()).count(),
+        plan.stages.len(),
+        human_bytes(plan.bytes_to_write()),
+        plan.out_dir.display()
+    );
+    Ok(())
+}
+
+/// Wall time, peak RSS, I/O and free disk per stage.
+fn print_stages(metrics: &[StageMetrics]) {
+    if metrics.is_empty() {
+        return;
+    }
+    let mut t = table(["stage", "outcome", "wall", "peak RSS", "read", "written", "free disk after"]);
+    for m in metrics {
+        t.add_row([
+            m.stage.clone(),
+            m.outcome.to_string(),
+            format!("{:.2} s", m.wall_seconds),
+            human_bytes(m.peak_rss_bytes),
+            human_bytes(m.bytes_read),
+            human_bytes(m.bytes_written),
+            human_bytes(m.free_disk_after),
+        ]);
+    }
+    println!("\nstages\n{t}");
 }
 
 /// Merges the adapter once, in f32, into `<out-dir>/.state/merged`: every export and the
@@ -154,7 +364,7 @@ pub fn merge_once(
     if config.exports.is_empty() {
         return Ok(None);
     }
-    let dir = config.out_dir.value.join(".state").join("merged");
+    let dir = merged_dir(&config.out_dir.value);
     let options = MergeOptions { dtype: Some(TensorDtype::F32), max_shard_size: None };
     write_merged_folder(base, Some(detection), &options, &dir)?;
     tracing::info!("merged {} once into {}", detection.chosen.display(), dir.display());
@@ -182,47 +392,68 @@ pub fn run_exports(
     for export in &config.exports {
         check_supported(config, &export.value)?;
     }
-    if config.exports.is_empty() {
-        tracing::warn!("no [[package.metadata.model-export.export]] entries: nothing to do");
-    }
-    let mut results = Vec::new();
-    for export in &config.exports {
-        let spec = &export.value;
-        let out = config.out_dir.value.join(&spec.name);
-        tracing::info!("export {}: writing {}", spec.name, out.display());
-        let (manifest, dtype, checked_in, quantization) = match spec.format {
-            Format::Safetensors => {
-                let options = MergeOptions {
-                    dtype: spec.dtype.and_then(float_dtype),
-                    max_shard_size: spec.options.max_shard_size.map(|s| s.0),
-                };
-                let report = write_safetensors_folder(inputs, &options, &out)?;
-                (report.manifest, report.dtype.to_string(), Vec::new(), None)
-            }
-            Format::Onnx => {
-                let options = onnx_options(spec, inputs.weights.parameter_count(), skip_check);
-                let report = write_onnx_folder(inputs, &options, &out)?;
-                (
-                    report.manifest,
-                    options.precision.as_str().to_string(),
-                    report.checked_in,
-                    report.quantization,
-                )
-            }
-        };
-        results.push(ExportResult {
-            name: spec.name.clone(),
-            format: spec.format,
-            dtype,
-            target: spec.target,
-            dir: out,
-            bytes: manifest.files.iter().map(|f| f.size).sum(),
-            files: manifest.files.len(),
-            checked_in,
-            quantization: quantization.map(|q| QuantSummary::of(&q)),
-        });
-    }
-    Ok(results)
+    config.exports.iter().map(|export| write_export(config, inputs, &export.value, skip_check)).collect()
+}
+
+/// Writes one export into `<out-dir>/<name>`.
+pub fn write_export(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    spec: &ExportSpec,
+    skip_check: bool,
+) -> Result<ExportResult, Error> {
+    let out = config.out_dir.value.join(&spec.name);
+    tracing::info!("export {}: writing {}", spec.name, out.display());
+    let (manifest, dtype, checked_in, quantization) = match spec.format {
+        Format::Safetensors => {
+            let options = MergeOptions {
+                dtype: spec.dtype.and_then(float_dtype),
+                max_shard_size: spec.options.max_shard_size.map(|s| s.0),
+            };
+            let report = write_safetensors_folder(inputs, &options, &out)?;
+            (report.manifest, report.dtype.to_string(), Vec::new(), None)
+        }
+        Format::Onnx => {
+            let options = onnx_options(spec, inputs.weights.parameter_count(), skip_check);
+            let report = write_onnx_folder(inputs, &options, &out)?;
+            (report.manifest, options.precision.as_str().to_string(), report.checked_in, report.quantization)
+        }
+    };
+    Ok(ExportResult {
+        name: spec.name.clone(),
+        format: spec.format,
+        dtype,
+        target: spec.target,
+        dir: out,
+        bytes: manifest.files.iter().map(|f| f.size).sum(),
+        files: manifest.files.len(),
+        checked_in,
+        quantization: quantization.map(|q| QuantSummary::of(&q)),
+    })
+}
+
+/// An export a previous run wrote (its stage was skipped), as its manifest describes it.
+fn existing_export(config: &Config, spec: &ExportSpec) -> Result<ExportResult, Error> {
+    let dir = config.out_dir.value.join(&spec.name);
+    let manifest = read_manifest(&dir)?;
+    let quantization = std::fs::read(dir.join(QUANT_REPORT_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<crate::quant::QuantReport>(&bytes).ok());
+    // What the writer recorded: the dtype it resolved (the base's, when the entry names none).
+    let dtype = manifest.provenance.options["dtype"]
+        .as_str()
+        .map_or_else(|| spec.dtype.map_or_else(|| "-".to_string(), |d| d.to_string()), str::to_string);
+    Ok(ExportResult {
+        name: spec.name.clone(),
+        format: spec.format,
+        dtype,
+        target: spec.target,
+        bytes: manifest.files.iter().map(|f| f.size).sum(),
+        files: manifest.files.len(),
+        dir,
+        checked_in: Vec::new(),
+        quantization: quantization.map(|q| QuantSummary::of(&q)),
+    })
 }
 
 /// One line per export: what was written and how it fared in each engine.

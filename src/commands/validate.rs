@@ -1,15 +1,16 @@
 //! Validation of written exports against the candle reference, and the reports.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::Context;
 use super::output::{print_json, table};
+use crate::config::ExportSpec;
 use crate::config::{Config, Overrides};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
 use crate::fsutil::{atomic_write, write_json};
-use crate::validate::report::ValidationReport;
-use crate::validate::{build_reference, validate_export};
+use crate::validate::report::{ExportValidation, ValidationReport};
+use crate::validate::{Reference, build_reference, validate_export};
 
 /// The folder of a finished export (one with its manifest), or an error saying to run first.
 pub fn finished_export_dir(config: &Config, name: &str) -> Result<PathBuf, ConfigError> {
@@ -39,28 +40,61 @@ pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<Va
     let mut exports = Vec::new();
     for export in &config.exports {
         let dir = config.out_dir.value.join(&export.value.name);
-        let result = validate_export(&reference, base, &export.value, &dir, &v.engines.value, threads)?;
-        let single = ValidationReport {
-            reference: reference_name(&base.dir, detection),
-            passed: result.passed,
-            exports: vec![result.clone()],
-        };
-        write_json(&dir.join("validation.json"), &single)?;
-        atomic_write(&dir.join("validation.md"), single.to_markdown().as_bytes())?;
-        exports.push(result);
+        exports.push(validate_into(config, inputs, &reference, &export.value, &dir, threads)?);
     }
     let report = ValidationReport {
         reference: reference_name(&base.dir, detection),
         passed: exports.iter().all(|e| e.passed),
         exports,
     };
-    std::fs::create_dir_all(&config.out_dir.value).map_err(|e| Error::write(&config.out_dir.value, e))?;
-    write_json(&config.out_dir.value.join("report.json"), &report)?;
-    atomic_write(&config.out_dir.value.join("report.md"), report.to_markdown().as_bytes())?;
+    write_report(config, &report)?;
     Ok(report)
 }
 
-fn reference_name(base: &std::path::Path, detection: Option<&crate::checkpoint::Detection>) -> String {
+/// Validates one export and writes its validation.json/.md.
+pub fn validate_into(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    reference: &Reference,
+    spec: &ExportSpec,
+    dir: &Path,
+    threads: usize,
+) -> Result<ExportValidation, Error> {
+    let v = &config.validate;
+    let result = validate_export(reference, inputs.base, spec, dir, &v.engines.value, threads)?;
+    let single = ValidationReport {
+        reference: reference_name(&inputs.base.dir, inputs.detection),
+        passed: result.passed,
+        exports: vec![result.clone()],
+    };
+    write_json(&dir.join("validation.json"), &single)?;
+    atomic_write(&dir.join("validation.md"), single.to_markdown().as_bytes())?;
+    Ok(result)
+}
+
+/// The result a previous run wrote into an export's validation.json.
+pub fn read_validation(dir: &Path) -> Result<ExportValidation, Error> {
+    let path = dir.join("validation.json");
+    let bytes = std::fs::read(&path).map_err(|e| Error::write(&path, e))?;
+    let report: ValidationReport =
+        serde_json::from_slice(&bytes).map_err(|e| Error::write(&path, std::io::Error::other(e)))?;
+    report
+        .exports
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::write(&path, std::io::Error::other("holds no export")))
+}
+
+/// report.json and report.md in out-dir.
+pub fn write_report(config: &Config, report: &ValidationReport) -> Result<(), Error> {
+    let out_dir = &config.out_dir.value;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::write(out_dir, e))?;
+    write_json(&out_dir.join("report.json"), report)?;
+    crate::pipeline::fault::point("report");
+    atomic_write(&out_dir.join("report.md"), report.to_markdown().as_bytes())
+}
+
+pub fn reference_name(base: &std::path::Path, detection: Option<&crate::checkpoint::Detection>) -> String {
     match detection {
         Some(d) => format!("candle, f32, {} merged with {}", base.display(), d.chosen.display()),
         None => format!("candle, f32, {}", base.display()),

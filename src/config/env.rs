@@ -14,6 +14,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("MODEL_EXPORT_ADAPTER", "adapter"),
     ("MODEL_EXPORT_OUT_DIR", "out-dir"),
     ("MODEL_EXPORT_PROFILE", "profile"),
+    ("MODEL_EXPORT_MAX_MEMORY", "max-memory"),
     ("MODEL_EXPORT_VALIDATE_PROMPTS", "validate.prompts (a JSON array of strings, or one prompt)"),
     ("MODEL_EXPORT_VALIDATE_ENGINES", "validate.engines (comma-separated)"),
     ("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "validate.max-new-tokens"),
@@ -92,6 +93,7 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
         adapter: get("MODEL_EXPORT_ADAPTER"),
         out_dir: get("MODEL_EXPORT_OUT_DIR"),
         profile: get("MODEL_EXPORT_PROFILE"),
+        max_memory: get("MODEL_EXPORT_MAX_MEMORY"),
         validate: any_validate.then_some(ValidateLayer { prompts, engines, max_new_tokens, chat_template }),
         export: None,
     })

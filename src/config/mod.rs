@@ -28,6 +28,8 @@ pub struct Overrides {
     pub adapter: Option<PathBuf>,
     pub out_dir: Option<PathBuf>,
     pub profile: Option<String>,
+    /// `run --max-memory`.
+    pub max_memory: Option<String>,
 }
 
 /// Everything `load` reads besides the files: passed in so tests control it.
@@ -47,6 +49,7 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         adapter: path_text(&request.overrides.adapter),
         out_dir: path_text(&request.overrides.out_dir),
         profile: request.overrides.profile.clone(),
+        max_memory: request.overrides.max_memory.clone(),
         validate: None,
         export: None,
     };

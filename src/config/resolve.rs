@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS, Target};
+use super::size::ByteSize;
 use super::source::{Source, Sourced};
 use super::table::{ExportEntry, TableLayer};
 use crate::error::ConfigError;
@@ -61,6 +62,8 @@ pub struct Config {
     pub adapter: Sourced<Option<PathBuf>>,
     pub out_dir: Sourced<PathBuf>,
     pub profile: Sourced<ProfileChoice>,
+    /// Peak memory the plan may use (`None`: the RAM available when the run starts).
+    pub max_memory: Sourced<Option<ByteSize>>,
     pub validate: ValidateConfig,
     pub exports: Vec<Sourced<ExportSpec>>,
 }
@@ -185,6 +188,16 @@ pub fn resolve(
         None => Sourced::new(ProfileChoice::Auto, Source::Default),
     };
 
+    let max_memory = match pick(&|t| t.max_memory.as_ref()) {
+        Some((text, layer)) => {
+            let size = text.parse::<ByteSize>().map_err(|e| {
+                invalid(layer, "max-memory", e, "write a size like \"8GiB\" or \"500MB\"".into())
+            })?;
+            Sourced::new(Some(size), layer.source("max-memory"))
+        }
+        None => Sourced::new(None, Source::Default),
+    };
+
     let validate_value = |get: &dyn Fn(&super::table::ValidateLayer) -> bool| {
         layers.iter().find(|l| l.table.validate.as_ref().is_some_and(get))
     };
@@ -254,6 +267,7 @@ pub fn resolve(
         adapter,
         out_dir,
         profile,
+        max_memory,
         validate: ValidateConfig { prompts, engines, max_new_tokens, chat_template },
         exports,
     })

@@ -14,6 +14,7 @@ pub struct TableLayer {
     pub adapter: Option<String>,
     pub out_dir: Option<String>,
     pub profile: Option<String>,
+    pub max_memory: Option<String>,
     pub validate: Option<ValidateLayer>,
     pub export: Option<Vec<ExportEntry>>,
 }

@@ -160,3 +160,10 @@ pub fn verify(dir: &Path, check: Check) -> Result<Manifest, Error> {
     }
     Ok(manifest)
 }
+
+/// The manifest of a finished export folder.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, Error> {
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path).map_err(|e| Error::write(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::write(&path, std::io::Error::other(e)))
+}

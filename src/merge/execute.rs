@@ -139,6 +139,8 @@ fn merged_rows(
 pub fn execute_rows(plan: &MergePlan, inputs: &MergeInputs<'_>, rows: RowsFn<'_>) -> Result<(), Error> {
     let mut values = Vec::new();
     for t in &plan.tensors {
+        crate::pipeline::interrupt::check()?;
+        crate::pipeline::fault::point("export-tensor");
         merged_rows(inputs, t, &mut values, &mut |first, v| rows(t, first, v))?;
     }
     Ok(())
@@ -155,6 +157,8 @@ pub fn execute(
     let mut values = Vec::new();
     let mut encoded = Vec::new();
     for t in &plan.tensors {
+        crate::pipeline::interrupt::check()?;
+        crate::pipeline::fault::point("merge-tensor");
         let dtype = dtype_for(t);
         let (file, info) = inputs.source(&t.origin);
         if t.lora.is_none() && t.bias.is_none() && info.dtype == dtype {

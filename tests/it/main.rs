@@ -11,6 +11,7 @@ mod merge;
 mod model;
 mod onnx;
 mod peft_semantics;
+mod pipeline;
 mod quant;
 mod reference;
 mod run;

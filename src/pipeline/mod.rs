@@ -1,0 +1,174 @@
+//! `run` as a pipeline that survives: a plan of stages with input digests (`plan`), checks
+//! before any write (`preflight`), one run per out-dir (`lock`), records of finished stages
+//! so a re-run skips what is done (`state`), safe stops on Ctrl-C (`interrupt`), per-stage
+//! measurements (`metrics`), and named fault points for the kill tests (`fault`).
+
+pub mod digest;
+pub mod fault;
+pub mod interrupt;
+pub mod lock;
+pub mod metrics;
+pub mod plan;
+pub mod preflight;
+pub mod state;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checkpoint::Detection;
+use crate::config::Config;
+use crate::error::Error;
+use crate::model::ModelFolder;
+
+use digest::{FileIdentity, digest, folder_identity};
+use plan::{
+    Action, BASE_MEMORY, Plan, Stage, StageKind, bytes_per_weight, export_stage_id, merge_stage_id,
+    report_stage_id, validate_stage_id,
+};
+use state::StateDir;
+
+/// Where the one f32 merge lives.
+pub fn merged_dir(out_dir: &Path) -> std::path::PathBuf {
+    out_dir.join(".state").join("merged")
+}
+
+#[derive(Serialize)]
+struct MergeInputs<'a> {
+    base: Vec<FileIdentity>,
+    adapter: Option<(&'a Path, Vec<FileIdentity>)>,
+    dtype: &'static str,
+}
+
+#[derive(Serialize)]
+struct ExportInputs<'a> {
+    /// The merge's inputs digest, or the base's identity when there is no adapter.
+    weights: &'a str,
+    spec: &'a crate::config::schema::ExportSpec,
+}
+
+#[derive(Serialize)]
+struct ValidateInputs<'a> {
+    export: &'a str,
+    reference: &'a str,
+    prompts: &'a [String],
+    engines: &'a [crate::config::schema::Engine],
+    max_new_tokens: u32,
+    chat_template: bool,
+    /// Where ONNX Runtime was found: installing it changes what validation can run.
+    onnxruntime: Option<String>,
+}
+
+/// Builds the plan: every stage with its inputs' digest, estimates, and whether it must run.
+pub fn build_plan(
+    config: &Config,
+    base: &ModelFolder,
+    detection: Option<&Detection>,
+    force: bool,
+    validate: bool,
+) -> Result<Plan, Error> {
+    let out_dir = config.out_dir.value.clone();
+    let state = StateDir::new(&out_dir);
+    let parameters = base.parameter_count();
+    let largest_f32 = base.tensors().map(|(_, t)| t.numel() as u64 * 4).max().unwrap_or(0);
+    let streaming_memory = BASE_MEMORY + 3 * largest_f32;
+    let action = |id: &str, inputs: &str| match (force, state.must_run(id, inputs)) {
+        (true, _) => Action::Run { reason: "--force".into() },
+        (false, Some(reason)) => Action::Run { reason: reason.into() },
+        (false, None) => Action::Skip,
+    };
+    let mut stages = Vec::new();
+    let base_identity = folder_identity(&base.dir)?;
+    let weights_digest = match detection {
+        Some(d) if !config.exports.is_empty() => {
+            let inputs = digest(&MergeInputs {
+                base: base_identity.clone(),
+                adapter: Some((d.chosen.as_path(), folder_identity(&d.chosen)?)),
+                dtype: "f32",
+            });
+            let id = merge_stage_id();
+            stages.push(Stage {
+                action: action(&id, &inputs),
+                id,
+                kind: StageKind::Merge,
+                export: None,
+                reads: vec![base.dir.clone(), d.chosen.clone()],
+                writes: vec![merged_dir(&out_dir)],
+                estimated_bytes_written: parameters * 4,
+                estimated_peak_memory: streaming_memory,
+                inputs_digest: inputs.clone(),
+            });
+            inputs
+        }
+        _ => digest(&MergeInputs { base: base_identity, adapter: None, dtype: "base" }),
+    };
+    let weights_from = if detection.is_some() { merged_dir(&out_dir) } else { base.dir.clone() };
+    let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
+    let onnxruntime = crate::runtime::ort_engine::find_onnxruntime().map(|p| p.display().to_string());
+    let mut validations = Vec::new();
+    for export in &config.exports {
+        let spec = &export.value;
+        let dir = out_dir.join(&spec.name);
+        let inputs = digest(&ExportInputs { weights: &weights_digest, spec });
+        let id = export_stage_id(&spec.name);
+        let bytes = (parameters as f64 * bytes_per_weight(spec, base_bytes_per_weight)) as u64;
+        stages.push(Stage {
+            action: action(&id, &inputs),
+            id,
+            kind: StageKind::Export,
+            export: Some(spec.name.clone()),
+            reads: vec![weights_from.clone()],
+            writes: vec![dir.clone()],
+            estimated_bytes_written: bytes,
+            estimated_peak_memory: streaming_memory,
+            inputs_digest: inputs.clone(),
+        });
+        if !validate {
+            continue;
+        }
+        let v = &config.validate;
+        let validation = digest(&ValidateInputs {
+            export: &inputs,
+            reference: &weights_digest,
+            prompts: &v.prompts.value,
+            engines: &v.engines.value,
+            max_new_tokens: v.max_new_tokens.value,
+            chat_template: v.chat_template.value,
+            onnxruntime: onnxruntime.clone(),
+        });
+        let id = validate_stage_id(&spec.name);
+        stages.push(Stage {
+            action: action(&id, &validation),
+            id,
+            kind: StageKind::Validate,
+            export: Some(spec.name.clone()),
+            reads: vec![dir.clone(), weights_from.clone()],
+            writes: vec![dir.join("validation.json"), dir.join("validation.md")],
+            estimated_bytes_written: 1 << 20,
+            // The f32 reference in candle, plus the export loaded in an engine.
+            estimated_peak_memory: BASE_MEMORY + parameters * 4 + bytes,
+            inputs_digest: validation.clone(),
+        });
+        validations.push(validation);
+    }
+    if validate && !config.exports.is_empty() {
+        let inputs = digest(&validations);
+        let id = report_stage_id();
+        stages.push(Stage {
+            action: action(&id, &inputs),
+            id,
+            kind: StageKind::Report,
+            export: None,
+            reads: config
+                .exports
+                .iter()
+                .map(|e| out_dir.join(&e.value.name).join("validation.json"))
+                .collect(),
+            writes: vec![out_dir.join("report.json"), out_dir.join("report.md")],
+            estimated_bytes_written: 1 << 20,
+            estimated_peak_memory: BASE_MEMORY,
+            inputs_digest: inputs,
+        });
+    }
+    Ok(Plan { out_dir, parameters, stages })
+}

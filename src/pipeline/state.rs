@@ -1,0 +1,121 @@
+//! `<out-dir>/.state/stages/<stage>.json`: written when a stage finishes, after its outputs are
+//! in place. A re-run skips the stage when the digest of its inputs is unchanged and its
+//! outputs still verify; a record that is missing (the run was killed before it) redoes it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::export::manifest::{Check, MANIFEST, verify};
+use crate::fsutil::write_json;
+
+use super::digest::file_sha256;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: String,
+    /// Digest of the stage's inputs (config subset and input files).
+    pub inputs: String,
+    /// The outputs and the SHA-256 of each: an export folder's `manifest.json`, or a file.
+    pub outputs: Vec<Output>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl Output {
+    /// An export folder, identified by its manifest (which lists every file's hash).
+    pub fn folder(dir: &Path) -> Option<Output> {
+        Some(Output { path: dir.to_path_buf(), sha256: file_sha256(&dir.join(MANIFEST))? })
+    }
+
+    pub fn file(path: &Path) -> Option<Output> {
+        Some(Output { path: path.to_path_buf(), sha256: file_sha256(path)? })
+    }
+
+    /// Still what the stage wrote: same manifest (and the files it lists, by size), or same bytes.
+    fn verifies(&self) -> bool {
+        if self.path.is_dir() {
+            file_sha256(&self.path.join(MANIFEST)).as_ref() == Some(&self.sha256)
+                && verify(&self.path, Check::Sizes).is_ok()
+        } else {
+            file_sha256(&self.path).as_ref() == Some(&self.sha256)
+        }
+    }
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(out_dir: &Path) -> Self {
+        StateDir { dir: out_dir.join(".state") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record_path(&self, stage: &str) -> PathBuf {
+        self.dir.join("stages").join(format!("{stage}.json"))
+    }
+
+    /// Why `stage` must run, or `None` when its record matches `inputs` and its outputs verify.
+    pub fn must_run(&self, stage: &str, inputs: &str) -> Option<&'static str> {
+        let Some(record) = std::fs::read(self.record_path(stage))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<StageRecord>(&bytes).ok())
+        else {
+            return Some("not done yet");
+        };
+        if record.inputs != inputs {
+            Some("its inputs changed")
+        } else if !record.outputs.iter().all(Output::verifies) {
+            Some("its outputs changed or are missing")
+        } else {
+            None
+        }
+    }
+
+    pub fn record(&self, stage: &str, inputs: &str, outputs: Vec<Output>) -> Result<(), Error> {
+        let path = self.record_path(stage);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::write(parent, e))?;
+        }
+        write_json(&path, &StageRecord { stage: stage.into(), inputs: inputs.into(), outputs })
+    }
+
+    /// Forgets a stage (before redoing it, so a kill midway cannot leave a stale record).
+    pub fn forget(&self, stage: &str) -> Result<(), Error> {
+        let path = self.record_path(stage);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::write(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes what killed runs left: `.partial-*` and `.old-*` temporaries in out-dir and here.
+    pub fn remove_leftovers(&self, out_dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        let mut removed = Vec::new();
+        for dir in [out_dir, self.dir.as_path()] {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !(name.starts_with('.') && (name.contains(".partial-") || name.starts_with(".old-"))) {
+                    continue;
+                }
+                let path = entry.path();
+                let result =
+                    if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                result.map_err(|e| Error::write(&path, e))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,229 @@
+//! `run` as a pipeline: skipping unchanged stages, redoing exactly what changed, resuming after
+//! SIGKILL at named moments with byte-identical results, the lock, preflight and --dry-run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::common::Project;
+
+const TABLES: &str = r#"
+[package.metadata.model-export]
+base = "{fixtures}/qwen3-tiny"
+adapter = "{fixtures}/qwen3-tiny-run"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "onnx-f32"
+format = "onnx"
+options = { external-data = true }
+
+[[package.metadata.model-export.export]]
+name = "st-f16"
+format = "safetensors"
+dtype = "f16"
+
+[[package.metadata.model-export.export]]
+name = "onnx-int8"
+format = "onnx"
+dtype = "int8"
+"#;
+
+/// SHA-256 of every file under `exports/` by relative path, except the per-run measurements,
+/// the state records, and report.json/validation.json, whose unrounded f64 metrics can differ in the last digit
+/// between runs (ONNX Runtime's threaded reductions); report.md rounds them and is compared.
+fn artifacts(project: &Project) -> BTreeMap<String, String> {
+    let root = project.path().join("exports");
+    let mut files = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(&root).unwrap().display().to_string();
+            if rel.starts_with(".state")
+                || rel == "run.json"
+                || rel.ends_with(".json") && (rel == "report.json" || rel.ends_with("validation.json"))
+            {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let text = project.redact(&String::from_utf8_lossy(&bytes));
+                let hashed = if std::str::from_utf8(&bytes).is_ok() { text.into_bytes() } else { bytes };
+                files.insert(rel, format!("{:x}", Sha256::digest(&hashed)));
+            }
+        }
+    }
+    files
+}
+
+fn stage_outcomes(out: &crate::common::Output) -> BTreeMap<String, String> {
+    out.json()["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for d in [dir.to_path_buf(), dir.join(".state")] {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains(".partial-") || name.starts_with(".old-") || name == "lock" {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn unchanged_rerun_skips_every_stage_and_a_dtype_change_redoes_only_that_export() {
+    let project = Project::new(TABLES);
+    let first = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(stage_outcomes(&first).values().all(|o| o == "ran"), "{}", first.stdout);
+    let before = artifacts(&project);
+
+    let again = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let outcomes = stage_outcomes(&again);
+    assert_eq!(outcomes.len(), 8, "{outcomes:?}");
+    assert!(outcomes.values().all(|o| o == "skipped"), "{outcomes:?}");
+    assert_eq!(artifacts(&project), before);
+    // The summary still describes the skipped exports and their validation.
+    assert_eq!(again.json()["exports"][1]["dtype"], "f16");
+    assert_eq!(again.json()["validation"]["passed"], true);
+
+    let manifest = project.path().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "name = \"st-f16\"\nformat = \"safetensors\"\ndtype = \"f16\"",
+            "name = \"st-f16\"\nformat = \"safetensors\"\ndtype = \"bf16\"",
+        ),
+    )
+    .unwrap();
+    let changed = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    let outcomes = stage_outcomes(&changed);
+    let ran: Vec<_> = outcomes.iter().filter(|(_, o)| *o == "ran").map(|(s, _)| s.as_str()).collect();
+    assert_eq!(ran, ["export:st-f16", "report", "validate:st-f16"]);
+    let after = artifacts(&project);
+    for (file, hash) in &before {
+        if !file.starts_with("st-f16") && !file.starts_with("report") {
+            assert_eq!(after.get(file), Some(hash), "{file} changed");
+        }
+    }
+    assert_ne!(after["st-f16/model.safetensors"], before["st-f16/model.safetensors"]);
+
+    let forced = project.run(&["run", "--force", "--message-format", "json"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(stage_outcomes(&forced).values().all(|o| o == "ran"));
+    assert_eq!(artifacts(&project), after, "a forced re-run writes the same bytes");
+}
+
+#[test]
+fn a_run_killed_at_any_named_moment_resumes_to_identical_artifacts() {
+    let reference = Project::new(TABLES);
+    let out = reference.run(&["run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let expected = artifacts(&reference);
+    assert!(expected.contains_key("onnx-f32/model.onnx_data"), "{expected:?}");
+
+    // During the merge, while writing ONNX external data, between exports, during validation,
+    // and between report.json and report.md.
+    for fault in ["merge-tensor:3", "export-tensor:5", "between-exports:2", "validated:1", "report:1"] {
+        let project = Project::new(TABLES);
+        let killed = project.run_env(&["run"], &[("MODEL_EXPORT_FAULT", fault)]);
+        assert_eq!(killed.code, -1, "{fault}: the run was not killed\n{}", killed.stderr);
+        let resumed = project.run(&["run", "--message-format", "json"]);
+        assert_eq!(resumed.code, 0, "{fault}: {}", resumed.stderr);
+        assert_eq!(artifacts(&project), expected, "{fault}: artifacts differ from an uninterrupted run");
+        assert!(leftovers(&project.path().join("exports")).is_empty(), "{fault}: temporaries left");
+        let outcomes = stage_outcomes(&resumed);
+        match fault {
+            "merge-tensor:3" => assert!(outcomes.values().all(|o| o == "ran")),
+            "report:1" => {
+                let ran: Vec<_> =
+                    outcomes.iter().filter(|(_, o)| *o == "ran").map(|(s, _)| s.as_str()).collect();
+                assert_eq!(ran, ["report"], "{fault}");
+            }
+            _ => assert_eq!(outcomes["merge"], "skipped", "{fault}"),
+        }
+    }
+}
+
+#[test]
+fn a_second_run_is_refused_while_the_first_holds_the_out_dir() {
+    let project = Project::new(TABLES);
+    let state = project.path().join("exports/.state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut holder = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(state.join("lock"), format!("{}\n", holder.id())).unwrap();
+    let refused = project.run(&["run"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("another run (pid {})", holder.id())), "{}", refused.stderr);
+    assert!(!project.path().join("exports/onnx-f32").exists());
+
+    // The holder is gone now: its lock is stale and taken over.
+    let taken = project.run(&["run"]);
+    assert_eq!(taken.code, 0, "{}", taken.stderr);
+    assert!(!state.join("lock").exists(), "the lock is released at the end");
+}
+
+#[test]
+fn preflight_refuses_a_plan_larger_than_the_free_space_before_writing() {
+    let project = Project::new(TABLES);
+    let out = project.run_env(&["run"], &[("MODEL_EXPORT_TEST_FREE_BYTES", "100000")]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not enough disk space in"), "{}", out.stderr);
+    assert!(out.stderr.contains("97.7 KiB is free"), "{}", out.stderr);
+    assert!(out.stderr.contains("point `out-dir`"), "{}", out.stderr);
+    assert!(!project.path().join("exports").exists(), "preflight wrote something");
+
+    let memory = project.run(&["run", "--max-memory", "1MB"]);
+    assert_eq!(memory.code, 2, "{}", memory.stderr);
+    assert!(memory.stderr.contains("more than max-memory (976.6 KiB)"), "{}", memory.stderr);
+    assert!(!project.path().join("exports").exists());
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let project = Project::new(TABLES);
+    let out = project.run(&["run", "--dry-run", "--message-format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan = out.json();
+    let stages: Vec<_> =
+        plan["stages"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        stages,
+        [
+            "merge",
+            "export:onnx-f32",
+            "validate:onnx-f32",
+            "export:st-f16",
+            "validate:st-f16",
+            "export:onnx-int8",
+            "validate:onnx-int8",
+            "report"
+        ]
+    );
+    // qwen3-tiny holds 98,688 parameters (tied head stored once): 4 bytes each in f32.
+    assert_eq!(plan["parameters"], 98_688);
+    assert_eq!(plan["stages"][0]["estimated_bytes_written"], 98_688 * 4);
+    assert_eq!(plan["stages"][0]["action"], "run");
+    assert!(!project.path().join("exports").exists());
+
+    assert_eq!(project.run(&["run"]).code, 0);
+    let done = project.run(&["run", "--dry-run"]);
+    assert!(done.stdout.contains("plan: 0 of 8 stages run"), "{}", done.stdout);
+}
