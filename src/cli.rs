@@ -180,6 +180,15 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),
+    /// Remove the run state and partial outputs of out-dir (finished exports only with --exports)
+    #[command(
+        long_about = "Remove what `run` keeps between runs in <out-dir>: .state/ (the f32 merge, stage records, \
+            the lock of a dead run), temporaries left by a killed run, and run.json. Finished exports stay \
+            unless --exports is given, which also removes every declared export folder and report.json/.md. \
+            Refused while a run holds the out-dir. The next `run` redoes every stage.",
+        after_help = "Examples:\n  cargo model-export clean\n  cargo model-export clean --exports --out-dir /tmp/exports"
+    )]
+    Clean(CleanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +279,15 @@ pub struct InspectArgs {
     /// Profile to read a model folder with (default: by config.json model_type)
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Also remove the finished exports declared in the configuration, and report.json/.md
+    #[arg(long)]
+    pub exports: bool,
 }
 
 #[derive(Debug, Args)]

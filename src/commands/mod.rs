@@ -2,6 +2,7 @@
 //! (tables) or programs (`--message-format json`).
 
 mod bench;
+mod clean;
 mod config;
 mod demo;
 mod detect;
@@ -75,5 +76,6 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
+        Command::Clean(args) => clean::run(&ctx, args),
     }
 }

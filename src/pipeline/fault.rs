@@ -1,17 +1,20 @@
 //! Named fault points for the resume tests: `MODEL_EXPORT_FAULT=<name>` (or `<name>:<n>` for
 //! the n-th time the point is reached) makes the process SIGKILL itself there, which is the only
-//! reliable way to stop a real run at an exact moment. Without the variable a point costs one
-//! relaxed atomic load.
+//! reliable way to stop a real run at an exact moment. With `MODEL_EXPORT_FAULT_SIGNAL=INT` the
+//! point sends SIGINT instead and the run goes on to its next safe point, as after Ctrl-C.
+//! Without the variables a point costs one initialized-once check.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const FAULT_ENV: &str = "MODEL_EXPORT_FAULT";
+pub const FAULT_SIGNAL_ENV: &str = "MODEL_EXPORT_FAULT_SIGNAL";
 
 struct Fault {
     name: String,
     nth: usize,
     seen: AtomicUsize,
+    interrupt: bool,
 }
 
 fn armed() -> Option<&'static Fault> {
@@ -23,7 +26,8 @@ fn armed() -> Option<&'static Fault> {
                 Some((name, n)) => (name.to_string(), n.parse().ok()?),
                 None => (spec, 1),
             };
-            Some(Fault { name, nth, seen: AtomicUsize::new(0) })
+            let interrupt = std::env::var(FAULT_SIGNAL_ENV).is_ok_and(|s| s == "INT");
+            Some(Fault { name, nth, seen: AtomicUsize::new(0), interrupt })
         })
         .as_ref()
 }
@@ -32,6 +36,15 @@ fn armed() -> Option<&'static Fault> {
 pub fn point(name: &str) {
     let Some(fault) = armed() else { return };
     if fault.name == name && fault.seen.fetch_add(1, Ordering::SeqCst) + 1 == fault.nth {
+        #[cfg(unix)]
+        if fault.interrupt {
+            tracing::warn!("fault point {name}: sending SIGINT ({FAULT_ENV})");
+            // SAFETY: signalling our own process; the handler only raises a flag.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGINT);
+            }
+            return;
+        }
         tracing::warn!("fault point {name}: killing the process ({FAULT_ENV})");
         #[cfg(unix)]
         // SAFETY: signalling our own process; nothing runs after SIGKILL.

@@ -227,3 +227,46 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     let done = project.run(&["run", "--dry-run"]);
     assert!(done.stdout.contains("plan: 0 of 8 stages run"), "{}", done.stdout);
 }
+
+#[test]
+fn clean_removes_the_state_and_keeps_finished_exports_unless_asked() {
+    let project = Project::new(TABLES);
+    assert_eq!(project.run(&["run"]).code, 0);
+    let out = project.path().join("exports");
+    std::fs::create_dir_all(out.join(".onnx-f32.partial-x1")).unwrap();
+
+    let cleaned = project.run(&["clean", "--message-format", "json"]);
+    assert_eq!(cleaned.code, 0, "{}", cleaned.stderr);
+    assert!(cleaned.json()["bytes_freed"].as_u64().unwrap() > 390_000, "{}", cleaned.stdout);
+    assert!(!out.join(".state").exists() && !out.join(".onnx-f32.partial-x1").exists());
+    assert!(!out.join("run.json").exists());
+    for export in ["onnx-f32", "st-f16", "onnx-int8"] {
+        assert!(out.join(export).join("manifest.json").is_file(), "{export} was removed");
+    }
+
+    let everything = project.run(&["clean", "--exports"]);
+    assert_eq!(everything.code, 0, "{}", everything.stderr);
+    assert!(everything.stdout.contains("removed"), "{}", everything.stdout);
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn ctrl_c_stops_at_a_safe_point_removes_the_partial_export_and_says_how_to_resume() {
+    let project = Project::new(TABLES);
+    let stopped = project.run_env(
+        &["run"],
+        &[("MODEL_EXPORT_FAULT", "export-tensor:5"), ("MODEL_EXPORT_FAULT_SIGNAL", "INT")],
+    );
+    assert_eq!(stopped.code, 130, "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("stopped by SIGINT during `export:onnx-f32`"), "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("run the same command again"), "{}", stopped.stderr);
+    let out = project.path().join("exports");
+    assert!(!out.join("onnx-f32").exists());
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+
+    let resumed = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(stage_outcomes(&resumed)["merge"], "skipped");
+    assert_eq!(stage_outcomes(&resumed)["export:onnx-f32"], "ran");
+}
