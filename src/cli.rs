@@ -90,6 +90,7 @@ impl From<&OverrideArgs> for Overrides {
             out_dir: args.out_dir.clone(),
             profile: args.profile.clone(),
             max_memory: None,
+            jobs: None,
         }
     }
 }
@@ -237,6 +238,10 @@ pub struct RunArgs {
     /// Peak memory the plan may need (overrides `max-memory`; default: the available RAM)
     #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
+    /// Exports written at once (overrides `jobs`; default 1). All read the one merge; the
+    /// bytes are the same as a sequential run's
+    #[arg(short = 'j', long, value_name = "N")]
+    pub jobs: Option<u32>,
 }
 
 #[derive(Debug, Args)]

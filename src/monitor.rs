@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,10 @@ fn bar(total: u64, message: impl Into<String>, template: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
-    ProgressBar::new(total).with_style(style).with_message(message.into())
+    // One MultiProgress, so bars of exports written at once (`run -j`) stack instead of fighting.
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+        .add(ProgressBar::new(total).with_style(style).with_message(message.into()))
 }
 
 /// A one-line status for people (stderr), dropped under -q or `--message-format json`.

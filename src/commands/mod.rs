@@ -63,7 +63,11 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Merge(args) => merge::run(&ctx, args),
         Command::Run(args) => {
-            let overrides = Overrides { max_memory: args.max_memory.clone(), ..(&args.overrides).into() };
+            let overrides = Overrides {
+                max_memory: args.max_memory.clone(),
+                jobs: args.jobs,
+                ..(&args.overrides).into()
+            };
             let flags = run::RunFlags {
                 skip_check: args.skip_check,
                 no_validate: args.no_validate,

@@ -1,3 +1,6 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use serde::Serialize;
 
 use super::Context;
@@ -172,24 +175,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     };
     let inputs = export_inputs(&base, detection.as_ref(), merged.as_ref());
 
-    let mut results = Vec::new();
-    for export in &config.exports {
-        let spec = &export.value;
-        let Some(stage) = plan.stage(&export_stage_id(&spec.name)) else { continue };
-        let timer = StageTimer::start(&stage.id, &out_dir);
-        if stage.runs() {
-            begin(&state, stage)?;
-            state.forget(&validate_stage_id(&spec.name))?;
-            let result = write_export(&config, &inputs, spec, flags.skip_check)?;
-            state.record(&stage.id, &stage.inputs_digest, outputs(std::slice::from_ref(&result.dir)))?;
-            results.push(result);
-        } else {
-            say_skipped(stage);
-            results.push(existing_export(&config, spec)?);
-        }
-        metrics.push(timer.finish(stage.runs(), &out_dir));
-        fault::point("between-exports");
-    }
+    let results = export_stages(&config, &inputs, &plan, &state, flags.skip_check, &mut metrics)?;
 
     let report = if flags.no_validate || config.exports.is_empty() {
         if flags.no_validate {
@@ -215,6 +201,107 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
         Some(report) => super::validate::verdict(&config, report),
         None => Ok(()),
     }
+}
+
+/// Runs the export stages, up to `jobs` at once (fewer when their memory estimates would pass
+/// max-memory together). Each writes its own folder from the shared merge, so the bytes do not
+/// depend on the order; results come back in declaration order. After a failure no new export
+/// starts; those running finish (and are recorded), and the first error in order is returned.
+fn export_stages(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    plan: &Plan,
+    state: &StateDir,
+    skip_check: bool,
+    metrics: &mut Vec<StageMetrics>,
+) -> Result<Vec<ExportResult>, Error> {
+    let stages: Vec<(&ExportSpec, &Stage)> = config
+        .exports
+        .iter()
+        .filter_map(|e| plan.stage(&export_stage_id(&e.value.name)).map(|s| (&e.value, s)))
+        .collect();
+    let jobs = concurrent_exports(config, &stages);
+    if jobs > 1 {
+        tracing::info!("writing up to {jobs} exports at once");
+    }
+    let slots: Vec<Mutex<Option<ExportOutcome>>> = stages.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while !failed.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&(spec, stage)) = stages.get(i) else { break };
+                    let outcome = export_stage(config, inputs, state, spec, stage, skip_check);
+                    if outcome.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(outcome);
+                    }
+                }
+            });
+        }
+    });
+    let mut results = Vec::new();
+    for slot in slots {
+        match slot.into_inner().ok().flatten() {
+            Some(Ok((result, measured))) => {
+                results.push(result);
+                metrics.push(measured);
+            }
+            Some(Err(e)) => return Err(e),
+            // Not started after another export failed: that failure was returned above.
+            None => {}
+        }
+    }
+    Ok(results)
+}
+
+type ExportOutcome = Result<(ExportResult, StageMetrics), Error>;
+
+/// `jobs`, lowered so the running exports' memory estimates fit max-memory together.
+fn concurrent_exports(config: &Config, stages: &[(&ExportSpec, &Stage)]) -> usize {
+    let running: Vec<u64> =
+        stages.iter().filter(|(_, s)| s.runs()).map(|(_, s)| s.estimated_peak_memory).collect();
+    let jobs = (config.jobs.value.max(1) as usize).min(running.len().max(1));
+    let limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
+    match (limit, running.iter().max()) {
+        (Some(limit), Some(&largest)) if largest > 0 => {
+            let fit = (limit / largest).max(1) as usize;
+            if fit < jobs {
+                tracing::warn!("writing {fit} exports at once instead of {jobs}: max-memory allows no more");
+            }
+            jobs.min(fit)
+        }
+        _ => jobs,
+    }
+}
+
+fn export_stage(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    state: &StateDir,
+    spec: &ExportSpec,
+    stage: &Stage,
+    skip_check: bool,
+) -> ExportOutcome {
+    let out_dir = &config.out_dir.value;
+    let timer = StageTimer::start(&stage.id, out_dir);
+    let result = if stage.runs() {
+        begin(state, stage)?;
+        state.forget(&validate_stage_id(&spec.name))?;
+        let result = write_export(config, inputs, spec, skip_check)?;
+        state.record(&stage.id, &stage.inputs_digest, outputs(std::slice::from_ref(&result.dir)))?;
+        result
+    } else {
+        say_skipped(stage);
+        existing_export(config, spec)?
+    };
+    let measured = timer.finish(stage.runs(), out_dir);
+    fault::point("between-exports");
+    Ok((result, measured))
 }
 
 /// Per-stage measurements of the last run (report.json holds what does not change between runs).

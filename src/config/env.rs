@@ -15,6 +15,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("MODEL_EXPORT_OUT_DIR", "out-dir"),
     ("MODEL_EXPORT_PROFILE", "profile"),
     ("MODEL_EXPORT_MAX_MEMORY", "max-memory"),
+    ("MODEL_EXPORT_JOBS", "jobs"),
     ("MODEL_EXPORT_VALIDATE_PROMPTS", "validate.prompts (a JSON array of strings, or one prompt)"),
     ("MODEL_EXPORT_VALIDATE_ENGINES", "validate.engines (comma-separated)"),
     ("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "validate.max-new-tokens"),
@@ -64,6 +65,17 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
             })
         })
         .transpose()?;
+    let jobs = get("MODEL_EXPORT_JOBS")
+        .map(|text| {
+            text.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    "MODEL_EXPORT_JOBS",
+                    format!("`{text}` is not a whole number"),
+                    "give a number such as 2".into(),
+                )
+            })
+        })
+        .transpose()?;
     let max_new_tokens = get("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS")
         .map(|text| {
             text.trim().parse::<u32>().map_err(|_| {
@@ -94,6 +106,7 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
         out_dir: get("MODEL_EXPORT_OUT_DIR"),
         profile: get("MODEL_EXPORT_PROFILE"),
         max_memory: get("MODEL_EXPORT_MAX_MEMORY"),
+        jobs,
         validate: any_validate.then_some(ValidateLayer { prompts, engines, max_new_tokens, chat_template }),
         export: None,
     })

@@ -30,6 +30,8 @@ pub struct Overrides {
     pub profile: Option<String>,
     /// `run --max-memory`.
     pub max_memory: Option<String>,
+    /// `run -j`.
+    pub jobs: Option<u32>,
 }
 
 /// Everything `load` reads besides the files: passed in so tests control it.
@@ -50,6 +52,7 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         out_dir: path_text(&request.overrides.out_dir),
         profile: request.overrides.profile.clone(),
         max_memory: request.overrides.max_memory.clone(),
+        jobs: request.overrides.jobs,
         validate: None,
         export: None,
     };

@@ -64,6 +64,8 @@ pub struct Config {
     pub profile: Sourced<ProfileChoice>,
     /// Peak memory the plan may use (`None`: the RAM available when the run starts).
     pub max_memory: Sourced<Option<ByteSize>>,
+    /// Exports written at once.
+    pub jobs: Sourced<u32>,
     pub validate: ValidateConfig,
     pub exports: Vec<Sourced<ExportSpec>>,
 }
@@ -198,6 +200,19 @@ pub fn resolve(
         None => Sourced::new(None, Source::Default),
     };
 
+    let jobs = match layers.iter().find_map(|l| l.table.jobs.map(|j| (j, l))) {
+        Some((0, layer)) => {
+            return Err(invalid(
+                layer,
+                "jobs",
+                "must be at least 1".into(),
+                "use 1 for one export at a time".into(),
+            ));
+        }
+        Some((n, layer)) => Sourced::new(n, layer.source("jobs")),
+        None => Sourced::new(1, Source::Default),
+    };
+
     let validate_value = |get: &dyn Fn(&super::table::ValidateLayer) -> bool| {
         layers.iter().find(|l| l.table.validate.as_ref().is_some_and(get))
     };
@@ -268,6 +283,7 @@ pub fn resolve(
         out_dir,
         profile,
         max_memory,
+        jobs,
         validate: ValidateConfig { prompts, engines, max_new_tokens, chat_template },
         exports,
     })

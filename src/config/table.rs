@@ -15,6 +15,7 @@ pub struct TableLayer {
     pub out_dir: Option<String>,
     pub profile: Option<String>,
     pub max_memory: Option<String>,
+    pub jobs: Option<u32>,
     pub validate: Option<ValidateLayer>,
     pub export: Option<Vec<ExportEntry>>,
 }

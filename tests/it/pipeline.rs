@@ -270,3 +270,19 @@ fn ctrl_c_stops_at_a_safe_point_removes_the_partial_export_and_says_how_to_resum
     assert_eq!(stage_outcomes(&resumed)["merge"], "skipped");
     assert_eq!(stage_outcomes(&resumed)["export:onnx-f32"], "ran");
 }
+
+#[test]
+fn exports_written_at_once_are_byte_identical_to_a_sequential_run() {
+    let sequential = Project::new(TABLES);
+    assert_eq!(sequential.run(&["run", "-j", "1"]).code, 0);
+    let parallel = Project::new(&TABLES.replace("out-dir = \"exports\"", "out-dir = \"exports\"\njobs = 3"));
+    let out = parallel.run(&["run", "--message-format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let names: Vec<_> = out.json()["exports"].as_array().unwrap().iter().map(|e| e["name"].clone()).collect();
+    assert_eq!(names, ["onnx-f32", "st-f16", "onnx-int8"], "results come back in declaration order");
+    assert_eq!(artifacts(&parallel), artifacts(&sequential));
+
+    let zero = sequential.run(&["run", "-j", "0"]);
+    assert_eq!(zero.code, 2, "{}", zero.stderr);
+    assert!(zero.stderr.contains("invalid `--jobs`"), "{}", zero.stderr);
+}

@@ -1,0 +1,107 @@
+//! Parallel exports benchmark (issue: pipeline): the Qwen3-0.6B-shaped random model and a rank-16
+//! run, exported to f32 ONNX + f16 ONNX + bf16 safetensors by the release binary with `-j 1`
+//! and `-j 3`, interleaved, median of 3 each (`--force --no-validate --skip-check`, so the merge
+//! and the three writes are what is timed). Prints wall time and peak RSS, and checks that both
+//! write the same bytes.
+//!
+//! cargo bench --bench parallel_exports      (data is cached under target/bench-data)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
+
+/// Wall seconds and the child's own peak RSS (wait4).
+// The child is reaped by wait4 itself, which also returns its resource usage.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut Command) -> (f64, u64) {
+    let started = Instant::now();
+    let child = cmd.spawn().expect("command starts");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting on our own child with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    (started.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024)
+}
+
+fn manifests(out: &Path) -> Vec<String> {
+    ["onnx-f32", "onnx-f16", "st-bf16"]
+        .iter()
+        .map(|e| std::fs::read_to_string(out.join(e).join("manifest.json")).unwrap())
+        .collect()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("parallel exports benchmark: run it with `cargo bench --bench parallel_exports`");
+        return;
+    }
+    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
+    let base_dir = data.join("qwen3-0.6b");
+    let run = data.join("qwen3-0.6b-run");
+    if !base_dir.join("model.safetensors").is_file() || !run.join("checkpoint-200").is_dir() {
+        let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
+        let config = write_model(shape, &base_dir, 42, None).unwrap();
+        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
+        write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
+    }
+    let work = tempfile::tempdir_in(&data).unwrap();
+    let project = work.path().join("project");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"bench\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n\
+             [package.metadata.model-export]\nbase = {:?}\nadapter = {:?}\nout-dir = \"out\"\n\n\
+             [[package.metadata.model-export.export]]\nname = \"onnx-f32\"\nformat = \"onnx\"\n\n\
+             [[package.metadata.model-export.export]]\nname = \"onnx-f16\"\nformat = \"onnx\"\ndtype = \"f16\"\n\n\
+             [[package.metadata.model-export.export]]\nname = \"st-bf16\"\nformat = \"safetensors\"\ndtype = \"bf16\"\n",
+            base_dir.display().to_string(),
+            run.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = project.join("out");
+    let mut timings: [Vec<(f64, u64)>; 2] = [Vec::new(), Vec::new()];
+    let mut written: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..3 {
+        for (slot, jobs) in ["1", "3"].iter().enumerate() {
+            let _ = std::fs::remove_dir_all(&out);
+            timings[slot].push(measure(
+                Command::new(env!("CARGO_BIN_EXE_cargo-model-export"))
+                    .args([
+                        "run",
+                        "-q",
+                        "--force",
+                        "--no-validate",
+                        "--skip-check",
+                        "-j",
+                        jobs,
+                        "--manifest-path",
+                    ])
+                    .arg(project.join("Cargo.toml"))
+                    .stdout(std::process::Stdio::null()),
+            ));
+            written[slot] = manifests(&out);
+        }
+    }
+    assert_eq!(written[0], written[1], "-j 3 wrote other bytes than -j 1");
+    println!("Qwen3-0.6B shape (bf16 base + rank-16 LoRA) -> f32 ONNX + f16 ONNX + bf16 safetensors");
+    for (slot, label) in ["-j 1 (sequential)", "-j 3 (parallel)  "].iter().enumerate() {
+        let runs = &mut timings[slot];
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let rss = runs.iter().map(|r| r.1).max().unwrap_or(0);
+        println!(
+            "  {label}: {:.2} s (median of 3; min {:.2}, max {:.2}), peak RSS {:.0} MiB",
+            runs[1].0,
+            runs[0].0,
+            runs[2].0,
+            rss as f64 / 1048576.0
+        );
+    }
+    println!("  both wrote identical manifests (every file's SHA-256)");
+}
