@@ -99,7 +99,7 @@ fn main() {
     write_merged_folder(
         &base,
         Some(&detection),
-        &MergeOptions { dtype: Some(TensorDtype::F32), max_shard_size: None },
+        &MergeOptions { dtype: Some(TensorDtype::F32), max_shard_size: None, allow_non_finite: false },
         &merged,
     )
     .unwrap();

@@ -73,6 +73,13 @@ fn io_help(source: &std::io::Error) -> String {
             "check the file's permissions, or point the tool at a folder you own".into()
         }
         std::io::ErrorKind::StorageFull => "free disk space or point `out-dir` at a larger filesystem".into(),
+        std::io::ErrorKind::NotADirectory => {
+            "a part of this path is a file, not a folder: point `out-dir` (or the path named) at a folder"
+                .into()
+        }
+        std::io::ErrorKind::IsADirectory => {
+            "this path is a folder where a file is expected: remove or rename it".into()
+        }
         _ => "check the path and the filesystem, then run the command again".into(),
     }
 }
@@ -121,8 +128,8 @@ impl ConfigError {
 pub enum ProfileError {
     #[error("unknown profile `{name}`")]
     Unknown { name: String, known: String },
-    #[error("config.json has model_type `{model_type}`, which no profile handles")]
-    UnknownModelType { model_type: String, known: String },
+    #[error("{}model_type `{model_type}`, which no profile handles", config.as_ref().map_or("config.json has ".to_string(), |p| format!("{} has ", p.display())))]
+    UnknownModelType { model_type: String, known: String, config: Option<PathBuf> },
 }
 
 impl ProfileError {
@@ -157,6 +164,8 @@ pub enum ModelError {
     MissingShard { index: PathBuf, shard: String },
     #[error("{}: tensor `{tensor}` does not fit the {profile} architecture: {message}", path.display())]
     Layout { path: PathBuf, profile: &'static str, tensor: String, message: String },
+    #[error("{}: tensor `{tensor}` holds {value} at index {position:?}", path.display())]
+    NonFinite { path: PathBuf, tensor: String, position: Vec<usize>, value: f32 },
     #[error(transparent)]
     Profile(#[from] ProfileError),
 }
@@ -179,6 +188,7 @@ impl ModelError {
             ModelError::Layout { .. } => {
                 "check that config.json belongs to these weights, and that `profile` names the right architecture".into()
             }
+            ModelError::NonFinite { .. } => "NaN or Inf weights come from a diverged training run or a damaged file: export an earlier checkpoint or copy the file again; set `allow-non-finite = true` to export them as they are".into(),
             ModelError::Profile(e) => e.help(),
         }
     }
@@ -191,6 +201,8 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{} holds no adapter: no adapter_config.json and no checkpoint-N folders", path.display())]
     NoAdapter { path: PathBuf },
+    #[error("{} is a file; `adapter` must be the adapter folder that holds it, or a training output folder", path.display())]
+    AdapterIsAFile { path: PathBuf },
     #[error("{}: {message}", path.display())]
     AdapterConfig { path: PathBuf, message: String },
     #[error("{}: tensor `{tensor}`: {message}", path.display())]
@@ -211,6 +223,10 @@ impl CheckpointError {
     pub fn help(&self) -> String {
         match self {
             CheckpointError::Io { source, .. } => io_help(source),
+            CheckpointError::AdapterIsAFile { path } => format!(
+                "set `adapter` to {}",
+                path.parent().map_or_else(|| "its folder".to_string(), |p| format!("`{}`", p.display()))
+            ),
             CheckpointError::NoAdapter { .. } => {
                 "point `adapter` at a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or at a Trainer output folder with checkpoint-N folders".into()
             }

@@ -117,7 +117,7 @@ impl AdapterConfig {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            if key == "." {
+            if key == "." || key == "?" {
                 bad(format!("not a valid adapter config: {}", e.inner()))
             } else {
                 bad(format!("`{key}`: {}", e.inner()))
@@ -324,5 +324,32 @@ mod tests {
                 .contains("IA3")
         );
         assert!(parse(r#"{"r":"8","lora_alpha":1}"#).unwrap_err().contains("`r`"));
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::parse;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,200}") {
+                let _ = parse(&text);
+            }
+
+            #[test]
+            fn any_value_for_any_key_never_panics(
+                key in prop::sample::select(vec!["r", "lora_alpha", "target_modules", "use_rslora", "use_dora",
+                    "rank_pattern", "alpha_pattern", "modules_to_save", "peft_type", "fan_in_fan_out", "bias",
+                    "layers_to_transform"]),
+                value in prop::sample::select(vec!["0", "-1", "1e308", "18446744073709551616", "\"x\"", "null",
+                    "[]", "{}", "true", "[\"q_proj\"]", "{\"q_proj\": 0}", "\"all-linear\""]),
+            ) {
+                let text = format!(r#"{{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "{key}": {value}}}"#);
+                let _ = parse(&text);
+            }
+        }
     }
 }

@@ -108,10 +108,7 @@ pub fn detect(source: &Path, base: Option<&ModelFolder>) -> Result<Detection, Ch
     let meta = std::fs::metadata(source)
         .map_err(|source_err| CheckpointError::Io { path: source.to_path_buf(), source: source_err })?;
     if !meta.is_dir() {
-        return Err(CheckpointError::AdapterConfig {
-            path: source.to_path_buf(),
-            message: "is a file; `adapter` must be an adapter folder or a training output folder".into(),
-        });
+        return Err(CheckpointError::AdapterIsAFile { path: source.to_path_buf() });
     }
     if looks_like_adapter(source) {
         let adapter = open_checked(source, base)?;

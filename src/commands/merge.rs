@@ -40,8 +40,11 @@ pub fn run(ctx: &Context, args: &MergeArgs) -> Result<(), Error> {
         Some(out) => ctx.cwd.join(out),
         None => config.out_dir.value.join("merged"),
     };
-    let options =
-        MergeOptions { dtype: args.dtype.map(Into::into), max_shard_size: args.max_shard_size.map(|s| s.0) };
+    let options = MergeOptions {
+        dtype: args.dtype.map(Into::into),
+        max_shard_size: args.max_shard_size.map(|s| s.0),
+        allow_non_finite: config.allow_non_finite.value,
+    };
     let report = write_merged_folder(&base, detection.as_ref(), &options, &out)?;
     let summary = summary(&report);
     if ctx.json {

@@ -122,6 +122,7 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
         external_data: o.external_data,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         check: !skip_check,
+        allow_non_finite: false,
     }
 }
 
@@ -140,6 +141,13 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
         check_supported(&config, &export.value)?;
     }
     let (base, detection) = super::detect::open_inputs(&config)?;
+    // The tokenizer the exports will carry: the checkpoint's when it has one, else the base's.
+    let tokenizer_dir = detection
+        .as_ref()
+        .map(|d| d.chosen.clone())
+        .filter(|d| d.join("tokenizer.json").is_file())
+        .unwrap_or_else(|| base.dir.clone());
+    crate::validate::check_tokenizer(&tokenizer_dir)?;
     let plan = build_plan(&config, &base, detection.as_ref(), flags.force, !flags.no_validate)?;
     if flags.dry_run {
         return print_plan(ctx, &plan);
@@ -452,7 +460,11 @@ pub fn merge_once(
         return Ok(None);
     }
     let dir = merged_dir(&config.out_dir.value);
-    let options = MergeOptions { dtype: Some(TensorDtype::F32), max_shard_size: None };
+    let options = MergeOptions {
+        dtype: Some(TensorDtype::F32),
+        max_shard_size: None,
+        allow_non_finite: config.allow_non_finite.value,
+    };
     write_merged_folder(base, Some(detection), &options, &dir)?;
     tracing::info!("merged {} once into {}", detection.chosen.display(), dir.display());
     Ok(Some(ModelFolder::open(&dir, Some(base.profile))?))
@@ -496,12 +508,16 @@ pub fn write_export(
             let options = MergeOptions {
                 dtype: spec.dtype.and_then(float_dtype),
                 max_shard_size: spec.options.max_shard_size.map(|s| s.0),
+                allow_non_finite: config.allow_non_finite.value,
             };
             let report = write_safetensors_folder(inputs, &options, &out)?;
             (report.manifest, report.dtype.to_string(), Vec::new(), None)
         }
         Format::Onnx => {
-            let options = onnx_options(spec, inputs.weights.parameter_count(), skip_check);
+            let options = OnnxOptions {
+                allow_non_finite: config.allow_non_finite.value,
+                ..onnx_options(spec, inputs.weights.parameter_count(), skip_check)
+            };
             let report = write_onnx_folder(inputs, &options, &out)?;
             (report.manifest, options.precision.as_str().to_string(), report.checked_in, report.quantization)
         }

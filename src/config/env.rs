@@ -16,6 +16,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("MODEL_EXPORT_PROFILE", "profile"),
     ("MODEL_EXPORT_MAX_MEMORY", "max-memory"),
     ("MODEL_EXPORT_JOBS", "jobs"),
+    ("MODEL_EXPORT_ALLOW_NON_FINITE", "allow-non-finite (true/false)"),
     ("MODEL_EXPORT_VALIDATE_PROMPTS", "validate.prompts (a JSON array of strings, or one prompt)"),
     ("MODEL_EXPORT_VALIDATE_ENGINES", "validate.engines (comma-separated)"),
     ("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "validate.max-new-tokens"),
@@ -23,7 +24,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
 ];
 
 /// Variables with our prefix that are not configuration (read elsewhere, e.g. by tests).
-const OTHER_VARIABLES: &[&str] = &["MODEL_EXPORT_LOG"];
+const OTHER_VARIABLES: &[&str] =
+    &["MODEL_EXPORT_LOG", "MODEL_EXPORT_FAULT", "MODEL_EXPORT_FAULT_SIGNAL", "MODEL_EXPORT_TEST_FREE_BYTES"];
 
 /// The `MODEL_EXPORT_*` variables of the process environment (empty values count as unset).
 pub fn from_process() -> BTreeMap<String, String> {
@@ -76,6 +78,17 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
             })
         })
         .transpose()?;
+    let allow_non_finite = get("MODEL_EXPORT_ALLOW_NON_FINITE")
+        .map(|text| match text.trim() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            other => Err(invalid(
+                "MODEL_EXPORT_ALLOW_NON_FINITE",
+                format!("`{other}` is not a boolean"),
+                "use true or false".into(),
+            )),
+        })
+        .transpose()?;
     let max_new_tokens = get("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS")
         .map(|text| {
             text.trim().parse::<u32>().map_err(|_| {
@@ -107,6 +120,7 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
         profile: get("MODEL_EXPORT_PROFILE"),
         max_memory: get("MODEL_EXPORT_MAX_MEMORY"),
         jobs,
+        allow_non_finite,
         validate: any_validate.then_some(ValidateLayer { prompts, engines, max_new_tokens, chat_template }),
         export: None,
     })

@@ -53,6 +53,7 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         profile: request.overrides.profile.clone(),
         max_memory: request.overrides.max_memory.clone(),
         jobs: request.overrides.jobs,
+        allow_non_finite: None,
         validate: None,
         export: None,
     };

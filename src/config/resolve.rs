@@ -66,6 +66,8 @@ pub struct Config {
     pub max_memory: Sourced<Option<ByteSize>>,
     /// Exports written at once.
     pub jobs: Sourced<u32>,
+    /// Let NaN and Inf weights through instead of refusing them.
+    pub allow_non_finite: Sourced<bool>,
     pub validate: ValidateConfig,
     pub exports: Vec<Sourced<ExportSpec>>,
 }
@@ -152,7 +154,7 @@ pub fn resolve(
         Some((text, layer)) => {
             let path = resolve_path(layer, text);
             if !path.exists() {
-                return Err(invalid(layer, "adapter", format!("`{}` does not exist", path.display()),
+                return Err(invalid(layer, "adapter", missing_path(&path),
                     "point `adapter` at a PEFT adapter folder or a training output folder with checkpoint-N folders".into()));
             }
             Sourced::new(Some(path), layer.source("adapter"))
@@ -211,6 +213,11 @@ pub fn resolve(
         }
         Some((n, layer)) => Sourced::new(n, layer.source("jobs")),
         None => Sourced::new(1, Source::Default),
+    };
+
+    let allow_non_finite = match layers.iter().find_map(|l| l.table.allow_non_finite.map(|v| (v, l))) {
+        Some((value, layer)) => Sourced::new(value, layer.source("allow-non-finite")),
+        None => Sourced::new(false, Source::Default),
     };
 
     let validate_value = |get: &dyn Fn(&super::table::ValidateLayer) -> bool| {
@@ -284,6 +291,7 @@ pub fn resolve(
         profile,
         max_memory,
         jobs,
+        allow_non_finite,
         validate: ValidateConfig { prompts, engines, max_new_tokens, chat_template },
         exports,
     })
@@ -300,7 +308,7 @@ fn resolve_path(layer: &Layer, text: &str) -> PathBuf {
 
 fn check_base(layer: &Layer, base: &Path) -> Result<(), ConfigError> {
     let problem = if !base.exists() {
-        Some(format!("`{}` does not exist", base.display()))
+        Some(missing_path(base))
     } else if !base.is_dir() {
         Some(format!("`{}` is a file, not a model folder", base.display()))
     } else if !base.join("config.json").is_file() {
@@ -470,4 +478,13 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
         ));
     }
     Ok(specs)
+}
+
+/// Why `path` cannot be used although it was named: missing, or a link that resolves nowhere.
+fn missing_path(path: &Path) -> String {
+    if std::fs::symlink_metadata(path).is_ok() {
+        format!("`{}` is a symbolic link that leads nowhere (a loop, or its target is gone)", path.display())
+    } else {
+        format!("`{}` does not exist", path.display())
+    }
 }

@@ -16,6 +16,7 @@ pub struct TableLayer {
     pub profile: Option<String>,
     pub max_memory: Option<String>,
     pub jobs: Option<u32>,
+    pub allow_non_finite: Option<bool>,
     pub validate: Option<ValidateLayer>,
     pub export: Option<Vec<ExportEntry>>,
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::kernel::{RowDelta, transpose};
 use super::plan::{MergePlan, Origin, PlannedTensor};
 use crate::checkpoint::Adapter;
-use crate::error::{CheckpointError, Error};
+use crate::error::{CheckpointError, Error, ModelError};
 use crate::export::safetensors::TensorEntry;
 use crate::model::dtype::{decode_into, encode_into};
 use crate::model::{ModelFolder, SafetensorsFile, TensorDtype, TensorInfo};
@@ -19,6 +19,8 @@ const BLOCK_ELEMENTS: usize = 4 << 20;
 pub struct MergeInputs<'a> {
     pub base: &'a ModelFolder,
     pub adapter: Option<&'a Adapter>,
+    /// Let NaN and Inf through instead of refusing the tensor that holds them.
+    pub allow_non_finite: bool,
 }
 
 impl MergeInputs<'_> {
@@ -37,7 +39,32 @@ impl MergeInputs<'_> {
         let info = adapter.file.get(name).expect("planned from the adapter's own tensors");
         let mut values = Vec::new();
         adapter.file.read_f32(info, &mut values).map_err(CheckpointError::from)?;
+        self.check_finite(&adapter.file, name, &info.shape, 0, &values)?;
         Ok((values, info.shape.clone()))
+    }
+
+    /// Refuses the first NaN/Inf of `values` (elements of `tensor` from flat index `offset`).
+    fn check_finite(
+        &self,
+        file: &SafetensorsFile,
+        tensor: &str,
+        shape: &[usize],
+        offset: usize,
+        values: &[f32],
+    ) -> Result<(), Error> {
+        if self.allow_non_finite {
+            return Ok(());
+        }
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(ModelError::NonFinite {
+                path: file.path().to_path_buf(),
+                tensor: tensor.to_string(),
+                position: unravel(offset + i, shape),
+                value: values[i],
+            }
+            .into()),
+        }
     }
 }
 
@@ -120,6 +147,7 @@ fn merged_rows(
         let start = row * cols * width;
         let block = &bytes[start..start + n * cols * width];
         decode_parallel(info.dtype, block, values);
+        inputs.check_finite(file, &info.name, &info.shape, row * cols, values)?;
         if let Some(delta) = &delta {
             delta.apply(values, row);
         }
@@ -164,6 +192,10 @@ pub fn execute(
         if t.lora.is_none() && t.bias.is_none() && info.dtype == dtype {
             let bytes = file.bytes(info);
             for (i, block) in bytes.chunks(BLOCK_ELEMENTS * dtype.size_in_bytes()).enumerate() {
+                if !inputs.allow_non_finite && dtype.first_non_finite(block).is_some() {
+                    decode_parallel(dtype, block, &mut values);
+                    inputs.check_finite(file, &info.name, &info.shape, i * BLOCK_ELEMENTS, &values)?;
+                }
                 write(block)?;
                 file.release(info, i * BLOCK_ELEMENTS * dtype.size_in_bytes(), block.len());
                 progress.inc(block.len() as u64);
@@ -178,4 +210,14 @@ pub fn execute(
         })?;
     }
     Ok(())
+}
+
+/// The multi-index of flat element `index` in a row-major `shape`.
+fn unravel(mut index: usize, shape: &[usize]) -> Vec<usize> {
+    let mut position = vec![0; shape.len()];
+    for (p, &dim) in position.iter_mut().zip(shape).rev() {
+        *p = index % dim.max(1);
+        index /= dim.max(1);
+    }
+    position
 }

@@ -65,7 +65,16 @@ impl HfConfig {
         let model_type = fields.string("model_type")?.ok_or_else(|| fields.missing("model_type", None))?;
         let profile = match profile {
             Some(p) => p,
-            None => Profile::for_model_type(&model_type)?,
+            None => Profile::for_model_type(&model_type).map_err(|e| match e {
+                crate::error::ProfileError::UnknownModelType { model_type, known, .. } => {
+                    crate::error::ProfileError::UnknownModelType {
+                        model_type,
+                        known,
+                        config: Some(path.to_path_buf()),
+                    }
+                }
+                other => other,
+            })?,
         };
         for field in profile.required_config {
             if raw.get(*field).is_none_or(Value::is_null) {
@@ -266,5 +275,33 @@ mod tests {
         assert_eq!(err, "config.json: field `hidden_size` must be a positive integer, found \"64\"");
         let err = parse(&QWEN2.replace("qwen2", "gpt2")).unwrap_err();
         assert!(err.contains("model_type `gpt2`"), "{err}");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::{QWEN2, parse};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,200}") {
+                let _ = parse(&text);
+            }
+
+            #[test]
+            fn a_config_with_any_value_swapped_never_panics(
+                key in prop::sample::select(vec!["hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "vocab_size", "head_dim", "rms_norm_eps", "eos_token_id", "model_type",
+                    "intermediate_size", "rope_theta", "tie_word_embeddings"]),
+                value in prop::sample::select(vec!["0", "-1", "1e308", "18446744073709551616", "\"x\"", "null",
+                    "[]", "{}", "true", "4294967297", "0.5"]),
+            ) {
+                let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(QWEN2).unwrap();
+                config.insert(key.to_string(), serde_json::from_str(value).unwrap());
+                let _ = parse(&serde_json::to_string(&config).unwrap());
+            }
+        }
     }
 }

@@ -85,6 +85,23 @@ impl TensorDtype {
         matches!(self, TensorDtype::F32 | TensorDtype::F16 | TensorDtype::BF16)
     }
 
+    /// Index of the first NaN or Inf in `bytes` of this dtype (an all-ones exponent), without
+    /// decoding; `None` for integer types.
+    pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            TensorDtype::F32 => bytes
+                .chunks_exact(4)
+                .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7F80_0000 == 0x7F80_0000),
+            TensorDtype::BF16 => {
+                bytes.chunks_exact(2).position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7F80 == 0x7F80)
+            }
+            TensorDtype::F16 => {
+                bytes.chunks_exact(2).position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7C00 == 0x7C00)
+            }
+            _ => None,
+        }
+    }
+
     /// The `torch_dtype` string transformers writes into config.json.
     pub fn torch_name(self) -> Option<&'static str> {
         match self {

@@ -113,7 +113,7 @@ impl ModelFolder {
                     })?;
                 index.insert(tensor.clone(), (shard, position));
             }
-        } else if dir.join(SINGLE_FILE).is_file() {
+        } else if dir.join(SINGLE_FILE).exists() {
             let file = SafetensorsFile::open(&dir.join(SINGLE_FILE))?;
             for (i, t) in file.tensors().iter().enumerate() {
                 index.insert(t.name.clone(), (0, i));

@@ -322,4 +322,54 @@ mod tests {
         assert!(parse(&file_with("not json", &[])).unwrap_err().contains("not a valid JSON"));
         assert!(parse(&[1, 2]).unwrap_err().contains("too short"));
     }
+
+    // Fuzzing in the stable suite: whatever the bytes, parsing returns, never panics, and
+    // never allocates beyond the header it was given.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::{file_with, parse};
+
+        const VALID: &str = r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]},"__metadata__":{"format":"pt"}}"#;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse(&bytes);
+            }
+
+            #[test]
+            fn mutated_valid_files_never_panic(
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut bytes = file_with(VALID, &[7; 22]);
+                for (at, value) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = value;
+                }
+                let keep = cut.index(bytes.len() + 1);
+                let _ = parse(&bytes[..keep]);
+            }
+
+            #[test]
+            fn hostile_headers_are_refused_not_trusted(
+                dims in proptest::collection::vec(any::<u64>(), 0..5),
+                begin in any::<u64>(),
+                end in any::<u64>(),
+                dtype in prop::sample::select(vec!["F32", "BF16", "I8", "BOOL", "F8_E4M3", "X"]),
+            ) {
+                let header = format!(
+                    r#"{{"t":{{"dtype":"{dtype}","shape":{dims:?},"data_offsets":[{begin},{end}]}}}}"#
+                );
+                let bytes = file_with(&header, &[0; 16]);
+                if let Ok((_, tensors, _)) = parse(&bytes) {
+                    // Accepted only when it describes exactly the 16 data bytes.
+                    prop_assert_eq!(tensors[0].data_offsets, (0, 16));
+                }
+            }
+        }
+    }
 }

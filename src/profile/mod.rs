@@ -77,7 +77,11 @@ impl Profile {
     /// The profile for a config.json `model_type` (what `profile = "auto"` does).
     pub fn for_model_type(model_type: &str) -> Result<&'static Profile, ProfileError> {
         PROFILES.iter().find(|p| p.model_types.contains(&model_type)).ok_or_else(|| {
-            ProfileError::UnknownModelType { model_type: model_type.to_string(), known: known_names() }
+            ProfileError::UnknownModelType {
+                model_type: model_type.to_string(),
+                known: known_names(),
+                config: None,
+            }
         })
     }
 

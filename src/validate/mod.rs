@@ -36,6 +36,18 @@ pub struct Reference {
 }
 
 /// Tokenizes `prompts` with the tokenizer.json in `dir` (special tokens as written).
+/// Refuses a tokenizer.json in `dir` that does not load, before anything is written (exports
+/// copy it, and validation needs it).
+pub fn check_tokenizer(dir: &Path) -> Result<(), Error> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    tokenizers::Tokenizer::from_file(&path)
+        .map(|_| ())
+        .map_err(|e| ModelError::Json { path, message: format!("not a usable tokenizer: {e}") }.into())
+}
+
 pub fn tokenize(dir: &Path, prompts: &[String]) -> Result<Vec<Vec<i64>>, Error> {
     let path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Json {
@@ -92,7 +104,7 @@ pub fn build_reference(
     let hidden = indicatif::ProgressBar::hidden();
     execute(
         &plan,
-        &MergeInputs { base: inputs.weights, adapter },
+        &MergeInputs { base: inputs.weights, adapter, allow_non_finite: true },
         &|_| TensorDtype::F32,
         &mut |b| {
             bytes.extend_from_slice(b);

@@ -1,6 +1,7 @@
 //! Integration tests: the CLI on temporary cargo projects that point at the golden fixtures.
 //! One test binary (modules below) so the crate's dependency graph links once.
 
+mod bad_inputs;
 mod cli;
 mod common;
 mod config;

@@ -104,6 +104,8 @@ pub struct OnnxOptions {
     pub threads: usize,
     /// Load the model back and run it in tract (and ORT) before installing it.
     pub check: bool,
+    /// Let NaN and Inf weights through (`allow-non-finite`).
+    pub allow_non_finite: bool,
 }
 
 impl Default for OnnxOptions {
@@ -116,6 +118,7 @@ impl Default for OnnxOptions {
             external_data: None,
             threads: 2,
             check: true,
+            allow_non_finite: false,
         }
     }
 }
@@ -299,7 +302,7 @@ pub fn write_onnx_folder(
         .map_err(|e| Error::write(&data_path, e))?;
     let progress = monitor::bytes_bar(total, format!("writing {}", staging.name()));
     let started = std::time::Instant::now();
-    let merge_inputs = MergeInputs { base: weights, adapter };
+    let merge_inputs = MergeInputs { base: weights, adapter, allow_non_finite: options.allow_non_finite };
     let mut writer = WeightWriter::new(&mut sink, &data_path);
     execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
         writer.rows(t, options.storage(t, names), first, values, &progress)

@@ -22,6 +22,8 @@ pub struct MergeOptions {
     /// Output dtype; default: the base's storage dtype.
     pub dtype: Option<TensorDtype>,
     pub max_shard_size: Option<u64>,
+    /// Let NaN and Inf weights through (`allow-non-finite`).
+    pub allow_non_finite: bool,
 }
 
 #[derive(Debug)]
@@ -63,7 +65,7 @@ pub fn write_safetensors_folder(
         ShardedWriter::create(&dir, &entries, options.max_shard_size, &[("format".into(), "pt".into())])
             .map_err(|e| Error::write(&dir, e))?;
     let progress = monitor::bytes_bar(total, format!("merging into {}", staging.name()));
-    let merge_inputs = MergeInputs { base: weights, adapter };
+    let merge_inputs = MergeInputs { base: weights, adapter, allow_non_finite: options.allow_non_finite };
     let started = std::time::Instant::now();
     execute(
         &plan,
