@@ -72,7 +72,9 @@ fn config_json_errors_name_the_field() {
     let out = inspect(dir.path(), &model);
     assert_eq!(out.code, 1);
     let v = out.json();
-    assert_eq!(v["message"], "config.json has model_type `mistral`, which no profile handles");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.ends_with("config.json has model_type `mistral`, which no profile handles"), "{message}");
+    assert!(message.starts_with(&dir.path().display().to_string()), "names the file: {message}");
     assert!(v["help"].as_str().unwrap().contains("qwen2, qwen3"));
 
     // The profile can be forced, and a config that disagrees with the weights is reported per tensor.
