@@ -3,6 +3,7 @@
 //! a plain copy of the same files in the same run. Prints wall time, throughput and peak RSS.
 //!
 //! cargo bench --bench merge            (data is cached under target/bench-data)
+//! cargo bench --bench merge -- 7b      (Qwen2.5-7B shape, 15.2 GB in 4 shards; needs 40 GB free)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,17 @@ fn folder_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
 }
 
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: an all-zero statvfs is valid for statvfs to fill; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0, "statvfs {}", dir.display());
+    stat.f_bavail as u64 * stat.f_frsize as u64
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -45,18 +57,37 @@ fn main() {
         return;
     }
     let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
-    let base = data.join("qwen3-0.6b");
-    let run = data.join("qwen3-0.6b-run");
-    if !base.join("model.safetensors").is_file() || !run.join("checkpoint-200").is_dir() {
-        println!("generating the Qwen3-0.6B-shaped model and a rank-16 run under {}", data.display());
-        let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
-        let config = write_model(shape, &base, 42, None).unwrap();
+    // `cargo bench --bench merge -- 7b`: the Qwen2.5-7B shape in 4 shards instead of Qwen3-0.6B.
+    let seven = std::env::args().any(|a| a == "7b");
+    let (shape_name, label, shard, repetitions) = if seven {
+        ("qwen2.5-7b", "Qwen2.5-7B shape", Some(4_000_000_000), 3)
+    } else {
+        ("qwen3-0.6b", "Qwen3-0.6B shape", None, 5)
+    };
+    std::fs::create_dir_all(&data).unwrap();
+    if seven {
+        // The model (15.2 GB), one merged copy at a time and room to spare.
+        let free = free_bytes(&data);
+        if free < 40_000_000_000 {
+            println!(
+                "skipped: the 7B benchmark needs 40 GB free under {}, it has {:.1} GB",
+                data.display(),
+                free as f64 / 1e9
+            );
+            return;
+        }
+    }
+    let base = data.join(shape_name);
+    let run = data.join(format!("{shape_name}-run"));
+    if !base.join("config.json").is_file() || !run.join("checkpoint-200").is_dir() {
+        println!("generating the {label} random model and a rank-16 run under {}", data.display());
+        let shape = ModelShape::by_name(shape_name).unwrap();
+        let config = write_model(shape, &base, 42, shard).unwrap();
         let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
         write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
     }
     let work = tempfile::tempdir_in(&data).unwrap();
     let input_bytes = folder_bytes(&base);
-    let repetitions = 5;
 
     // Interleaved, so that the disk's moods hit both alike.
     let mut merges = Vec::new();
@@ -77,7 +108,7 @@ fn main() {
         let out = work.path().join(format!("copy-{i}"));
         // cp + sync: the merge fsyncs what it writes, so the copy must too to compare like with like.
         copies.push(measure(Command::new("sh").arg("-c").arg(format!(
-            "cp -r '{}' '{}' && sync -f '{}/model.safetensors'",
+            "cp -r '{}' '{}' && sync -f '{}/config.json'",
             base.display(),
             out.display(),
             out.display()
@@ -91,10 +122,7 @@ fn main() {
     let (merge_wall, merge_rss) = median(&mut merges);
     let (copy_wall, _) = median(&mut copies);
     let gb_s = |wall: Duration| input_bytes as f64 / wall.as_secs_f64() / 1e9;
-    println!(
-        "Qwen3-0.6B shape, bf16, {:.0} MiB of weights; rank-16 LoRA on all 7 projections",
-        mib(input_bytes)
-    );
+    println!("{label}, bf16, {:.0} MiB of weights; rank-16 LoRA on all 7 projections", mib(input_bytes));
     println!("median of {repetitions} runs:");
     println!(
         "  merge + write (cargo model-export merge): {:6.2} s  {:5.2} GB/s  peak RSS {:.0} MiB ({:.1}% of the model)",

@@ -242,6 +242,10 @@ pub struct RunArgs {
     /// bytes are the same as a sequential run's
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<u32>,
+    /// Fail instead of taking a documented fallback (external data for a protobuf past 2 GiB,
+    /// the `portable` target when ONNX Runtime rejects an `ort`-target graph)
+    #[arg(long)]
+    pub no_fallback: bool,
 }
 
 #[derive(Debug, Args)]

@@ -73,6 +73,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 no_validate: args.no_validate,
                 dry_run: args.dry_run,
                 force: args.force,
+                no_fallback: args.no_fallback,
             };
             run::run(&ctx, &overrides, flags)
         }

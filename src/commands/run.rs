@@ -12,7 +12,7 @@ use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
 use crate::export::manifest::read_manifest;
 use crate::export::onnx::folder::QUANT_REPORT_FILE;
-use crate::export::onnx::folder::QuantOptions;
+use crate::export::onnx::folder::{Fallback, QuantOptions};
 use crate::export::onnx::{OnnxOptions, OnnxPrecision, write_onnx_folder};
 use crate::export::safetensors::{MergeOptions, write_merged_folder, write_safetensors_folder};
 use crate::fsutil::write_json;
@@ -41,6 +41,8 @@ pub struct ExportResult {
     checked_in: Vec<&'static str>,
     /// What reduced precision saved and cost.
     quantization: Option<QuantSummary>,
+    /// Documented fallbacks the export took, with their reasons.
+    fallbacks: Vec<Fallback>,
 }
 
 /// The headline figures of a quantization report (the whole report is quantization.json).
@@ -123,6 +125,7 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         check: !skip_check,
         allow_non_finite: false,
+        fallback: true,
     }
 }
 
@@ -133,6 +136,7 @@ pub struct RunFlags {
     pub no_validate: bool,
     pub dry_run: bool,
     pub force: bool,
+    pub no_fallback: bool,
 }
 
 pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), Error> {
@@ -183,7 +187,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     };
     let inputs = export_inputs(&base, detection.as_ref(), merged.as_ref());
 
-    let results = export_stages(&config, &inputs, &plan, &state, flags.skip_check, &mut metrics)?;
+    let results = export_stages(&config, &inputs, &plan, &state, flags, &mut metrics)?;
 
     let report = if flags.no_validate || config.exports.is_empty() {
         if flags.no_validate {
@@ -220,7 +224,7 @@ fn export_stages(
     inputs: &ExportInputs<'_>,
     plan: &Plan,
     state: &StateDir,
-    skip_check: bool,
+    flags: RunFlags,
     metrics: &mut Vec<StageMetrics>,
 ) -> Result<Vec<ExportResult>, Error> {
     let stages: Vec<(&ExportSpec, &Stage)> = config
@@ -241,7 +245,7 @@ fn export_stages(
                 while !failed.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&(spec, stage)) = stages.get(i) else { break };
-                    let outcome = export_stage(config, inputs, state, spec, stage, skip_check);
+                    let outcome = export_stage(config, inputs, state, spec, stage, flags);
                     if outcome.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
@@ -293,14 +297,14 @@ fn export_stage(
     state: &StateDir,
     spec: &ExportSpec,
     stage: &Stage,
-    skip_check: bool,
+    flags: RunFlags,
 ) -> ExportOutcome {
     let out_dir = &config.out_dir.value;
     let timer = StageTimer::start(&stage.id, out_dir);
     let result = if stage.runs() {
         begin(state, stage)?;
         state.forget(&validate_stage_id(&spec.name))?;
-        let result = write_export(config, inputs, spec, skip_check)?;
+        let result = write_export(config, inputs, spec, flags.skip_check, !flags.no_fallback)?;
         state.record(&stage.id, &stage.inputs_digest, outputs(std::slice::from_ref(&result.dir)))?;
         result
     } else {
@@ -491,7 +495,11 @@ pub fn run_exports(
     for export in &config.exports {
         check_supported(config, &export.value)?;
     }
-    config.exports.iter().map(|export| write_export(config, inputs, &export.value, skip_check)).collect()
+    config
+        .exports
+        .iter()
+        .map(|export| write_export(config, inputs, &export.value, skip_check, true))
+        .collect()
 }
 
 /// Writes one export into `<out-dir>/<name>`.
@@ -500,10 +508,11 @@ pub fn write_export(
     inputs: &ExportInputs<'_>,
     spec: &ExportSpec,
     skip_check: bool,
+    fallback: bool,
 ) -> Result<ExportResult, Error> {
     let out = config.out_dir.value.join(&spec.name);
     tracing::info!("export {}: writing {}", spec.name, out.display());
-    let (manifest, dtype, checked_in, quantization) = match spec.format {
+    let (manifest, dtype, checked_in, quantization, fallbacks) = match spec.format {
         Format::Safetensors => {
             let options = MergeOptions {
                 dtype: spec.dtype.and_then(float_dtype),
@@ -511,28 +520,44 @@ pub fn write_export(
                 allow_non_finite: config.allow_non_finite.value,
             };
             let report = write_safetensors_folder(inputs, &options, &out)?;
-            (report.manifest, report.dtype.to_string(), Vec::new(), None)
+            (report.manifest, report.dtype.to_string(), Vec::new(), None, Vec::new())
         }
         Format::Onnx => {
             let options = OnnxOptions {
                 allow_non_finite: config.allow_non_finite.value,
+                fallback,
                 ..onnx_options(spec, inputs.weights.parameter_count(), skip_check)
             };
             let report = write_onnx_folder(inputs, &options, &out)?;
-            (report.manifest, options.precision.as_str().to_string(), report.checked_in, report.quantization)
+            for f in &report.fallbacks {
+                crate::monitor::status(&format!("{}: fallback `{}`: {}", spec.name, f.kind, f.reason));
+            }
+            (
+                report.manifest,
+                options.precision.as_str().to_string(),
+                report.checked_in,
+                report.quantization,
+                report.fallbacks,
+            )
         }
     };
     Ok(ExportResult {
         name: spec.name.clone(),
         format: spec.format,
         dtype,
-        target: spec.target,
+        target: written_target(&manifest, spec),
         dir: out,
         bytes: manifest.files.iter().map(|f| f.size).sum(),
         files: manifest.files.len(),
         checked_in,
         quantization: quantization.map(|q| QuantSummary::of(&q)),
+        fallbacks,
     })
+}
+
+/// The target the folder was written for (a fallback may have changed the configured one).
+fn written_target(manifest: &crate::export::manifest::Manifest, spec: &ExportSpec) -> Option<Target> {
+    manifest.provenance.options["target"].as_str().and_then(|t| t.parse().ok()).or(spec.target)
 }
 
 /// An export a previous run wrote (its stage was skipped), as its manifest describes it.
@@ -550,12 +575,14 @@ fn existing_export(config: &Config, spec: &ExportSpec) -> Result<ExportResult, E
         name: spec.name.clone(),
         format: spec.format,
         dtype,
-        target: spec.target,
+        target: written_target(&manifest, spec),
         bytes: manifest.files.iter().map(|f| f.size).sum(),
         files: manifest.files.len(),
         dir,
         checked_in: Vec::new(),
         quantization: quantization.map(|q| QuantSummary::of(&q)),
+        fallbacks: serde_json::from_value(manifest.provenance.options["fallbacks"].clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -24,8 +24,13 @@ pub const VARIABLES: &[(&str, &str)] = &[
 ];
 
 /// Variables with our prefix that are not configuration (read elsewhere, e.g. by tests).
-const OTHER_VARIABLES: &[&str] =
-    &["MODEL_EXPORT_LOG", "MODEL_EXPORT_FAULT", "MODEL_EXPORT_FAULT_SIGNAL", "MODEL_EXPORT_TEST_FREE_BYTES"];
+const OTHER_VARIABLES: &[&str] = &[
+    "MODEL_EXPORT_LOG",
+    "MODEL_EXPORT_FAULT",
+    "MODEL_EXPORT_FAULT_SIGNAL",
+    "MODEL_EXPORT_TEST_FREE_BYTES",
+    "MODEL_EXPORT_TEST_EMBEDDED_LIMIT",
+];
 
 /// The `MODEL_EXPORT_*` variables of the process environment (empty values count as unset).
 pub fn from_process() -> BTreeMap<String, String> {

@@ -15,6 +15,7 @@ struct Fault {
     nth: usize,
     seen: AtomicUsize,
     interrupt: bool,
+    error: bool,
 }
 
 fn armed() -> Option<&'static Fault> {
@@ -26,15 +27,23 @@ fn armed() -> Option<&'static Fault> {
                 Some((name, n)) => (name.to_string(), n.parse().ok()?),
                 None => (spec, 1),
             };
-            let interrupt = std::env::var(FAULT_SIGNAL_ENV).is_ok_and(|s| s == "INT");
-            Some(Fault { name, nth, seen: AtomicUsize::new(0), interrupt })
+            let signal = std::env::var(FAULT_SIGNAL_ENV).unwrap_or_default();
+            let (interrupt, error) = (signal == "INT", signal == "ERROR");
+            Some(Fault { name, nth, seen: AtomicUsize::new(0), interrupt, error })
         })
         .as_ref()
 }
 
+/// With `MODEL_EXPORT_FAULT_SIGNAL=ERROR`: whether the armed point `name` should fail here
+/// (its caller returns the error that point stands for) instead of killing the process.
+pub fn fails(name: &str) -> bool {
+    let Some(fault) = armed() else { return false };
+    fault.error && fault.name == name && fault.seen.fetch_add(1, Ordering::SeqCst) + 1 == fault.nth
+}
+
 /// Kills the process with SIGKILL if this is the armed point's n-th visit.
 pub fn point(name: &str) {
-    let Some(fault) = armed() else { return };
+    let Some(fault) = armed().filter(|f| !f.error) else { return };
     if fault.name == name && fault.seen.fetch_add(1, Ordering::SeqCst) + 1 == fault.nth {
         #[cfg(unix)]
         if fault.interrupt {

@@ -221,7 +221,11 @@ pub fn validate_export(
     });
     let tolerance = Tolerance::for_export(dtype, &spec.options);
     let c = &base.config;
-    let target = spec.target.unwrap_or(Target::Portable);
+    // The target the folder was written for: a fallback may have changed the configured one.
+    let written = crate::export::manifest::read_manifest(dir)
+        .ok()
+        .and_then(|m| m.provenance.options["target"].as_str().and_then(|t| t.parse::<Target>().ok()));
+    let target = written.or(spec.target).unwrap_or(Target::Portable);
     let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
     let mut results = Vec::new();
     for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
@@ -275,7 +279,7 @@ pub fn validate_export(
         export: spec.name.clone(),
         format: spec.format.to_string(),
         dtype: dtype.to_string(),
-        target: spec.target.map(|t| t.to_string()),
+        target: (spec.format == Format::Onnx).then(|| target.to_string()),
         tolerance,
         prompts: reference.batch.input_ids.len(),
         max_new_tokens: reference.options.max_new_tokens,

@@ -286,3 +286,82 @@ fn exports_written_at_once_are_byte_identical_to_a_sequential_run() {
     assert_eq!(zero.code, 2, "{}", zero.stderr);
     assert!(zero.stderr.contains("invalid `--jobs`"), "{}", zero.stderr);
 }
+
+/// Whether ONNX Runtime can run here (the suite requires it under CI=true).
+fn ort_here() -> bool {
+    let available = model_export::runtime::ort_engine::available();
+    assert!(available || std::env::var("CI").is_err(), "ONNX Runtime is required under CI=true");
+    available
+}
+
+#[test]
+fn an_ort_target_graph_that_onnx_runtime_rejects_falls_back_to_portable() {
+    if !ort_here() {
+        return;
+    }
+    let tables = r#"
+[package.metadata.model-export]
+base = "{fixtures}/qwen3-tiny"
+adapter = "{fixtures}/qwen3-tiny-run"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "fused"
+format = "onnx"
+target = "ort"
+"#;
+    let project = Project::new(tables);
+    let reject = [("MODEL_EXPORT_FAULT", "ort-check"), ("MODEL_EXPORT_FAULT_SIGNAL", "ERROR")];
+    let out = project.run_env(&["run", "--message-format", "json"], &reject);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let export = &out.json()["exports"][0];
+    assert_eq!(export["target"], "portable");
+    assert_eq!(export["fallbacks"][0]["kind"], "portable-target");
+    assert!(
+        export["fallbacks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ONNX Runtime rejected the `ort`-target graph"),
+        "{export}"
+    );
+    assert_eq!(out.json()["validation"]["passed"], true);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.path().join("exports/fused/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["provenance"]["options"]["target"], "portable");
+    assert_eq!(manifest["provenance"]["options"]["fallbacks"][0]["kind"], "portable-target");
+
+    let strict = Project::new(tables);
+    let out = strict.run_env(&["run", "--no-fallback"], &reject);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("ort: injected fault (ort-check)"), "{}", out.stderr);
+    assert!(!strict.path().join("exports/fused").exists());
+}
+
+#[test]
+fn weights_past_the_protobuf_limit_fall_back_to_external_data() {
+    let tables = r#"
+[package.metadata.model-export]
+base = "{fixtures}/qwen3-tiny"
+adapter = "{fixtures}/qwen3-tiny-run"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "embedded"
+format = "onnx"
+options = { external-data = false }
+"#;
+    // A 100 KB stand-in for the 2 GiB limit, so the tiny model passes it.
+    let limit = [("MODEL_EXPORT_TEST_EMBEDDED_LIMIT", "100000")];
+    let project = Project::new(tables);
+    let out = project.run_env(&["run", "--message-format", "json"], &limit);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let export = &out.json()["exports"][0];
+    assert_eq!(export["fallbacks"][0]["kind"], "external-data", "{export}");
+    assert!(project.path().join("exports/embedded/model.onnx_data").is_file());
+
+    let strict = Project::new(tables);
+    let out = strict.run_env(&["run", "--no-fallback"], &limit);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("do not fit in a protobuf (2 GiB)"), "{}", out.stderr);
+}

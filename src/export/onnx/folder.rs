@@ -4,6 +4,7 @@
 //! the folder is installed, the model is loaded back and run in tract (and ONNX Runtime when
 //! present): a model an engine rejects is never marked complete.
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,15 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const DATA_FILE: &str = "model.onnx_data";
 /// Protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
 const EMBEDDED_LIMIT: u64 = (2 << 30) - (64 << 20);
+/// The protobuf limit, lowered by `MODEL_EXPORT_TEST_EMBEDDED_LIMIT` in tests so the
+/// external-data fallback can be shown on tiny models.
+fn embedded_limit() -> u64 {
+    std::env::var("MODEL_EXPORT_TEST_EMBEDDED_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(EMBEDDED_LIMIT)
+}
+
 /// Above this, weights go to external data by default: an embedded protobuf is built in memory
 /// (twice: the initializers, then the encoded message), external data streams to disk.
 const EMBEDDED_DEFAULT: u64 = 256 << 20;
@@ -106,6 +116,9 @@ pub struct OnnxOptions {
     pub check: bool,
     /// Let NaN and Inf weights through (`allow-non-finite`).
     pub allow_non_finite: bool,
+    /// Take the documented fallbacks (external data past 2 GiB, `portable` when ORT rejects an
+    /// `ort`-target graph) instead of failing (`run --no-fallback` turns this off).
+    pub fallback: bool,
 }
 
 impl Default for OnnxOptions {
@@ -119,6 +132,7 @@ impl Default for OnnxOptions {
             threads: 2,
             check: true,
             allow_non_finite: false,
+            fallback: true,
         }
     }
 }
@@ -172,6 +186,16 @@ pub struct OnnxReport {
     pub parameters: u64,
     /// Engines that loaded and ran the model before it was installed.
     pub checked_in: Vec<&'static str>,
+    /// Fallbacks taken, each with its reason.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// A documented fallback the export took instead of failing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// `external-data` or `portable-target`.
+    pub kind: String,
+    pub reason: String,
 }
 
 /// The first `cols` columns of each `width`-wide row.
@@ -235,6 +259,11 @@ pub fn check_exported(
         }
     }
     if ort_engine::available() {
+        if crate::pipeline::fault::fails("ort-check") {
+            return Err(
+                RuntimeError::Engine { engine: "ort", message: "injected fault (ort-check)".into() }.into()
+            );
+        }
         let mut ort = OrtEngine::load(model, layers, kv, d, threads)?;
         check_engine(&mut ort, c.vocab_size, pad)?;
         checked.push("ort");
@@ -245,10 +274,33 @@ pub fn check_exported(
 }
 
 /// Writes an ONNX export folder at `out` from `inputs` (merging on the fly if they say so).
+/// An `ort`-target graph that ONNX Runtime rejects when it is loaded back is written again for
+/// the `portable` target (unless `options.fallback` is off): the cause is recognised by the
+/// engine that failed and the target, not by the text of its message.
 pub fn write_onnx_folder(
     inputs: &ExportInputs<'_>,
     options: &OnnxOptions,
     out: &Path,
+) -> Result<OnnxReport, Error> {
+    match write_onnx_folder_as(inputs, options, out, Vec::new()) {
+        Err(Error::Runtime(RuntimeError::Engine { engine: "ort", message }))
+            if options.target == Target::Ort && options.check && options.fallback =>
+        {
+            let reason = format!("ONNX Runtime rejected the `ort`-target graph: {message}");
+            tracing::warn!("{}: {reason}; writing the portable target instead", out.display());
+            let portable = OnnxOptions { target: Target::Portable, ..options.clone() };
+            let fallback = Fallback { kind: "portable-target".into(), reason };
+            write_onnx_folder_as(inputs, &portable, out, vec![fallback])
+        }
+        other => other,
+    }
+}
+
+fn write_onnx_folder_as(
+    inputs: &ExportInputs<'_>,
+    options: &OnnxOptions,
+    out: &Path,
+    mut fallbacks: Vec<Fallback>,
 ) -> Result<OnnxReport, Error> {
     let (base, detection, weights, adapter) = (inputs.base, inputs.detection, inputs.weights, inputs.adapter);
     let mut plan = plan_merge(weights, adapter)?;
@@ -285,14 +337,18 @@ pub fn write_onnx_folder(
         });
     }
     let total: u64 = planned.iter().map(|p| p.bytes).sum();
-    let external = options.external_data.unwrap_or(total > EMBEDDED_DEFAULT);
-    if !external && total > EMBEDDED_LIMIT {
-        return Err(RuntimeError::Unsupported {
-            message: format!(
-                "the weights ({total} bytes) do not fit in a protobuf (2 GiB): set `external-data = true` for this export"
-            ),
+    let mut external = options.external_data.unwrap_or(total > EMBEDDED_DEFAULT);
+    if !external && total > embedded_limit() {
+        let reason = format!("the weights ({total} bytes) do not fit in a protobuf (2 GiB)");
+        if !options.fallback {
+            return Err(RuntimeError::Unsupported {
+                message: format!("{reason}: set `external-data = true` for this export (--no-fallback)"),
+            }
+            .into());
         }
-        .into());
+        tracing::warn!("{}: {reason}; writing external data instead", out.display());
+        fallbacks.push(Fallback { kind: "external-data".into(), reason });
+        external = true;
     }
 
     let staging = Staging::new(out)?;
@@ -386,6 +442,7 @@ pub fn write_onnx_folder(
         "opset": options.opset,
         "external_data": external,
         "untied_embeddings": plan.untied,
+        "fallbacks": fallbacks,
     });
     let manifest = staging.finish("onnx", provenance(base, detection, options_json), &known, out)?;
     Ok(OnnxReport {
@@ -395,5 +452,6 @@ pub fn write_onnx_folder(
         quantization,
         parameters: plan.parameter_count(),
         checked_in,
+        fallbacks,
     })
 }
