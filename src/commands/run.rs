@@ -359,16 +359,15 @@ fn validate_stages(
         let timer = StageTimer::start(&stage.id, out_dir);
         if stage.runs() {
             begin(state, stage)?;
-            if reference.is_none() {
-                let prompts = &v.prompts.value;
-                reference = Some(build_reference(
+            let reference = match &mut reference {
+                Some(built) => &*built,
+                slot @ None => slot.insert(build_reference(
                     inputs,
-                    prompts,
+                    &v.prompts.value,
                     v.chat_template.value,
                     v.max_new_tokens.value as usize,
-                )?);
-            }
-            let Some(reference) = reference.as_ref() else { unreachable!("built just above") };
+                )?),
+            };
             let result = super::validate::validate_into(config, inputs, reference, spec, &dir, threads)?;
             state.record(&stage.id, &stage.inputs_digest, outputs(&stage.writes))?;
             exports.push(result);
