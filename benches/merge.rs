@@ -7,44 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
-struct Measured {
-    wall: Duration,
-    peak_rss_bytes: u64,
-}
-
-/// Runs a command to completion and returns its wall time and its own peak RSS (wait4).
-// The child is reaped by wait4 itself, which also returns its resource usage.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> Measured {
-    let started = Instant::now();
-    let child = cmd.spawn().expect("command starts");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting on our own child with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    let wall = started.elapsed();
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
-    Measured { wall, peak_rss_bytes: usage.ru_maxrss as u64 * 1024 }
-}
+mod support;
+use support::{Measured, measure};
 
 fn folder_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
-}
-
-/// Free bytes of the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-    // SAFETY: an all-zero statvfs is valid for statvfs to fill; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0, "statvfs {}", dir.display());
-    stat.f_bavail as u64 * stat.f_frsize as u64
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -67,7 +38,8 @@ fn main() {
     std::fs::create_dir_all(&data).unwrap();
     if seven {
         // The model (15.2 GB), one merged copy at a time and room to spare.
-        let free = free_bytes(&data);
+        let free =
+            model_export::pipeline::preflight::free_bytes(&data).expect("free space of the bench folder");
         if free < 40_000_000_000 {
             println!(
                 "skipped: the 7B benchmark needs 40 GB free under {}, it has {:.1} GB",

@@ -18,19 +18,8 @@ use model_export::runtime::tract_engine::TractEngine;
 use model_export::runtime::{Batch, DecoderEngine, KvCache, ReferenceModel};
 use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
-// The child is reaped by wait4 itself, which also returns its resource usage.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> (f64, u64) {
-    let started = Instant::now();
-    let child = cmd.spawn().expect("command starts");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting on our own child with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
-    (started.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024)
-}
+mod support;
+use support::measure;
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -75,9 +64,9 @@ fn main() {
                 .stdout(std::process::Stdio::null()),
         ));
     }
-    exports.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (wall, _) = exports[1];
-    let rss = exports.iter().map(|e| e.1).max().unwrap_or(0);
+    exports.sort_by_key(|e| e.wall);
+    let wall = exports[1].wall.as_secs_f64();
+    let rss = exports.iter().map(|e| e.peak_rss_bytes).max().unwrap_or(0);
     let model = project.join("out/onnx-f32/model.onnx");
     let data_bytes = std::fs::metadata(project.join("out/onnx-f32/model.onnx_data")).unwrap().len();
     println!(

@@ -8,24 +8,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
-/// Wall seconds and the child's own peak RSS (wait4).
-// The child is reaped by wait4 itself, which also returns its resource usage.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> (f64, u64) {
-    let started = Instant::now();
-    let child = cmd.spawn().expect("command starts");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting on our own child with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
-    (started.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024)
-}
+mod support;
+use support::measure;
 
 fn manifests(out: &Path) -> Vec<String> {
     ["onnx-f32", "onnx-f16", "st-bf16"]
@@ -66,7 +53,7 @@ fn main() {
     )
     .unwrap();
     let out = project.join("out");
-    let mut timings: [Vec<(f64, u64)>; 2] = [Vec::new(), Vec::new()];
+    let mut timings: [Vec<support::Measured>; 2] = [Vec::new(), Vec::new()];
     let mut written: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..3 {
         for (slot, jobs) in ["1", "3"].iter().enumerate() {
@@ -93,13 +80,13 @@ fn main() {
     println!("Qwen3-0.6B shape (bf16 base + rank-16 LoRA) -> f32 ONNX + f16 ONNX + bf16 safetensors");
     for (slot, label) in ["-j 1 (sequential)", "-j 3 (parallel)  "].iter().enumerate() {
         let runs = &mut timings[slot];
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let rss = runs.iter().map(|r| r.1).max().unwrap_or(0);
+        runs.sort_by_key(|r| r.wall);
+        let rss = runs.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0);
         println!(
             "  {label}: {:.2} s (median of 3; min {:.2}, max {:.2}), peak RSS {:.0} MiB",
-            runs[1].0,
-            runs[0].0,
-            runs[2].0,
+            runs[1].wall.as_secs_f64(),
+            runs[0].wall.as_secs_f64(),
+            runs[2].wall.as_secs_f64(),
             rss as f64 / 1048576.0
         );
     }

@@ -88,3 +88,15 @@ pub fn status(message: &str) {
         eprintln!("{message}");
     }
 }
+
+/// Resets the process's peak-RSS mark, so the next `peak_rss` is the peak since now (Linux only).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set (VmHWM; Linux only).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}

@@ -66,17 +66,6 @@ pub struct BenchResult {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// Resets the process's peak-RSS mark so that each engine's peak is its own (Linux only).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
 fn measure(
     engine: &mut dyn DecoderEngine,
     vocab: usize,
@@ -145,7 +134,7 @@ pub fn bench_export(
             tracing::warn!("ONNX Runtime is not installed: {} is benchmarked in tract only", spec.name);
             continue;
         }
-        reset_peak_rss();
+        crate::monitor::reset_peak_rss();
         let started = Instant::now();
         let model;
         let mut boxed: Box<dyn DecoderEngine + '_> = match engine {
@@ -181,7 +170,7 @@ pub fn bench_export(
             prefill_tokens: options.prompt_tokens,
             decode_tokens_per_second: if decode.median > 0.0 { 1e3 / decode.median } else { 0.0 },
             decode_ms_per_token: decode,
-            peak_rss_bytes: peak_rss(),
+            peak_rss_bytes: crate::monitor::peak_rss(),
         });
     }
     Ok(results)

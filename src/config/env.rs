@@ -41,6 +41,36 @@ fn invalid(var: &str, message: String, help: String) -> ConfigError {
     ConfigError::Invalid { origin: "the environment".into(), key: var.to_string(), message, help }
 }
 
+/// `var` as a whole number, if set.
+fn whole_number(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+    example: &str,
+) -> Result<Option<u32>, ConfigError> {
+    get(var)
+        .map(|text| {
+            text.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    var,
+                    format!("`{text}` is not a whole number"),
+                    format!("give a number such as {example}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// `var` as a boolean (true/1/yes, false/0/no), if set.
+fn boolean(get: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<Option<bool>, ConfigError> {
+    get(var)
+        .map(|text| match text.trim() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            other => Err(invalid(var, format!("`{other}` is not a boolean"), "use true or false".into())),
+        })
+        .transpose()
+}
+
 /// Parses the environment layer; a variable with a bad value is an error naming it.
 pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigError> {
     for name in vars.keys() {
@@ -72,50 +102,10 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
             })
         })
         .transpose()?;
-    let jobs = get("MODEL_EXPORT_JOBS")
-        .map(|text| {
-            text.trim().parse::<u32>().map_err(|_| {
-                invalid(
-                    "MODEL_EXPORT_JOBS",
-                    format!("`{text}` is not a whole number"),
-                    "give a number such as 2".into(),
-                )
-            })
-        })
-        .transpose()?;
-    let allow_non_finite = get("MODEL_EXPORT_ALLOW_NON_FINITE")
-        .map(|text| match text.trim() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            other => Err(invalid(
-                "MODEL_EXPORT_ALLOW_NON_FINITE",
-                format!("`{other}` is not a boolean"),
-                "use true or false".into(),
-            )),
-        })
-        .transpose()?;
-    let max_new_tokens = get("MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS")
-        .map(|text| {
-            text.trim().parse::<u32>().map_err(|_| {
-                invalid(
-                    "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS",
-                    format!("`{text}` is not a whole number"),
-                    "give a number such as 16".into(),
-                )
-            })
-        })
-        .transpose()?;
-    let chat_template = get("MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE")
-        .map(|text| match text.trim() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            other => Err(invalid(
-                "MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE",
-                format!("`{other}` is not a boolean"),
-                "use true or false".into(),
-            )),
-        })
-        .transpose()?;
+    let jobs = whole_number(&get, "MODEL_EXPORT_JOBS", "2")?;
+    let allow_non_finite = boolean(&get, "MODEL_EXPORT_ALLOW_NON_FINITE")?;
+    let max_new_tokens = whole_number(&get, "MODEL_EXPORT_VALIDATE_MAX_NEW_TOKENS", "16")?;
+    let chat_template = boolean(&get, "MODEL_EXPORT_VALIDATE_CHAT_TEMPLATE")?;
     let any_validate =
         prompts.is_some() || engines.is_some() || max_new_tokens.is_some() || chat_template.is_some();
     Ok(TableLayer {

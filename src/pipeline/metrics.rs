@@ -45,7 +45,7 @@ impl StageTimer {
             stage: self.stage,
             outcome: if ran { "ran" } else { "skipped" },
             wall_seconds: self.started.elapsed().as_secs_f64(),
-            peak_rss_bytes: peak_rss(),
+            peak_rss_bytes: crate::monitor::peak_rss().unwrap_or(0),
             bytes_read: read.saturating_sub(self.io.0),
             bytes_written: written.saturating_sub(self.io.1),
             free_disk_before: self.free_before,
@@ -61,18 +61,4 @@ fn io_bytes() -> (u64, u64) {
         text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
     (field("read_bytes:"), field("write_bytes:"))
-}
-
-/// The process's peak resident set so far.
-pub fn peak_rss() -> u64 {
-    #[cfg(unix)]
-    {
-        // SAFETY: an all-zero rusage is valid for getrusage to fill.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: RUSAGE_SELF with a valid out-pointer.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-            return usage.ru_maxrss as u64 * 1024;
-        }
-    }
-    0
 }
