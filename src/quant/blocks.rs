@@ -295,26 +295,27 @@ pub fn quantize(format: Format, values: &[f32], cols: usize, out: &mut Quantized
     out.zero_points.resize(zero_start + rows * zero_row, 0);
     let mut zero_chunks: Vec<&mut [u8]> =
         out.zero_points[zero_start..].chunks_mut(zero_row * ROWS_PER_TASK).collect();
-    out.codes[code_start..]
-        .par_chunks_mut(code_row * ROWS_PER_TASK)
-        .zip(out.scales[scale_start..].par_chunks_mut(blocks * ROWS_PER_TASK))
-        .zip(zero_chunks.par_iter_mut())
-        .zip(values.par_chunks(cols * ROWS_PER_TASK))
-        .map(|(((codes, scales), zeros), values)| {
-            let mut sums = ErrorSums::default();
-            for (r, v) in values.chunks(cols).enumerate() {
-                let zeros = &mut zeros[r * zero_row..(r + 1) * zero_row];
-                sums.add(row(
-                    format,
-                    v,
-                    &mut codes[r * code_row..(r + 1) * code_row],
-                    &mut scales[r * blocks..(r + 1) * blocks],
-                    zeros,
-                ));
-            }
-            sums
-        })
-        .sum()
+    ErrorSums::in_order(
+        out.codes[code_start..]
+            .par_chunks_mut(code_row * ROWS_PER_TASK)
+            .zip(out.scales[scale_start..].par_chunks_mut(blocks * ROWS_PER_TASK))
+            .zip(zero_chunks.par_iter_mut())
+            .zip(values.par_chunks(cols * ROWS_PER_TASK))
+            .map(|(((codes, scales), zeros), values)| {
+                let mut sums = ErrorSums::default();
+                for (r, v) in values.chunks(cols).enumerate() {
+                    let zeros = &mut zeros[r * zero_row..(r + 1) * zero_row];
+                    sums.add(row(
+                        format,
+                        v,
+                        &mut codes[r * code_row..(r + 1) * code_row],
+                        &mut scales[r * blocks..(r + 1) * blocks],
+                        zeros,
+                    ));
+                }
+                sums
+            }),
+    )
 }
 
 #[cfg(test)]

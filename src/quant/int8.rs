@@ -27,23 +27,24 @@ pub fn quantize(values: &[f32], cols: usize, out: &mut Quantized) -> ErrorSums {
     let start = out.codes.len();
     out.codes.resize(start + values.len(), 0);
     let mut scales = vec![0.0f32; rows];
-    let sums: ErrorSums = out.codes[start..]
-        .par_chunks_mut(cols * ROWS_PER_TASK)
-        .zip(values.par_chunks(cols * ROWS_PER_TASK))
-        .zip(scales.par_chunks_mut(ROWS_PER_TASK))
-        .map(|((codes, values), scales)| {
-            codes
-                .chunks_mut(cols)
-                .zip(values.chunks(cols))
-                .zip(scales.iter_mut())
-                .map(|((c, v), s)| {
-                    let (scale, sums) = row(v, c);
-                    *s = scale;
-                    sums
-                })
-                .sum::<ErrorSums>()
-        })
-        .sum();
+    let sums = ErrorSums::in_order(
+        out.codes[start..]
+            .par_chunks_mut(cols * ROWS_PER_TASK)
+            .zip(values.par_chunks(cols * ROWS_PER_TASK))
+            .zip(scales.par_chunks_mut(ROWS_PER_TASK))
+            .map(|((codes, values), scales)| {
+                codes
+                    .chunks_mut(cols)
+                    .zip(values.chunks(cols))
+                    .zip(scales.iter_mut())
+                    .map(|((c, v), s)| {
+                        let (scale, sums) = row(v, c);
+                        *s = scale;
+                        sums
+                    })
+                    .sum::<ErrorSums>()
+            }),
+    );
     out.scales.extend(scales);
     sums
 }

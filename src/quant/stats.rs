@@ -1,5 +1,6 @@
 //! Quantization error of a tensor, accumulated block by block: ‖W−Ŵ‖² and ‖W‖².
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -9,6 +10,13 @@ pub struct ErrorSums {
 }
 
 impl ErrorSums {
+    /// The sum of parallel per-chunk sums, added in chunk order. Rayon's own `sum` adds partial
+    /// results in an order that depends on work stealing, so the f64 totals (and the
+    /// quantization.json that records them) could differ between runs in the last digits.
+    pub fn in_order(parts: impl IndexedParallelIterator<Item = ErrorSums>) -> ErrorSums {
+        parts.collect::<Vec<_>>().into_iter().sum()
+    }
+
     pub fn add(&mut self, other: ErrorSums) {
         self.squared_error += other.squared_error;
         self.squared_norm += other.squared_norm;

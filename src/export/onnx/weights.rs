@@ -136,18 +136,14 @@ pub struct WeightWriter<'a> {
 fn encode_f16(values: &[f32], out: &mut Vec<u8>) -> ErrorSums {
     const CHUNK: usize = 1 << 16;
     out.resize(values.len() * 2, 0);
-    values
-        .par_chunks(CHUNK)
-        .zip(out.par_chunks_mut(2 * CHUNK))
-        .map(|(v, bytes)| {
-            encode_into(TensorDtype::F16, v, bytes);
-            let mut sums = ErrorSums::default();
-            for (&w, b) in v.iter().zip(bytes.chunks_exact(2)) {
-                sums.push(w, half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            }
-            sums
-        })
-        .sum()
+    ErrorSums::in_order(values.par_chunks(CHUNK).zip(out.par_chunks_mut(2 * CHUNK)).map(|(v, bytes)| {
+        encode_into(TensorDtype::F16, v, bytes);
+        let mut sums = ErrorSums::default();
+        for (&w, b) in v.iter().zip(bytes.chunks_exact(2)) {
+            sums.push(w, half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+        }
+        sums
+    }))
 }
 
 impl<'a> WeightWriter<'a> {
