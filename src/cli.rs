@@ -243,7 +243,8 @@ pub struct RunArgs {
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<u32>,
     /// Fail instead of taking a documented fallback (external data for a protobuf past 2 GiB,
-    /// the `portable` target when ONNX Runtime rejects an `ort`-target graph)
+    /// opset 17 when an engine cannot load the chosen opset, the `portable` target when ONNX
+    /// Runtime rejects an `ort`-target graph)
     #[arg(long)]
     pub no_fallback: bool,
 }

@@ -262,6 +262,10 @@ pub enum RuntimeError {
     OrtUnavailable { message: String },
     #[error("{engine}: {message}")]
     Engine { engine: &'static str, message: String },
+    /// The engine refused the model while loading it (parsing, typing, op registry), before
+    /// running anything: the case the opset fallback applies to.
+    #[error("{engine} could not load the model: {message}")]
+    EngineLoad { engine: &'static str, message: String },
 }
 
 impl RuntimeError {
@@ -284,6 +288,9 @@ impl RuntimeError {
                 "install the ONNX Runtime wheel (`python3 -m pip install --no-deps {}`) or point ORT_DYLIB_PATH at libonnxruntime.so",
                 crate::runtime::ort_engine::WHEEL
             ),
+            RuntimeError::EngineLoad { .. } => {
+                "the engine does not accept this graph: export at opset 17 (`options.opset = 17`), which both engines are tested with, or let the export's fallbacks do it (no --no-fallback)".into()
+            }
             RuntimeError::Engine { .. } => {
                 "the engine rejected the model; the message names the node. Please report it with the export's config.json".into()
             }

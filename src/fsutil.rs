@@ -7,15 +7,18 @@ use std::path::Path;
 use crate::error::Error;
 
 /// Writes `bytes` to `path` atomically (temp name + fsync + rename).
+/// A transient failure retries the whole write from a fresh temporary.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let err = |e| Error::write(path, e);
-    let mut temp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(err)?;
-    temp.write_all(bytes).map_err(err)?;
-    temp.as_file().sync_all().map_err(err)?;
-    make_shareable(temp.as_file()).map_err(err)?;
-    temp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    crate::retry::io(path, || {
+        let mut temp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir)?;
+        temp.write_all(bytes)?;
+        temp.as_file().sync_all()?;
+        make_shareable(temp.as_file())?;
+        temp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .map_err(|e| Error::write(path, e))
 }
 
 /// Pretty JSON with a trailing newline, written atomically.

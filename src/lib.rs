@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod pipeline;
 pub mod profile;
 pub mod quant;
+pub mod retry;
 pub mod runtime;
 pub mod synth;
 pub mod validate;

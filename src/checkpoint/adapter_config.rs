@@ -107,7 +107,7 @@ struct RawConfig {
 
 impl AdapterConfig {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::retry::read_to_string(path)
             .map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
         Self::parse(path, &text)
     }

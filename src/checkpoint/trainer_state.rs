@@ -32,7 +32,7 @@ pub const TRAINER_STATE: &str = "trainer_state.json";
 
 impl TrainerState {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::retry::read_to_string(path)
             .map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
         let raw: Raw = serde_json::from_str(&text).map_err(|e| CheckpointError::TrainerState {
             path: path.to_path_buf(),

@@ -168,6 +168,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     for leftover in state.remove_leftovers(&out_dir)? {
         tracing::info!("removed {} (left by an interrupted run)", leftover.display());
     }
+    let temp_dir = state.temp_dir_guard();
 
     let mut metrics = Vec::new();
     let merged = match plan.stage(&merge_stage_id()) {
@@ -185,7 +186,10 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
         }
         None => None,
     };
-    let inputs = export_inputs(&base, detection.as_ref(), merged.as_ref());
+    let inputs = ExportInputs {
+        temp_root: Some(temp_dir.path()),
+        ..export_inputs(&base, detection.as_ref(), merged.as_ref())
+    };
 
     let results = export_stages(&config, &inputs, &plan, &state, flags, &mut metrics)?;
 
@@ -480,7 +484,7 @@ pub fn export_inputs<'a>(
     merged: Option<&'a ModelFolder>,
 ) -> ExportInputs<'a> {
     match merged {
-        Some(weights) => ExportInputs { weights, adapter: None, base, detection },
+        Some(weights) => ExportInputs { weights, adapter: None, base, detection, temp_root: None },
         None => ExportInputs::from_base(base, detection),
     }
 }

@@ -6,6 +6,8 @@ pub mod safetensors;
 pub mod staging;
 pub mod stream_file;
 
+use std::path::Path;
+
 use crate::checkpoint::{Adapter, Detection};
 use crate::model::ModelFolder;
 
@@ -18,11 +20,14 @@ pub struct ExportInputs<'a> {
     pub adapter: Option<&'a Adapter>,
     pub base: &'a ModelFolder,
     pub detection: Option<&'a Detection>,
+    /// Where export folders are assembled before being renamed into place (a run's
+    /// `.state/tmp`, on the same filesystem); `None`: beside the destination.
+    pub temp_root: Option<&'a Path>,
 }
 
 impl<'a> ExportInputs<'a> {
     /// Merge on the fly: the base and the detected adapter.
     pub fn from_base(base: &'a ModelFolder, detection: Option<&'a Detection>) -> Self {
-        Self { weights: base, adapter: detection.map(|d| &d.adapter), base, detection }
+        Self { weights: base, adapter: detection.map(|d| &d.adapter), base, detection, temp_root: None }
     }
 }

@@ -1,5 +1,5 @@
-//! The parts every export folder shares: it is built under a temporary name beside its
-//! destination, gets the model's companion files (config.json, generation_config.json, tokenizer
+//! The parts every export folder shares: it is built under a temporary name (in a run's
+//! `.state/tmp`, or beside its destination), gets the model's companion files (config.json, generation_config.json, tokenizer
 //! files with the chat template), a manifest written last, and is renamed into place only when
 //! complete. Dropping an unfinished `Staging` removes everything it wrote.
 
@@ -19,20 +19,25 @@ use crate::model::{ModelFolder, SafetensorsFile, TensorDtype};
 pub struct Staging {
     temp: tempfile::TempDir,
     name: String,
+    /// Where the temporaries live (the replaced export goes there too before it is removed).
+    root: PathBuf,
 }
 
 impl Staging {
-    /// Starts a folder that will become `out`.
-    pub fn new(out: &Path) -> Result<Self, Error> {
+    /// Starts a folder that will become `out`, assembled under `temp_root` (which must be on
+    /// the same filesystem as `out`) or, without one, beside `out`.
+    pub fn new(out: &Path, temp_root: Option<&Path>) -> Result<Self, Error> {
         let name =
             out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| Error::write(parent, e))?;
+        let root = temp_root.unwrap_or(parent).to_path_buf();
+        std::fs::create_dir_all(&root).map_err(|e| Error::write(&root, e))?;
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}.partial-"))
-            .tempdir_in(parent)
-            .map_err(|e| Error::write(parent, e))?;
-        Ok(Self { temp, name })
+            .tempdir_in(&root)
+            .map_err(|e| Error::write(&root, e))?;
+        Ok(Self { temp, name, root })
     }
 
     pub fn dir(&self) -> &Path {
@@ -56,7 +61,7 @@ impl Staging {
         write_json(&dir.join("config.json"), config)?;
         let generation = base.dir.join("generation_config.json");
         if generation.is_file() {
-            let bytes = std::fs::read(&generation).map_err(|e| Error::write(&generation, e))?;
+            let bytes = crate::retry::read(&generation).map_err(|e| Error::write(&generation, e))?;
             atomic_write(&dir.join("generation_config.json"), &bytes)?;
         }
         let tokenizer_from = detection
@@ -66,7 +71,7 @@ impl Staging {
         for file in TOKENIZER_FILES {
             let src = tokenizer_from.join(file);
             if src.is_file() {
-                let bytes = std::fs::read(&src).map_err(|e| Error::write(&src, e))?;
+                let bytes = crate::retry::read(&src).map_err(|e| Error::write(&src, e))?;
                 atomic_write(&dir.join(file), &bytes)?;
             }
         }
@@ -95,11 +100,10 @@ impl Staging {
         crate::fsutil::make_folder_shareable(&dir).map_err(|e| Error::write(&dir, e))?;
         let temp = self.temp.keep();
         if out.exists() {
-            let parent = out.parent().unwrap_or(Path::new("."));
             let old = tempfile::Builder::new()
                 .prefix(".old-")
-                .tempdir_in(parent)
-                .map_err(|e| Error::write(parent, e))?;
+                .tempdir_in(&self.root)
+                .map_err(|e| Error::write(&self.root, e))?;
             std::fs::rename(out, old.path().join("previous")).map_err(|e| Error::write(out, e))?;
             std::fs::rename(&temp, out).map_err(|e| Error::write(out, e))?;
         } else {

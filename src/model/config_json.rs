@@ -41,7 +41,7 @@ impl HfConfig {
         path: &Path,
         profile: Option<&'static Profile>,
     ) -> Result<(Self, &'static Profile), ModelError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::retry::read_to_string(path)
             .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
         Self::parse(path, &text, profile)
     }

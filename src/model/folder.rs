@@ -72,7 +72,7 @@ impl ModelFolder {
         let sharded = dir.join(SHARD_INDEX).is_file();
         if sharded {
             let index_path = dir.join(SHARD_INDEX);
-            let text = std::fs::read_to_string(&index_path)
+            let text = crate::retry::read_to_string(&index_path)
                 .map_err(|source| ModelError::Io { path: index_path.clone(), source })?;
             let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Json {
                 path: index_path.clone(),

@@ -57,11 +57,14 @@ impl fmt::Debug for SafetensorsFile {
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let io = |source| ModelError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        // SAFETY: the map is read-only; a file changed underneath us is a documented hazard of
-        // every mmap-based reader, and sizes were checked against the header before any read.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let (file_len, mmap) = crate::retry::io(path, || {
+            let file = File::open(path)?;
+            let len = file.metadata()?.len();
+            // SAFETY: the map is read-only; a file changed underneath us is a documented hazard
+            // of every mmap-based reader, and sizes were checked against the header before any read.
+            Ok((len, unsafe { Mmap::map(&file) }?))
+        })
+        .map_err(io)?;
         let (data_start, tensors, metadata) = parse_header(path, &mmap, file_len)?;
         Ok(Self { path: path.to_path_buf(), mmap, data_start, tensors, metadata })
     }

@@ -61,6 +61,25 @@ impl StateDir {
         &self.dir
     }
 
+    /// Where export folders are assembled before they are renamed into out-dir.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// The temporaries folder, removed when the guard drops: at the end of a run, whether it
+    /// finished, failed or was interrupted (a SIGKILLed run's is removed by the next one).
+    pub fn temp_dir_guard(&self) -> TempDirGuard {
+        TempDirGuard(self.temp_dir())
+    }
+
+    fn remove_temp_dir(&self) -> Result<(), Error> {
+        let tmp = self.temp_dir();
+        match std::fs::remove_dir_all(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::write(&tmp, e)),
+            _ => Ok(()),
+        }
+    }
+
     fn record_path(&self, stage: &str) -> PathBuf {
         self.dir.join("stages").join(format!("{stage}.json"))
     }
@@ -99,9 +118,15 @@ impl StateDir {
         }
     }
 
-    /// Removes what killed runs left: `.partial-*` and `.old-*` temporaries in out-dir and here.
+    /// Removes what killed runs left: everything in `tmp/`, and `.partial-*` and `.old-*`
+    /// temporaries in out-dir (atomic writes of single files) and here (the merge's folder).
     pub fn remove_leftovers(&self, out_dir: &Path) -> Result<Vec<PathBuf>, Error> {
         let mut removed = Vec::new();
+        let tmp = self.temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            removed.push(entry.path());
+        }
+        self.remove_temp_dir()?;
         for dir in [out_dir, self.dir.as_path()] {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for entry in entries.flatten() {
@@ -117,5 +142,24 @@ impl StateDir {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Removes `.state/tmp` when dropped.
+pub struct TempDirGuard(PathBuf);
+
+impl TempDirGuard {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", self.0.display());
+        }
     }
 }

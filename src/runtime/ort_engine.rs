@@ -117,7 +117,7 @@ impl OrtEngine {
     ) -> Result<Self, RuntimeError> {
         let env = environment()?;
         let context = model.display().to_string();
-        let builder_error = |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Engine {
+        let builder_error = |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::EngineLoad {
             engine: "ort",
             message: format!("{context}: {e}"),
         };
@@ -128,7 +128,7 @@ impl OrtEngine {
             .with_intra_threads(threads)
             .map_err(builder_error)?
             .commit_from_file(model)
-            .map_err(ort_error(&context))?;
+            .map_err(|e| RuntimeError::EngineLoad { engine: "ort", message: format!("{context}: {e}") })?;
         Ok(Self { session, layers, kv_heads, head_dim, past: Vec::new() })
     }
 }

@@ -33,6 +33,10 @@ fn tract_error(context: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
     move |e| RuntimeError::Engine { engine: "tract", message: format!("{context}: {e:#}") }
 }
 
+fn tract_load_error(context: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
+    move |e| RuntimeError::EngineLoad { engine: "tract", message: format!("{context}: {e:#}") }
+}
+
 /// tract's transformer rewrites that the portable graph is shaped for. `into_optimized` does not
 /// run them by itself; the validator keeps the KV cache, so `detect_kv_cache` is not used.
 const REWRITES: &[&str] = &["detect_apply_rope", "detect_scaled_masked_softmax"];
@@ -128,7 +132,13 @@ impl TractEngine {
         head_dim: usize,
     ) -> Result<Self, RuntimeError> {
         let context = model.display().to_string();
-        let err = tract_error(&context);
+        if crate::pipeline::fault::fails("tract-load") {
+            return Err(RuntimeError::EngineLoad {
+                engine: "tract",
+                message: format!("{context}: injected fault (tract-load)"),
+            });
+        }
+        let err = tract_load_error(&context);
         let dims = (layers, kv_heads, head_dim);
         let load = |pin| optimized_pinned(model, pin, dims).and_then(|m| m.into_runnable());
         let models = match target {

@@ -79,6 +79,9 @@ fn leftovers(dir: &Path) -> Vec<String> {
             }
         }
     }
+    if dir.join(".state/tmp").exists() {
+        found.push(".state/tmp".into());
+    }
     found
 }
 
@@ -143,6 +146,18 @@ fn a_run_killed_at_any_named_moment_resumes_to_identical_artifacts() {
         let project = Project::new(TABLES);
         let killed = project.run_env(&["run"], &[("MODEL_EXPORT_FAULT", fault)]);
         assert_eq!(killed.code, -1, "{fault}: the run was not killed\n{}", killed.stderr);
+        if fault == "export-tensor:5" {
+            // The export being written lives under .state/tmp only, never beside the finished ones.
+            let exports = project.path().join("exports");
+            assert!(
+                !std::fs::read_dir(&exports)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains("partial"))
+            );
+            let partial: Vec<_> = std::fs::read_dir(exports.join(".state/tmp")).unwrap().flatten().collect();
+            assert_eq!(partial.len(), 1, "{partial:?}");
+        }
         let resumed = project.run(&["run", "--message-format", "json"]);
         assert_eq!(resumed.code, 0, "{fault}: {}", resumed.stderr);
         assert_eq!(artifacts(&project), expected, "{fault}: artifacts differ from an uninterrupted run");
@@ -364,4 +379,72 @@ options = { external-data = false }
     let out = strict.run_env(&["run", "--no-fallback"], &limit);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("do not fit in a protobuf (2 GiB)"), "{}", out.stderr);
+}
+
+#[test]
+fn a_graph_an_engine_cannot_load_at_its_opset_falls_back_to_opset_17() {
+    let tables = |opset: u32| {
+        format!(
+            r#"
+[package.metadata.model-export]
+base = "{{fixtures}}/qwen3-tiny"
+adapter = "{{fixtures}}/qwen3-tiny-run"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "onnx"
+format = "onnx"
+options = {{ opset = {opset} }}
+"#
+        )
+    };
+    let refuse = [("MODEL_EXPORT_FAULT", "tract-load"), ("MODEL_EXPORT_FAULT_SIGNAL", "ERROR")];
+    let project = Project::new(&tables(21));
+    let out = project.run_env(&["run", "--message-format", "json"], &refuse);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let export = &out.json()["exports"][0];
+    assert_eq!(export["fallbacks"][0]["kind"], "opset", "{export}");
+    let reason = export["fallbacks"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("tract could not load the graph at opset 21"), "{reason}");
+    assert_eq!(out.json()["validation"]["passed"], true);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.path().join("exports/onnx/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["provenance"]["options"]["opset"], 17);
+    let model = std::fs::read(project.path().join("exports/onnx/model.onnx")).unwrap();
+    let graph = <tract_onnx::pb::ModelProto as prost::Message>::decode(model.as_slice()).unwrap();
+    assert_eq!(graph.opset_import[0].version, 17, "the written graph is stamped with the opset it uses");
+
+    // The same refusal with nothing to fall back to (already at 17), or with --no-fallback, fails.
+    for (opset, args) in [(17, vec!["run"]), (21, vec!["run", "--no-fallback"])] {
+        let strict = Project::new(&tables(opset));
+        let out = strict.run_env(&args, &refuse);
+        assert_eq!(out.code, 1, "opset {opset}: {}", out.stderr);
+        assert!(out.stderr.contains("tract could not load the model"), "{}", out.stderr);
+        assert!(!strict.path().join("exports/onnx").exists());
+    }
+}
+
+#[test]
+fn transient_io_errors_are_retried_and_change_nothing() {
+    let tables = r#"
+[package.metadata.model-export]
+base = "{fixtures}/qwen3-tiny"
+adapter = "{fixtures}/qwen3-tiny-run"
+out-dir = "exports"
+
+[[package.metadata.model-export.export]]
+name = "st"
+format = "safetensors"
+"#;
+    let clean = Project::new(tables);
+    assert_eq!(clean.run(&["run"]).code, 0);
+    let flaky = Project::new(tables);
+    let out = flaky.run_env(
+        &["run"],
+        &[("MODEL_EXPORT_FAULT", "transient-io:2"), ("MODEL_EXPORT_FAULT_SIGNAL", "ERROR")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("(transient); retrying in 50 ms (1/3)"), "{}", out.stderr);
+    assert_eq!(artifacts(&flaky), artifacts(&clean));
 }

@@ -116,8 +116,9 @@ pub struct OnnxOptions {
     pub check: bool,
     /// Let NaN and Inf weights through (`allow-non-finite`).
     pub allow_non_finite: bool,
-    /// Take the documented fallbacks (external data past 2 GiB, `portable` when ORT rejects an
-    /// `ort`-target graph) instead of failing (`run --no-fallback` turns this off).
+    /// Take the documented fallbacks (external data past 2 GiB, opset 17 when an engine cannot
+    /// load a newer opset, `portable` when ORT rejects an `ort`-target graph) instead of failing
+    /// (`run --no-fallback` turns this off).
     pub fallback: bool,
 }
 
@@ -193,7 +194,7 @@ pub struct OnnxReport {
 /// A documented fallback the export took instead of failing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fallback {
-    /// `external-data` or `portable-target`.
+    /// `external-data`, `opset` or `portable-target`.
     pub kind: String,
     pub reason: String,
 }
@@ -274,25 +275,71 @@ pub fn check_exported(
 }
 
 /// Writes an ONNX export folder at `out` from `inputs` (merging on the fly if they say so).
-/// An `ort`-target graph that ONNX Runtime rejects when it is loaded back is written again for
-/// the `portable` target (unless `options.fallback` is off): the cause is recognised by the
-/// engine that failed and the target, not by the text of its message.
+/// When the export-time check fails, the documented fallbacks that apply to the failure's cause
+/// are tried in turn (unless `options.fallback` is off), each at most once; see
+/// [`fallback_for`].
 pub fn write_onnx_folder(
     inputs: &ExportInputs<'_>,
     options: &OnnxOptions,
     out: &Path,
 ) -> Result<OnnxReport, Error> {
-    match write_onnx_folder_as(inputs, options, out, Vec::new()) {
-        Err(Error::Runtime(RuntimeError::Engine { engine: "ort", message }))
-            if options.target == Target::Ort && options.check && options.fallback =>
+    let mut options = options.clone();
+    let mut fallbacks = Vec::new();
+    loop {
+        match write_onnx_folder_as(inputs, &options, out, fallbacks.clone()) {
+            Err(error) => match fallback_for(&error, &options, &fallbacks) {
+                Some((next, fallback)) => {
+                    tracing::warn!("{}: {}; fallback `{}`", out.display(), fallback.reason, fallback.kind);
+                    fallbacks.push(fallback);
+                    options = next;
+                }
+                None => return Err(error),
+            },
+            ok => return ok,
+        }
+    }
+}
+
+/// The fallback for a failed export check, recognised by the failure's cause (which engine, at
+/// which phase, for which target and opset), never by the text of its message:
+/// - an engine that cannot *load* a graph written above [`DEFAULT_OPSET`] gets the graph at
+///   [`DEFAULT_OPSET`], the opset both engines are tested with;
+/// - an `ort`-target graph that ONNX Runtime rejects (loading or running it) is written for
+///   the `portable` target.
+pub fn fallback_for(
+    error: &Error,
+    options: &OnnxOptions,
+    taken: &[Fallback],
+) -> Option<(OnnxOptions, Fallback)> {
+    if !options.fallback || !options.check {
+        return None;
+    }
+    let Error::Runtime(runtime) = error else { return None };
+    let not_taken = |kind: &str| taken.iter().all(|f| f.kind != kind);
+    match runtime {
+        RuntimeError::EngineLoad { engine, message }
+            if options.opset > DEFAULT_OPSET && not_taken("opset") =>
+        {
+            let reason = format!(
+                "{engine} could not load the graph at opset {} ({message}); written at opset {DEFAULT_OPSET}",
+                options.opset
+            );
+            Some((
+                OnnxOptions { opset: DEFAULT_OPSET, ..options.clone() },
+                Fallback { kind: "opset".into(), reason },
+            ))
+        }
+        RuntimeError::Engine { engine: "ort", message }
+        | RuntimeError::EngineLoad { engine: "ort", message }
+            if options.target == Target::Ort && not_taken("portable-target") =>
         {
             let reason = format!("ONNX Runtime rejected the `ort`-target graph: {message}");
-            tracing::warn!("{}: {reason}; writing the portable target instead", out.display());
-            let portable = OnnxOptions { target: Target::Portable, ..options.clone() };
-            let fallback = Fallback { kind: "portable-target".into(), reason };
-            write_onnx_folder_as(inputs, &portable, out, vec![fallback])
+            Some((
+                OnnxOptions { target: Target::Portable, ..options.clone() },
+                Fallback { kind: "portable-target".into(), reason },
+            ))
         }
-        other => other,
+        _ => None,
     }
 }
 
@@ -351,7 +398,7 @@ fn write_onnx_folder_as(
         external = true;
     }
 
-    let staging = Staging::new(out)?;
+    let staging = Staging::new(out, inputs.temp_root)?;
     let dir = staging.dir().to_path_buf();
     let data_path = dir.join(DATA_FILE);
     let mut sink = InitializerSink::new(planned, external.then_some(data_path.as_path()))

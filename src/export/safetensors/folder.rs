@@ -56,7 +56,7 @@ pub fn write_safetensors_folder(
     let plan = plan_merge(weights, adapter)?;
     // Default: the storage dtype of the model the user gave, not of an intermediate merge.
     let dtype = options.dtype.unwrap_or_else(|| base.storage_dtype());
-    let staging = Staging::new(out)?;
+    let staging = Staging::new(out, inputs.temp_root)?;
     let dir = staging.dir().to_path_buf();
 
     let entries = output_entries(&plan, &|_| dtype);
