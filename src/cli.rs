@@ -156,6 +156,19 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export validate\n  MODEL_EXPORT_VALIDATE_ENGINES=tract cargo model-export validate --message-format json"
     )]
     Validate(OverrideArgs),
+    /// Load a model (quantized on request) and generate text from prompts
+    #[command(
+        long_about = "Load a model and generate: a Hugging Face folder (a base or a merged export), a base with \
+            --adapter (a PEFT adapter folder or a training run, merged in memory: nothing is written), or an \
+            ONNX export (run through ONNX Runtime). Without MODEL, the project's configured base and adapter \
+            are used; --export NAME loads <out-dir>/NAME. --quantization q8_0|q4_0|q4_k quantizes the linear \
+            layers while loading, tensor by tensor, so memory stays near the quantized size; the estimate is \
+            checked against --max-memory (default: available RAM) before anything is allocated. Prompts run \
+            as one left-padded batch with the KV cache; the defaults (sampling, eos ids) come from \
+            generation_config.json. With one prompt, text streams as it is generated.",
+        after_help = "Examples:\n  cargo model-export generate --prompt \"Hello\" --greedy\n  cargo model-export generate exports/merged --chat --prompt \"What is LoRA?\" --quantization q4_k\n  cargo model-export generate models/Qwen3-0.6B --adapter runs/sft --prompt \"Hi\" --seed 7 --stop \"\\n\\n\"\n  cargo model-export generate --export onnx-int4 --prompt \"Hi\" --max-new-tokens 32 --message-format json"
+    )]
+    Generate(GenerateArgs),
     /// Measure load time, prefill and decode speed and peak memory of each export in each engine
     #[command(
         long_about = "Benchmark the exports in <out-dir> in every engine that runs them (safetensors: candle; \
@@ -190,6 +203,74 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export clean\n  cargo model-export clean --exports --out-dir /tmp/exports"
     )]
     Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A model folder, merged export or ONNX export (default: the project's base + adapter)
+    #[arg(value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Merge this adapter folder or training run into MODEL (or the configured base) in memory
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Load <out-dir>/NAME, an export declared in the project
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["model", "adapter"])]
+    pub export: Option<String>,
+    /// A prompt (repeat for a batch)
+    #[arg(long = "prompt", value_name = "TEXT", required = true)]
+    pub prompts: Vec<String>,
+    /// Wrap each prompt as a user message in the model's chat template
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message before the user's (with --chat)
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    pub system: Option<String>,
+    /// New tokens at most (default: generation_config.json's max_new_tokens, else 128)
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Argmax decoding (do_sample = false)
+    #[arg(long, conflicts_with = "sample")]
+    pub greedy: bool,
+    /// Sample even if generation_config.json says do_sample = false
+    #[arg(long)]
+    pub sample: bool,
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    #[arg(long, value_name = "R")]
+    pub repetition_penalty: Option<f32>,
+    /// Random seed of sampling: the same seed gives the same text
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Stop a prompt's generation at this text (repeatable; the text is cut before it)
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Quantize the linear layers while loading: none, q8_0, q4_0 or q4_k
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    pub quantization: crate::loader::Quantization,
+    /// Dense weights' dtype: f32, f16 or bf16
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: String,
+    /// auto, cpu, cuda, cuda:N or metal
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: crate::loader::DeviceChoice,
+    /// Refuse to load beyond this (e.g. 8GB, 512MiB; default: available RAM)
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<crate::config::ByteSize>,
+    /// CPU threads (default: all cores)
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Further load attempts after a transient failure
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+    /// Print what was loaded (tensor groups, formats, bytes, device) before generating
+    #[arg(long)]
+    pub info: bool,
 }
 
 #[derive(Debug, Args)]

@@ -28,6 +28,8 @@ pub enum Error {
     ValidationFailed { failed: Vec<String>, report: PathBuf },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 impl Error {
@@ -39,6 +41,7 @@ impl Error {
             Error::Checkpoint(e) => e.help(),
             Error::Runtime(e) => e.help(),
             Error::Pipeline(e) => e.help(),
+            Error::Load(e) => e.help(),
             Error::Write { source, .. } => io_help(source),
             Error::ValidationFailed { report, .. } => format!(
                 "{} names the engine, the measure and the first diverging token; loosen a tolerance per export (options.max-abs-error, min-cosine, min-top1) only if the difference is expected",
@@ -51,6 +54,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Profile(_) => EXIT_USAGE,
             Error::Pipeline(e) => e.exit_code(),
+            Error::Load(e) => e.exit_code(),
             Error::Model(_)
             | Error::Checkpoint(_)
             | Error::Runtime(_)
@@ -350,6 +354,42 @@ impl PipelineError {
     pub fn exit_code(&self) -> i32 {
         match self {
             PipelineError::Interrupted { .. } => EXIT_INTERRUPTED,
+            _ => EXIT_USAGE,
+        }
+    }
+}
+
+/// Loading a model for generation: the budget, the device, option combinations, the source.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "{what} needs about {} in {mode}, more than the memory budget ({})",
+        crate::config::size::human_bytes(*needed),
+        crate::config::size::human_bytes(*budget)
+    )]
+    Budget { what: String, mode: String, needed: u64, budget: u64, suggestion: String },
+    #[error("device `{device}` is not available: {reason}")]
+    Device { device: String, reason: String, help: String },
+    #[error("{what}: {reason}")]
+    Incompatible { what: String, reason: String, help: String },
+    #[error("{}: {reason}", path.display())]
+    Source { path: PathBuf, reason: String },
+}
+
+impl LoadError {
+    pub fn help(&self) -> String {
+        match self {
+            LoadError::Budget { suggestion, .. } => suggestion.clone(),
+            LoadError::Device { help, .. } | LoadError::Incompatible { help, .. } => help.clone(),
+            LoadError::Source { .. } => {
+                "give a Hugging Face model folder (config.json + *.safetensors), an ONNX export folder (model.onnx), or a base with --adapter".into()
+            }
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LoadError::Source { .. } => EXIT_FAILURE,
             _ => EXIT_USAGE,
         }
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod inspect;
+pub mod loader;
 pub mod merge;
 pub mod model;
 pub mod monitor;

@@ -230,10 +230,10 @@ fn module_selector(value: Value, field: &str) -> Result<TargetModules, String> {
 pub fn layer_index(module: &str) -> Option<usize> {
     let mut parts = module.split('.');
     while let Some(part) = parts.next() {
-        if matches!(part, "layers" | "h" | "blocks" | "layer") {
-            if let Some(index) = parts.clone().next().and_then(|p| p.parse().ok()) {
-                return Some(index);
-            }
+        if matches!(part, "layers" | "h" | "blocks" | "layer")
+            && let Some(index) = parts.clone().next().and_then(|p| p.parse().ok())
+        {
+            return Some(index);
         }
     }
     None

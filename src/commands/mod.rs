@@ -6,6 +6,7 @@ mod clean;
 mod config;
 mod demo;
 mod detect;
+mod generate;
 mod inspect;
 mod merge;
 mod output;
@@ -79,6 +80,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         }
         Command::Validate(args) => validate::run(&ctx, &args.into()),
         Command::Bench(args) => bench::run(&ctx, args),
+        Command::Generate(args) => generate::run(&ctx, args),
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Clean(args) => clean::run(&ctx, args),

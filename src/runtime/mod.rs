@@ -5,8 +5,10 @@ pub mod batch;
 pub mod chat;
 pub mod engine;
 pub mod generate;
+pub mod generation;
 pub mod ort_engine;
 pub mod reference;
+pub mod sampler;
 pub mod tract_engine;
 
 pub use batch::Batch;

@@ -2,9 +2,11 @@
 //! profile, computing in f32. Unlike candle-transformers' models it returns logits for every
 //! position of a padded batch, honours `attention_mask` and explicit `position_ids` exactly as
 //! transformers does, and keeps a KV cache for generation. Every other engine is judged
-//! against it.
+//! against it. The loader builds the same model with f16/bf16 or quantized (`QMatMul`) linear
+//! weights, on any candle device; activations stay f32 either way.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::batch::Batch;
 use crate::error::RuntimeError;
@@ -13,15 +15,32 @@ use crate::profile::LayerTensor;
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
+/// A weight as the model holds it: a dense tensor (f32, f16 or bf16) or quantized blocks.
+pub enum Weight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+impl Weight {
+    /// `x @ W^T` for x of shape [rows, in] in f32; f16/bf16 weights multiply in their own dtype.
+    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
+            Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
+            Weight::Quantized(q) => q.forward(x)?,
+        })
+    }
+}
+
 struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     /// `x @ W^T (+ b)` for x of shape [rows, in].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = self.weight.matmul_t(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -58,17 +77,22 @@ impl KvCache {
 /// A weight by name: its f32 values and shape, or `None` when the model has no such tensor.
 pub type WeightSource<'a> = dyn Fn(&str) -> Result<Option<(Vec<f32>, Vec<usize>)>> + 'a;
 
+/// A weight by name as the model will hold it (taken: each is asked for once), or `None`.
+pub type TakeWeight<'a> = dyn FnMut(&str) -> Result<Option<Weight>> + 'a;
+
 pub struct ReferenceModel {
+    /// The embedding table (f32, or f16/bf16 when loaded so); rows are looked up, then cast.
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Weight,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
     eps: f64,
     inv_freq: Vec<f32>,
     pub vocab_size: usize,
+    device: Device,
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -83,6 +107,27 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;
     Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+/// A dense weight (norms, biases, the embedding table) on `device`.
+fn dense(take: &mut TakeWeight<'_>, name: &str, device: &Device) -> Result<Option<Tensor>> {
+    match take(name)? {
+        None => Ok(None),
+        Some(Weight::Dense(t)) => Ok(Some(t.to_device(device)?)),
+        Some(Weight::Quantized(_)) => Err(RuntimeError::Unsupported {
+            message: format!(
+                "tensor `{name}` must be dense (norms, biases and embeddings are not quantized)"
+            ),
+        }),
+    }
+}
+
+/// A matrix of a linear layer, dense (moved to `device`) or quantized (already there).
+fn matrix(take: &mut TakeWeight<'_>, name: &str, device: &Device) -> Result<Option<Weight>> {
+    Ok(match take(name)? {
+        Some(Weight::Dense(t)) => Some(Weight::Dense(t.to_device(device)?)),
+        other => other,
+    })
 }
 
 impl ReferenceModel {
@@ -100,59 +145,75 @@ impl ReferenceModel {
     /// shape), e.g. a merge computed in memory.
     pub fn load_with(folder: &ModelFolder, weights: &WeightSource<'_>) -> Result<Self> {
         let device = Device::Cpu;
-        let tensor = |name: &str| -> Result<Tensor> {
-            let (values, shape) = weights(name)?.ok_or_else(|| RuntimeError::MissingTensor {
-                path: folder.dir.clone(),
-                tensor: name.to_string(),
-            })?;
-            Ok(Tensor::from_vec(values, shape.as_slice(), &device)?)
-        };
+        Self::assemble(folder, &device, &mut |name| {
+            let Some((values, shape)) = weights(name)? else { return Ok(None) };
+            Ok(Some(Weight::Dense(Tensor::from_vec(values, shape.as_slice(), &device)?)))
+        })
+    }
+
+    /// Builds the model of `folder`'s architecture from weights handed over one by one (dense
+    /// or quantized), on `device`. Norms, biases and the embedding table must be dense.
+    pub fn assemble(folder: &ModelFolder, device: &Device, take: &mut TakeWeight<'_>) -> Result<Self> {
+        let missing =
+            |name: &str| RuntimeError::MissingTensor { path: folder.dir.clone(), tensor: name.to_string() };
         let profile = folder.profile;
         let c = &folder.config;
-        let role = |layer: usize, role: LayerTensor| -> Result<Option<Tensor>> {
-            profile.layer_tensor(layer, role).map(|name| tensor(&name)).transpose()
-        };
-        let required = |layer: usize, r: LayerTensor| -> Result<Tensor> {
-            role(layer, r)?.ok_or_else(|| RuntimeError::Unsupported {
+        let named = |layer: usize, r: LayerTensor| -> Result<String> {
+            profile.layer_tensor(layer, r).ok_or_else(|| RuntimeError::Unsupported {
                 message: format!("the {} profile has no {r:?} tensor", profile.name),
             })
         };
-        let linear = |layer: usize, w: LayerTensor, b: Option<LayerTensor>| -> Result<Linear> {
-            Ok(Linear {
-                weight: required(layer, w)?,
-                bias: match b {
-                    Some(b) => role(layer, b)?,
-                    None => None,
-                },
-            })
+        // Optional per-layer vectors (q/k norms, biases): absent from the profile or the file.
+        let vector = |take: &mut TakeWeight<'_>, layer: usize, r: LayerTensor| -> Result<Option<Tensor>> {
+            match profile.layer_tensor(layer, r) {
+                Some(n) => Ok(dense(take, &n, device)?.map(|t| t.to_dtype(DType::F32)).transpose()?),
+                None => Ok(None),
+            }
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
+            let required = |take: &mut TakeWeight<'_>, r: LayerTensor| -> Result<Tensor> {
+                let n = named(i, r)?;
+                Ok(dense(take, &n, device)?.ok_or_else(|| missing(&n))?.to_dtype(DType::F32)?)
+            };
+            let input_norm = required(take, LayerTensor::InputNorm)?;
+            let post_norm = required(take, LayerTensor::PostAttentionNorm)?;
+            let q_norm = vector(take, i, LayerTensor::QNorm)?;
+            let k_norm = vector(take, i, LayerTensor::KNorm)?;
+            let linear =
+                |take: &mut TakeWeight<'_>, r: LayerTensor, bias: Option<LayerTensor>| -> Result<Linear> {
+                    let n = named(i, r)?;
+                    let weight = matrix(take, &n, device)?.ok_or_else(|| missing(&n))?;
+                    let bias = match bias {
+                        Some(b) => vector(take, i, b)?,
+                        None => None,
+                    };
+                    Ok(Linear { weight, bias })
+                };
             layers.push(Layer {
-                input_norm: required(i, LayerTensor::InputNorm)?,
-                q: linear(i, LayerTensor::QProj, Some(LayerTensor::QBias))?,
-                k: linear(i, LayerTensor::KProj, Some(LayerTensor::KBias))?,
-                v: linear(i, LayerTensor::VProj, Some(LayerTensor::VBias))?,
-                o: linear(i, LayerTensor::OProj, None)?,
-                q_norm: role(i, LayerTensor::QNorm)?,
-                k_norm: role(i, LayerTensor::KNorm)?,
-                post_norm: required(i, LayerTensor::PostAttentionNorm)?,
-                gate: linear(i, LayerTensor::GateProj, None)?,
-                up: linear(i, LayerTensor::UpProj, None)?,
-                down: linear(i, LayerTensor::DownProj, None)?,
+                input_norm,
+                q: linear(take, LayerTensor::QProj, Some(LayerTensor::QBias))?,
+                k: linear(take, LayerTensor::KProj, Some(LayerTensor::KBias))?,
+                v: linear(take, LayerTensor::VProj, Some(LayerTensor::VBias))?,
+                o: linear(take, LayerTensor::OProj, None)?,
+                q_norm,
+                k_norm,
+                post_norm,
+                gate: linear(take, LayerTensor::GateProj, None)?,
+                up: linear(take, LayerTensor::UpProj, None)?,
+                down: linear(take, LayerTensor::DownProj, None)?,
             });
         }
-        let embed = tensor(profile.tensors.embed)?;
-        let lm_head = match weights(profile.tensors.lm_head)? {
-            Some((values, shape)) => Tensor::from_vec(values, shape.as_slice(), &device)?,
-            None if c.tie_word_embeddings => embed.clone(),
-            None => {
-                return Err(RuntimeError::MissingTensor {
-                    path: folder.dir.clone(),
-                    tensor: profile.tensors.lm_head.to_string(),
-                });
-            }
+        let embed =
+            dense(take, profile.tensors.embed, device)?.ok_or_else(|| missing(profile.tensors.embed))?;
+        let lm_head = match matrix(take, profile.tensors.lm_head, device)? {
+            Some(head) => head,
+            None if c.tie_word_embeddings => Weight::Dense(embed.clone()),
+            None => return Err(missing(profile.tensors.lm_head)),
         };
+        let norm = dense(take, profile.tensors.final_norm, device)?
+            .ok_or_else(|| missing(profile.tensors.final_norm))?
+            .to_dtype(DType::F32)?;
         // As transformers computes it: 1 / theta^(2i/d) in f32.
         let inv_freq = (0..c.head_dim / 2)
             .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim as f32))
@@ -160,7 +221,7 @@ impl ReferenceModel {
         Ok(ReferenceModel {
             embed,
             layers,
-            norm: tensor(profile.tensors.final_norm)?,
+            norm,
             lm_head,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
@@ -168,7 +229,12 @@ impl ReferenceModel {
             eps: c.rms_norm_eps,
             inv_freq,
             vocab_size: c.vocab_size,
+            device: device.clone(),
         })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// cos and sin for `positions` ([batch, seq]): [batch, 1, seq, head_dim].
@@ -190,7 +256,7 @@ impl ReferenceModel {
             }
         }
         let shape = (b, 1, s, d);
-        Ok((Tensor::from_vec(cos, shape, &Device::Cpu)?, Tensor::from_vec(sin, shape, &Device::Cpu)?))
+        Ok((Tensor::from_vec(cos, shape, &self.device)?, Tensor::from_vec(sin, shape, &self.device)?))
     }
 
     /// Additive mask [batch, 1, seq, past + seq]: key j is visible to query i when it is a real
@@ -205,7 +271,7 @@ impl ReferenceModel {
                 }
             }
         }
-        Ok(Tensor::from_vec(values, (attention_mask.len(), 1, seq, total), &Device::Cpu)?)
+        Ok(Tensor::from_vec(values, (attention_mask.len(), 1, seq, total), &self.device)?)
     }
 
     /// Logits for every position of `batch` ([batch, seq, vocab]), extending `cache`.
@@ -223,8 +289,8 @@ impl ReferenceModel {
                 message: format!("token id {bad} is outside the vocabulary ({})", self.vocab_size),
             });
         }
-        let ids = Tensor::from_vec(ids, b * s, &Device::Cpu)?;
-        let mut x = self.embed.index_select(&ids, 0)?.reshape((b, s, ()))?;
+        let ids = Tensor::from_vec(ids, b * s, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?.reshape((b, s, ()))?;
         let (cos, sin) = self.rope(&batch.position_ids)?;
         let mask = self.mask(&batch.attention_mask, past, s)?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
@@ -273,7 +339,7 @@ impl ReferenceModel {
             x = (x + mlp.reshape((b, s, ()))?)?;
         }
         let x = rms_norm(&x, &self.norm, self.eps)?.reshape((b * s, ()))?;
-        let logits = x.matmul(&self.lm_head.t()?)?.reshape((b, s, self.vocab_size))?;
+        let logits = self.lm_head.matmul_t(&x)?.reshape((b, s, self.vocab_size))?;
         Ok(logits.to_dtype(DType::F32)?)
     }
 }

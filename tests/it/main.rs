@@ -7,6 +7,7 @@ mod common;
 mod config;
 mod demo;
 mod detect;
+mod generate;
 mod inspect;
 mod merge;
 mod model;

@@ -46,7 +46,7 @@ pub fn header_bytes(entries: &[TensorEntry], metadata: &[(String, String)]) -> V
         offset = end;
     }
     let mut text = serde_json::to_string(&Value::Object(header)).unwrap_or_default().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -1,0 +1,701 @@
+//! Loading a model for generation inside a Rust service: from a Hugging Face folder, from a base
+//! plus a PEFT adapter or training run (merged in memory, nothing written), or from one of the
+//! tool's ONNX exports (through ONNX Runtime); with the linear weights quantized while loading
+//! (`q8_0`, `q4_0`, `q4_k` as candle `QMatMul`s), tensor by tensor from the memory map, so
+//! memory stays near the quantized size; within a memory budget checked before anything is
+//! allocated; on the device asked for or the best one present.
+//!
+//! ```
+//! # fn main() -> Result<(), model_export::Error> {
+//! use model_export::loader::{LoadOptions, Model, Quantization};
+//! use model_export::runtime::generation::GenerateOptions;
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let shape = model_export::synth::ModelShape::by_name("qwen3-tiny").unwrap();
+//! # model_export::synth::write_model(shape, dir.path(), 1, None)?;
+//! # let model_dir = dir.path();
+//! // A model folder (config.json + safetensors), its linear layers quantized to q8_0 on load.
+//! let model = Model::load(&LoadOptions::new(model_dir).quantization(Quantization::Q8_0))?;
+//! assert_eq!(model.info().quantization, Quantization::Q8_0);
+//!
+//! // Greedy decoding of two prompts as one batch; the same call streams with `generate_stream`.
+//! let results = model.generate(&["Hello", "How are you?"], &GenerateOptions::greedy().max_new_tokens(4))?;
+//! assert!(results.iter().all(|r| r.token_ids.len() <= 4));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod budget;
+pub mod device;
+pub mod quantization;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+pub use budget::{Estimate, LoadPlan, PlannedWeight};
+pub use device::{ChosenDevice, DeviceChoice};
+pub use quantization::{FormatFallback, Placement, Quantization, Role};
+
+use crate::checkpoint::{Detection, detect};
+use crate::error::{Error, LoadError, ModelError, RuntimeError};
+use crate::export::onnx::folder::{DATA_FILE, MODEL_FILE};
+use crate::merge::{MergeInputs, execute_rows, plan_merge};
+use crate::model::{HfConfig, ModelFolder};
+use crate::runtime::chat::{ChatTemplate, Message};
+use crate::runtime::engine::DecoderEngine;
+use crate::runtime::generation::{
+    GenerateOptions, Generation, GenerationDefaults, StreamEvent, generate_batch,
+};
+use crate::runtime::ort_engine::OrtEngine;
+use crate::runtime::reference::{ReferenceEngine, ReferenceModel, Weight};
+
+/// What to load.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A Hugging Face model folder (a base or a merged model), or an ONNX export folder.
+    Folder(PathBuf),
+    /// A base model and a PEFT adapter folder or training run (its newest valid checkpoint),
+    /// merged in memory.
+    WithAdapter { base: PathBuf, adapter: PathBuf },
+}
+
+/// How to load it.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub source: Source,
+    pub device: DeviceChoice,
+    /// Dense weights' dtype (f32, f16 or bf16): the weights quantization leaves dense too.
+    pub dtype: DType,
+    pub quantization: Quantization,
+    /// Refuse a load whose estimate passes this many bytes (default: the available RAM).
+    pub max_memory: Option<u64>,
+    /// Further tries after a transient failure (an I/O error, a file still being written).
+    pub retries: u32,
+    /// CPU threads (default: all cores).
+    pub threads: Option<usize>,
+}
+
+impl LoadOptions {
+    /// A model or ONNX export folder, f32, no quantization, `auto` device.
+    pub fn new(folder: impl Into<PathBuf>) -> Self {
+        Self {
+            source: Source::Folder(folder.into()),
+            device: DeviceChoice::Auto,
+            dtype: DType::F32,
+            quantization: Quantization::None,
+            max_memory: None,
+            retries: 3,
+            threads: None,
+        }
+    }
+
+    /// A base and an adapter folder or training run, merged in memory.
+    pub fn with_adapter(base: impl Into<PathBuf>, adapter: impl Into<PathBuf>) -> Self {
+        Self { source: Source::WithAdapter { base: base.into(), adapter: adapter.into() }, ..Self::new("") }
+    }
+
+    pub fn quantization(mut self, quantization: Quantization) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
+    pub fn device(mut self, device: DeviceChoice) -> Self {
+        self.device = device;
+        self
+    }
+
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+}
+
+/// Bytes a group of tensors holds, and in which formats.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupInfo {
+    pub group: String,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+    /// Format -> number of tensors in it.
+    pub formats: BTreeMap<String, usize>,
+}
+
+/// What was loaded, where, and what it costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// config.json's `model_type` (`qwen3`, `qwen2`).
+    pub architecture: String,
+    pub parameters: u64,
+    /// `candle` or `onnxruntime`.
+    pub engine: String,
+    pub device: ChosenDevice,
+    pub dtype: String,
+    pub quantization: Quantization,
+    pub groups: Vec<GroupInfo>,
+    pub resident_bytes: u64,
+    /// Tensors that did not get the mode's format (rows not a multiple of its block).
+    pub fallbacks: Vec<FormatFallback>,
+    /// The folder the weights came from, and the adapter merged into them.
+    pub source: PathBuf,
+    pub adapter: Option<PathBuf>,
+}
+
+enum Backend {
+    Candle(ReferenceModel),
+    Onnx(Mutex<OrtEngine>),
+}
+
+/// A loaded model. Dropping it frees everything it holds.
+pub struct Model {
+    backend: Backend,
+    info: ModelInfo,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    defaults: GenerationDefaults,
+    pool: rayon::ThreadPool,
+}
+
+/// The tensors of a model as the loader places them.
+fn planned_weights(
+    folder: &ModelFolder,
+    shapes: impl Iterator<Item = (String, Vec<usize>)>,
+) -> Vec<PlannedWeight> {
+    let names = &folder.profile.tensors;
+    shapes
+        .map(|(name, shape)| {
+            let role = if name == names.embed {
+                Role::Embedding
+            } else if name == names.lm_head {
+                Role::Head
+            } else if shape.len() < 2 {
+                Role::Vector
+            } else {
+                Role::Linear
+            };
+            PlannedWeight { name, shape, role }
+        })
+        .collect()
+}
+
+/// Size and modification time of every file in `dirs`, to see whether one is being written.
+fn snapshot(dirs: &[&Path]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(meta) = entry.metadata()
+                && meta.is_file()
+            {
+                files.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn is_transient(error: &Error) -> bool {
+    let io = match error {
+        Error::Model(ModelError::Io { source, .. }) => Some(source),
+        Error::Checkpoint(crate::error::CheckpointError::Io { source, .. }) => Some(source),
+        _ => None,
+    };
+    io.is_some_and(crate::retry::is_transient)
+}
+
+/// Runs `load` again after a transient failure: an I/O error that may pass, or any failure
+/// while a file under `dirs` is still changing (being written or copied). A failure on files
+/// that stay as they are is permanent and returned at once.
+fn with_retries<T>(
+    retries: u32,
+    dirs: &[&Path],
+    mut load: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        let before = snapshot(dirs);
+        let error = match load() {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        if attempt >= retries {
+            return Err(error);
+        }
+        let changing = {
+            std::thread::sleep(delay);
+            snapshot(dirs) != before
+        };
+        if !(changing || is_transient(&error)) {
+            return Err(error);
+        }
+        let why = if changing { "a file is still being written" } else { "transient I/O error" };
+        tracing::warn!("load failed ({why}): {error}; retrying ({}/{retries})", attempt + 1);
+        std::thread::sleep(delay);
+        delay *= 2;
+        attempt += 1;
+    }
+}
+
+fn memory_budget(options: &LoadOptions) -> u64 {
+    options.max_memory.or_else(crate::pipeline::preflight::available_memory).unwrap_or(u64::MAX)
+}
+
+fn mode_label(options: &LoadOptions) -> String {
+    match options.quantization {
+        Quantization::None => options.dtype.as_str().to_string(),
+        q => q.to_string(),
+    }
+}
+
+/// Refuses option combinations that cannot work, with what to use instead.
+fn check_compatible(options: &LoadOptions, onnx: bool, device: &ChosenDevice) -> Result<(), LoadError> {
+    let refuse = |what: &str, reason: &str, help: &str| {
+        Err(LoadError::Incompatible { what: what.into(), reason: reason.into(), help: help.into() })
+    };
+    if !matches!(options.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return refuse(
+            &format!("dtype {}", options.dtype.as_str()),
+            "weights load as f32, f16 or bf16",
+            "use dtype = \"f32\", \"f16\" or \"bf16\"",
+        );
+    }
+    if options.dtype == DType::BF16 && !device.bf16 {
+        return refuse(
+            &format!("bf16 on {}", device.name),
+            "this device has no bf16 arithmetic",
+            "use dtype = \"f16\" or \"f32\", or quantization = \"q8_0\"",
+        );
+    }
+    if onnx {
+        if options.quantization != Quantization::None {
+            return refuse(
+                &format!("quantization {} of an ONNX export", options.quantization),
+                "an ONNX export's weights were quantized when it was written",
+                "load it with quantization = \"none\" (export with dtype = \"int4\" for a 4-bit ONNX model), or load the safetensors folder with this quantization",
+            );
+        }
+        if options.dtype != DType::F32 {
+            return refuse(
+                &format!("dtype {} of an ONNX export", options.dtype.as_str()),
+                "an ONNX export runs in the dtype it was written in",
+                "leave dtype at f32, or export the dtype you want",
+            );
+        }
+        if device.name != "cpu" {
+            return refuse(
+                &format!("an ONNX export on {}", device.name),
+                "ONNX exports run through ONNX Runtime's CPU provider here",
+                "use device = \"cpu\", or load the merged safetensors folder to run on the GPU",
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Model {
+    /// Loads a model as `options` say; see the module documentation.
+    pub fn load(options: &LoadOptions) -> Result<Self, Error> {
+        let device = device::resolve(options.device)?;
+        tracing::info!("device {}: {}", device.name, device.reason);
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| {
+            RuntimeError::Unsupported { message: format!("cannot start {threads} threads: {e}") }
+        })?;
+        match &options.source {
+            Source::Folder(dir) if dir.join(MODEL_FILE).is_file() => {
+                check_compatible(options, true, &device)?;
+                let dirs = [dir.as_path()];
+                with_retries(options.retries, &dirs, || Self::load_onnx(dir, options, &device, threads))
+                    .map(|parts| parts.with_pool(pool))
+            }
+            Source::Folder(dir) => {
+                check_compatible(options, false, &device)?;
+                if !crate::model::folder::looks_like_model(dir) {
+                    return Err(LoadError::Source {
+                        path: dir.clone(),
+                        reason: "not a model folder (no config.json with *.safetensors) and not an ONNX export (no model.onnx)".into(),
+                    }
+                    .into());
+                }
+                let dirs = [dir.as_path()];
+                pool.install(|| {
+                    with_retries(options.retries, &dirs, || Self::load_candle(dir, None, options, &device))
+                })
+                .map(|parts| parts.with_pool(pool))
+            }
+            Source::WithAdapter { base, adapter } => {
+                check_compatible(options, false, &device)?;
+                let dirs = [base.as_path(), adapter.as_path()];
+                pool.install(|| {
+                    with_retries(options.retries, &dirs, || {
+                        Self::load_candle(base, Some(adapter), options, &device)
+                    })
+                })
+                .map(|parts| parts.with_pool(pool))
+            }
+        }
+    }
+
+    fn load_candle(
+        dir: &Path,
+        adapter_source: Option<&Path>,
+        options: &LoadOptions,
+        device: &ChosenDevice,
+    ) -> Result<Parts, Error> {
+        let folder = ModelFolder::open(dir, None)?;
+        let detection: Option<Detection> = adapter_source.map(|a| detect(a, Some(&folder))).transpose()?;
+        let adapter = detection.as_ref().map(|d| &d.adapter);
+        let merge_plan = plan_merge(&folder, adapter)?;
+        let names = &folder.profile.tensors;
+        let tied =
+            !merge_plan.tensors.iter().any(|t| t.name == names.lm_head) && folder.config.tie_word_embeddings;
+        // A quantized tied head is a quantized copy; the f16 table stays for the lookup.
+        let tied_copy = tied && options.quantization != Quantization::None;
+        let plan_for = |quantization: Quantization| {
+            let mut shapes: Vec<(String, Vec<usize>)> =
+                merge_plan.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            if tied
+                && quantization != Quantization::None
+                && let Some((_, shape)) = shapes.iter().find(|(n, _)| n == names.embed).cloned()
+            {
+                shapes.push((names.lm_head.to_string(), shape));
+            }
+            LoadPlan::new(&planned_weights(&folder, shapes.into_iter()), quantization, options.dtype)
+        };
+        let plan = plan_for(options.quantization);
+        let alternatives: Vec<Estimate> = [Quantization::Q8_0, Quantization::Q4K, Quantization::Q4_0]
+            .into_iter()
+            .filter(|q| *q != options.quantization)
+            .map(|q| Estimate { mode: q.to_string(), bytes: plan_for(q).peak })
+            .collect();
+        budget::check(
+            &dir.display().to_string(),
+            &mode_label(options),
+            &plan,
+            memory_budget(options),
+            &alternatives,
+        )?;
+
+        let placements: HashMap<&str, Placement> =
+            plan.weights.iter().map(|(w, p)| (w.name.as_str(), *p)).collect();
+        let mut loaded: HashMap<String, Weight> = HashMap::new();
+        let mut buffer: Vec<f32> = Vec::new();
+        let merge_inputs = MergeInputs { base: &folder, adapter, allow_non_finite: false };
+        // The merge hands each tensor over in blocks of rows; a finished tensor is placed at
+        // once and its f32 buffer reused for the next.
+        execute_rows(&merge_plan, &merge_inputs, &mut |t, _first, values| {
+            buffer.extend_from_slice(values);
+            if buffer.len() < t.shape.iter().product() {
+                return Ok(());
+            }
+            let place = |name: &str| placements.get(name).copied().unwrap_or(Placement::Dense(DType::F32));
+            let f32_tensor = Tensor::from_slice(&buffer, t.shape.as_slice(), &candle_core::Device::Cpu)
+                .map_err(RuntimeError::from)?;
+            if tied_copy && t.name == names.embed {
+                loaded.insert(
+                    names.lm_head.to_string(),
+                    place_weight(&f32_tensor, place(names.lm_head), device)?,
+                );
+            }
+            loaded.insert(t.name.clone(), place_weight(&f32_tensor, place(&t.name), device)?);
+            buffer.clear();
+            Ok(())
+        })?;
+        drop(buffer);
+        let model = ReferenceModel::assemble(&folder, &device.device, &mut |name| Ok(loaded.remove(name)))?;
+
+        let tokenizer_dir = detection
+            .as_ref()
+            .map(|d| d.chosen.clone())
+            .filter(|d| d.join("tokenizer.json").is_file())
+            .unwrap_or_else(|| folder.dir.clone());
+        let groups = group_info(&plan);
+        let info = ModelInfo {
+            architecture: folder.config.model_type.clone(),
+            parameters: merge_plan.parameter_count(),
+            engine: "candle".into(),
+            device: device.clone(),
+            dtype: options.dtype.as_str().into(),
+            quantization: options.quantization,
+            resident_bytes: plan.resident,
+            groups,
+            fallbacks: plan.fallbacks.clone(),
+            source: folder.dir.clone(),
+            adapter: detection.as_ref().map(|d| d.chosen.clone()),
+        };
+        Parts::new(Backend::Candle(model), info, &tokenizer_dir, &folder.dir, &folder.config)
+    }
+
+    fn load_onnx(
+        dir: &Path,
+        options: &LoadOptions,
+        device: &ChosenDevice,
+        threads: usize,
+    ) -> Result<Parts, Error> {
+        let (config, profile) = HfConfig::read(&dir.join("config.json"), None)?;
+        let shapes = crate::model::layout::expected_tensors(&config, profile);
+        let parameters = shapes.iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
+        let files: u64 = [MODEL_FILE, DATA_FILE]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        let budget = memory_budget(options);
+        if files > budget {
+            return Err(LoadError::Budget {
+                what: dir.display().to_string(),
+                mode: "its exported dtype".into(),
+                needed: files,
+                budget,
+                suggestion: "load a smaller export (dtype = \"int4\"), or the safetensors folder with quantization = \"q4_k\"".into(),
+            }
+            .into());
+        }
+        let engine = OrtEngine::load(
+            &dir.join(MODEL_FILE),
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            config.head_dim,
+            threads,
+        )?;
+        let info = ModelInfo {
+            architecture: config.model_type.clone(),
+            parameters,
+            engine: "onnxruntime".into(),
+            device: device.clone(),
+            dtype: "as exported".into(),
+            quantization: Quantization::None,
+            groups: vec![GroupInfo {
+                group: "onnx files".into(),
+                tensors: shapes.len(),
+                parameters,
+                bytes: files,
+                formats: BTreeMap::new(),
+            }],
+            resident_bytes: files,
+            fallbacks: Vec::new(),
+            source: dir.to_path_buf(),
+            adapter: None,
+        };
+        Parts::new(Backend::Onnx(Mutex::new(engine)), info, dir, dir, &config)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The generation defaults read from generation_config.json.
+    pub fn defaults(&self) -> &GenerationDefaults {
+        &self.defaults
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// `prompt` as a user message (after an optional system message) in the model's chat
+    /// template, with the generation prompt added, as `apply_chat_template` renders it.
+    pub fn render_chat(&self, prompt: &str, system: Option<&str>) -> Result<String, Error> {
+        let template = self.template.as_ref().ok_or_else(|| ModelError::NotAModel {
+            path: self.info.source.clone(),
+            reason: "it has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)"
+                .into(),
+        })?;
+        let mut messages = Vec::new();
+        if let Some(system) = system {
+            messages.push(Message { role: "system".into(), content: system.into() });
+        }
+        messages.push(Message { role: "user".into(), content: prompt.into() });
+        Ok(template.render(&messages, true)?)
+    }
+
+    /// Token ids of `text` as the tokenizer encodes it (special tokens added as configured).
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, Error> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| RuntimeError::Input { message: format!("cannot tokenize {text:?}: {e}") })?;
+        Ok(encoding.get_ids().iter().map(|&t| i64::from(t)).collect())
+    }
+
+    /// The logits of every position of `batch` ([batch, seq, vocab]) from an empty cache: for
+    /// scoring, and for measuring a quantization against f32.
+    pub fn logits(&self, batch: &crate::runtime::Batch) -> Result<crate::runtime::Logits, Error> {
+        let logits = self.pool.install(|| match &self.backend {
+            Backend::Candle(model) => ReferenceEngine::new(model).step(batch),
+            Backend::Onnx(engine) => {
+                let mut engine = engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                engine.reset();
+                let logits = engine.step(batch);
+                engine.reset();
+                logits
+            }
+        })?;
+        Ok(logits)
+    }
+
+    /// Generates for every prompt, as one left-padded batch.
+    pub fn generate<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        options: &GenerateOptions,
+    ) -> Result<Vec<Generation>, Error> {
+        self.generate_stream(prompts, options, |_| {})
+    }
+
+    /// Like [`Model::generate`], calling `on_token` with each new token and the text it
+    /// completed, as they come.
+    pub fn generate_stream<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(StreamEvent<'_>) + Send,
+    ) -> Result<Vec<Generation>, Error> {
+        let texts: Vec<String> = prompts
+            .iter()
+            .map(|p| {
+                if options.chat {
+                    self.render_chat(p.as_ref(), options.system.as_deref())
+                } else {
+                    Ok(p.as_ref().to_string())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let ids: Vec<Vec<i64>> = texts.iter().map(|t| self.encode(t)).collect::<Result<_, _>>()?;
+        let settings = options.resolve(&self.defaults);
+        let outputs = self.pool.install(|| -> Result<_, RuntimeError> {
+            match &self.backend {
+                Backend::Candle(model) => {
+                    let mut engine = ReferenceEngine::new(model);
+                    generate_batch(&mut engine, &self.tokenizer, &ids, &settings, &mut on_token)
+                }
+                Backend::Onnx(engine) => {
+                    let mut engine = engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    generate_batch(
+                        &mut *engine as &mut dyn DecoderEngine,
+                        &self.tokenizer,
+                        &ids,
+                        &settings,
+                        &mut on_token,
+                    )
+                }
+            }
+        })?;
+        Ok(texts
+            .into_iter()
+            .zip(ids)
+            .zip(outputs)
+            .map(|((prompt, prompt_ids), (token_ids, text, finish))| Generation {
+                prompt,
+                prompt_ids,
+                token_ids,
+                text,
+                finish,
+            })
+            .collect())
+    }
+}
+
+/// A loaded model before it gets its thread pool.
+struct Parts {
+    backend: Backend,
+    info: ModelInfo,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    defaults: GenerationDefaults,
+}
+
+impl Parts {
+    fn new(
+        backend: Backend,
+        info: ModelInfo,
+        tokenizer_dir: &Path,
+        model_dir: &Path,
+        config: &HfConfig,
+    ) -> Result<Self, Error> {
+        let path = tokenizer_dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::Json { path: path.clone(), message: format!("not a tokenizer: {e}") })?;
+        let template = match ChatTemplate::from_dir(tokenizer_dir) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::debug!("no chat template: {e}");
+                None
+            }
+        };
+        let defaults = GenerationDefaults::read(model_dir, config);
+        Ok(Self { backend, info, tokenizer, template, defaults })
+    }
+
+    fn with_pool(self, pool: rayon::ThreadPool) -> Model {
+        Model {
+            backend: self.backend,
+            info: self.info,
+            tokenizer: self.tokenizer,
+            template: self.template,
+            defaults: self.defaults,
+            pool,
+        }
+    }
+}
+
+/// `values` (f32, on the CPU) as `placement` says, on `device`.
+fn place_weight(
+    values: &Tensor,
+    placement: Placement,
+    device: &ChosenDevice,
+) -> Result<Weight, RuntimeError> {
+    Ok(match placement {
+        Placement::Dense(DType::F32) => Weight::Dense(values.to_device(&device.device)?),
+        Placement::Dense(dtype) => Weight::Dense(values.to_dtype(dtype)?.to_device(&device.device)?),
+        Placement::Blocks(format) => {
+            let q = QTensor::quantize_onto(values, format, &device.device)?;
+            Weight::Quantized(QMatMul::from_qtensor(q)?)
+        }
+    })
+}
+
+fn group_info(plan: &LoadPlan) -> Vec<GroupInfo> {
+    let mut groups: Vec<GroupInfo> = Vec::new();
+    for (w, p) in &plan.weights {
+        let at = match groups.iter().position(|g| g.group == w.group()) {
+            Some(at) => at,
+            None => {
+                groups.push(GroupInfo {
+                    group: w.group().into(),
+                    tensors: 0,
+                    parameters: 0,
+                    bytes: 0,
+                    formats: BTreeMap::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        let g = &mut groups[at];
+        g.tensors += 1;
+        g.parameters += w.elements() as u64;
+        g.bytes += p.bytes(w.elements());
+        *g.formats.entry(p.label()).or_default() += 1;
+    }
+    groups
+}

@@ -1,0 +1,252 @@
+//! What each load-time quantization mode stores for each kind of tensor, and what a tensor
+//! whose rows do not fit a format's blocks gets instead (llama.cpp's rule: k-quants need rows
+//! that are a multiple of 256; `q4_k` then falls back to `q5_0`, a 32-block format; a row that
+//! fits no block format stays f16).
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::quantized::GgmlDType;
+use serde::Serialize;
+
+/// `quantization = none | q8_0 | q4_0 | q4_k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    /// Weights as `dtype` says (f32 by default).
+    #[default]
+    None,
+    /// 8-bit blocks of 32 (34 bytes per 32 weights).
+    Q8_0,
+    /// 4-bit blocks of 32 with one f16 scale (18 bytes per 32 weights).
+    Q4_0,
+    /// 4-bit k-quant super-blocks of 256 (144 bytes per 256 weights).
+    Q4K,
+}
+
+impl Quantization {
+    pub const ALL: [Quantization; 4] =
+        [Quantization::None, Quantization::Q8_0, Quantization::Q4_0, Quantization::Q4K];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantization::None => "none",
+            Quantization::Q8_0 => "q8_0",
+            Quantization::Q4_0 => "q4_0",
+            Quantization::Q4K => "q4_k",
+        }
+    }
+
+    /// The block format of the linear layers' weights, before any fallback.
+    pub fn format(self) -> Option<GgmlDType> {
+        match self {
+            Quantization::None => None,
+            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+            Quantization::Q4K => Some(GgmlDType::Q4K),
+        }
+    }
+
+    /// The format of the output head: like llama.cpp, a 4-bit file keeps its head at 6 bits
+    /// (q6_k), an 8-bit one at 8.
+    pub fn head_format(self) -> Option<GgmlDType> {
+        match self {
+            Quantization::None => None,
+            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantization::Q4_0 | Quantization::Q4K => Some(GgmlDType::Q6K),
+        }
+    }
+}
+
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Quantization {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Quantization::ALL
+            .into_iter()
+            .find(|q| q.as_str() == s)
+            .ok_or_else(|| format!("unknown quantization `{s}`: use none, q8_0, q4_0 or q4_k"))
+    }
+}
+
+/// How one tensor is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Dense, in f32 (norms, biases) or in the load dtype.
+    Dense(candle_core::DType),
+    Blocks(GgmlDType),
+}
+
+impl Placement {
+    /// Resident bytes for `elements` values.
+    pub fn bytes(self, elements: usize) -> u64 {
+        match self {
+            Placement::Dense(dtype) => (elements * dtype.size_in_bytes()) as u64,
+            Placement::Blocks(format) => (elements / format.block_size() * format.type_size()) as u64,
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Placement::Dense(dtype) => dtype.as_str().to_string(),
+            Placement::Blocks(format) => format_name(format).to_string(),
+        }
+    }
+}
+
+pub fn format_name(format: GgmlDType) -> &'static str {
+    match format {
+        GgmlDType::F32 => "f32",
+        GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
+        GgmlDType::Q4_0 => "q4_0",
+        GgmlDType::Q4_1 => "q4_1",
+        GgmlDType::Q5_0 => "q5_0",
+        GgmlDType::Q5_1 => "q5_1",
+        GgmlDType::Q8_0 => "q8_0",
+        GgmlDType::Q8_1 => "q8_1",
+        GgmlDType::Q2K => "q2_k",
+        GgmlDType::Q3K => "q3_k",
+        GgmlDType::Q4K => "q4_k",
+        GgmlDType::Q5K => "q5_k",
+        GgmlDType::Q6K => "q6_k",
+        GgmlDType::Q8K => "q8_k",
+    }
+}
+
+/// The nearest block format that fits rows of `width` (llama.cpp's fallbacks for k-quants),
+/// or `None` when no block format does (the tensor then stays f16).
+pub fn fitting_format(wanted: GgmlDType, width: usize) -> Option<GgmlDType> {
+    let mut format = wanted;
+    loop {
+        if width.is_multiple_of(format.block_size()) {
+            return Some(format);
+        }
+        format = match format {
+            GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+            GgmlDType::Q4K => GgmlDType::Q5_0,
+            GgmlDType::Q5K => GgmlDType::Q5_1,
+            GgmlDType::Q6K => GgmlDType::Q8_0,
+            _ => return None,
+        };
+    }
+}
+
+/// What kind of tensor a weight is, for the placement rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A linear layer's matrix inside a decoder layer.
+    Linear,
+    /// The token embedding table (looked up by row).
+    Embedding,
+    /// The output head (its own matrix, or a copy of the tied embeddings when quantized).
+    Head,
+    /// Norm weights and biases.
+    Vector,
+}
+
+/// A tensor that did not get its mode's format, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FormatFallback {
+    pub tensor: String,
+    pub wanted: String,
+    pub used: String,
+    pub reason: String,
+}
+
+/// Where a tensor goes under `quantization` with dense weights in `dtype`:
+/// - norms and biases: f32 always;
+/// - the embedding table: `dtype` without quantization, f16 with it (rows are looked up, so a
+///   block format would be dequantized whole at every step);
+/// - linear matrices: the mode's format; the head: [`Quantization::head_format`];
+///   either falls back (see [`fitting_format`]) when its rows do not fit the blocks.
+pub fn placement(
+    quantization: Quantization,
+    dtype: candle_core::DType,
+    role: Role,
+    name: &str,
+    shape: &[usize],
+) -> (Placement, Option<FormatFallback>) {
+    use candle_core::DType;
+    let wanted = match role {
+        Role::Vector => return (Placement::Dense(DType::F32), None),
+        Role::Embedding if quantization == Quantization::None => return (Placement::Dense(dtype), None),
+        Role::Embedding => return (Placement::Dense(DType::F16), None),
+        Role::Linear => quantization.format(),
+        Role::Head => quantization.head_format(),
+    };
+    let Some(wanted) = wanted else { return (Placement::Dense(dtype), None) };
+    let width = shape.last().copied().unwrap_or(0);
+    match fitting_format(wanted, width) {
+        Some(format) if format == wanted => (Placement::Blocks(format), None),
+        used => {
+            let placed = used.map_or(Placement::Dense(DType::F16), Placement::Blocks);
+            let fallback = FormatFallback {
+                tensor: name.to_string(),
+                wanted: format_name(wanted).into(),
+                used: placed.label(),
+                reason: format!(
+                    "rows of {width} values are not a multiple of {}'s block of {}",
+                    format_name(wanted),
+                    wanted.block_size()
+                ),
+            };
+            (placed, Some(fallback))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn k_quants_fall_back_as_llama_cpp_does() {
+        assert_eq!(fitting_format(GgmlDType::Q4K, 1024), Some(GgmlDType::Q4K));
+        assert_eq!(fitting_format(GgmlDType::Q4K, 64), Some(GgmlDType::Q5_0));
+        assert_eq!(fitting_format(GgmlDType::Q6K, 128), Some(GgmlDType::Q8_0));
+        assert_eq!(fitting_format(GgmlDType::Q8_0, 48), None);
+    }
+
+    #[test]
+    fn placements_follow_the_documented_rules() {
+        let q = Quantization::Q4K;
+        assert_eq!(placement(q, DType::F32, Role::Vector, "n", &[64]).0, Placement::Dense(DType::F32));
+        assert_eq!(
+            placement(q, DType::F32, Role::Embedding, "e", &[384, 64]).0,
+            Placement::Dense(DType::F16)
+        );
+        assert_eq!(
+            placement(q, DType::F32, Role::Linear, "w", &[64, 256]).0,
+            Placement::Blocks(GgmlDType::Q4K)
+        );
+        let (placed, fallback) = placement(q, DType::F32, Role::Linear, "w", &[128, 64]);
+        assert_eq!(placed, Placement::Blocks(GgmlDType::Q5_0));
+        let fallback = fallback.unwrap();
+        assert_eq!((fallback.wanted.as_str(), fallback.used.as_str()), ("q4_k", "q5_0"));
+        assert_eq!(fallback.reason, "rows of 64 values are not a multiple of q4_k's block of 256");
+        let (placed, fallback) = placement(Quantization::Q8_0, DType::F32, Role::Linear, "w", &[8, 40]);
+        assert_eq!((placed, fallback.unwrap().used.as_str()), (Placement::Dense(DType::F16), "f16"));
+        assert_eq!(
+            placement(Quantization::None, DType::BF16, Role::Linear, "w", &[8, 40]).0,
+            Placement::Dense(DType::BF16)
+        );
+    }
+
+    #[test]
+    fn block_bytes_match_ggml() {
+        // q8_0: 34 bytes per 32; q4_0: 18 per 32; q4_k: 144 per 256; q6_k: 210 per 256.
+        assert_eq!(Placement::Blocks(GgmlDType::Q8_0).bytes(64), 68);
+        assert_eq!(Placement::Blocks(GgmlDType::Q4_0).bytes(64), 36);
+        assert_eq!(Placement::Blocks(GgmlDType::Q4K).bytes(512), 288);
+        assert_eq!(Placement::Blocks(GgmlDType::Q6K).bytes(256), 210);
+        assert_eq!(Placement::Dense(DType::BF16).bytes(10), 20);
+    }
+}
