@@ -25,3 +25,8 @@ pub mod synth;
 pub mod validate;
 
 pub use error::{Error, Result};
+
+/// The README's Rust example compiles as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,7 +1,8 @@
 //! The memory a load will take, known before anything is allocated: every tensor's shape comes
 //! from the safetensors headers (or config.json), its placement from the quantization rules,
-//! plus the f32 copy of the largest tensor while it is converted. A plan over the budget is
-//! refused with the mode that would fit.
+//! plus the merge's f32 block of rows and its converted copy (tensors arrive in blocks of at
+//! most `BLOCK_ELEMENTS` values, and no whole tensor is ever held in f32 unless it stays f32).
+//! A plan over the budget is refused with the mode that would fit.
 
 use candle_core::DType;
 use serde::Serialize;
@@ -42,7 +43,7 @@ pub struct LoadPlan {
     pub fallbacks: Vec<FormatFallback>,
     /// Resident bytes of the loaded weights.
     pub resident: u64,
-    /// Resident plus the transient f32 copy of the largest converted tensor.
+    /// Resident plus the transient block of rows (f32, and its converted copy).
     pub peak: u64,
 }
 
@@ -51,17 +52,15 @@ impl LoadPlan {
         let mut placed = Vec::with_capacity(weights.len());
         let mut fallbacks = Vec::new();
         let mut resident = 0;
-        let mut transient = 0;
+        let mut block = 0;
         for w in weights {
             let (placement, fallback) = placement(quantization, dtype, w.role, &w.name, &w.shape);
             resident += placement.bytes(w.elements());
-            if placement != Placement::Dense(DType::F32) {
-                transient = transient.max(4 * w.elements() as u64);
-            }
+            block = block.max(w.elements().min(crate::merge::execute::BLOCK_ELEMENTS) as u64);
             fallbacks.extend(fallback);
             placed.push((w.clone(), placement));
         }
-        Self { weights: placed, fallbacks, resident, peak: resident + transient }
+        Self { weights: placed, fallbacks, resident, peak: resident + 2 * 4 * block }
     }
 }
 
@@ -118,10 +117,12 @@ mod tests {
     fn plans_count_every_tensor_in_its_placement() {
         let f32 = LoadPlan::new(&weights(), Quantization::None, DType::F32);
         assert_eq!(f32.resident, 4 * (256_000 + 65_536 + 256));
-        assert_eq!(f32.peak, f32.resident, "nothing is converted");
+        assert_eq!(f32.peak, f32.resident + 8 * 256_000, "a block as large as the largest tensor, twice");
         let q8 = LoadPlan::new(&weights(), Quantization::Q8_0, DType::F32);
         assert_eq!(q8.resident, 2 * 256_000 + 65_536 / 32 * 34 + 4 * 256);
-        assert_eq!(q8.peak, q8.resident + 4 * 256_000, "the embedding's f32 copy while it becomes f16");
+        let big = [PlannedWeight { name: "w".into(), shape: vec![8192, 8192], role: Role::Linear }];
+        let plan = LoadPlan::new(&big, Quantization::Q4_0, DType::F32);
+        assert_eq!(plan.peak - plan.resident, 8 * (4 << 20), "blocks stop at the merge's 16 MiB");
     }
 
     #[test]
@@ -132,7 +133,7 @@ mod tests {
             Estimate { mode: "q4_k".into(), bytes: 400_000 },
         ];
         let err = check("m", "f32", &plan, 500_000, &alternatives).unwrap_err();
-        assert_eq!(err.to_string(), "m needs about 1.2 MiB in f32, more than the memory budget (488.3 KiB)");
+        assert_eq!(err.to_string(), "m needs about 3.2 MiB in f32, more than the memory budget (488.3 KiB)");
         assert_eq!(err.help(), "load with quantization = \"q4_k\" (needs 390.6 KiB), or raise max-memory");
         assert!(check("m", "f32", &plan, plan.peak, &alternatives).is_ok());
     }

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod accumulate;
 pub mod budget;
 pub mod device;
 pub mod quantization;
@@ -33,11 +34,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use accumulate::Accumulator;
 pub use budget::{Estimate, LoadPlan, PlannedWeight};
 pub use device::{ChosenDevice, DeviceChoice};
 pub use quantization::{FormatFallback, Placement, Quantization, Role};
@@ -45,7 +46,7 @@ pub use quantization::{FormatFallback, Placement, Quantization, Role};
 use crate::checkpoint::{Detection, detect};
 use crate::error::{Error, LoadError, ModelError, RuntimeError};
 use crate::export::onnx::folder::{DATA_FILE, MODEL_FILE};
-use crate::merge::{MergeInputs, execute_rows, plan_merge};
+use crate::merge::{MergeInputs, execute_rows, plan_merge, row_width};
 use crate::model::{HfConfig, ModelFolder};
 use crate::runtime::chat::{ChatTemplate, Message};
 use crate::runtime::engine::DecoderEngine;
@@ -398,30 +399,34 @@ impl Model {
 
         let placements: HashMap<&str, Placement> =
             plan.weights.iter().map(|(w, p)| (w.name.as_str(), *p)).collect();
+        let place = |name: &str| placements.get(name).copied().unwrap_or(Placement::Dense(DType::F32));
         let mut loaded: HashMap<String, Weight> = HashMap::new();
-        let mut buffer: Vec<f32> = Vec::new();
+        // The tensor being received, with the quantized copy of a tied head beside the table.
+        let mut building: Vec<(String, Accumulator)> = Vec::new();
+        let mut received = 0;
         let merge_inputs = MergeInputs { base: &folder, adapter, allow_non_finite: false };
-        // The merge hands each tensor over in blocks of rows; a finished tensor is placed at
-        // once and its f32 buffer reused for the next.
-        execute_rows(&merge_plan, &merge_inputs, &mut |t, _first, values| {
-            buffer.extend_from_slice(values);
-            if buffer.len() < t.shape.iter().product() {
-                return Ok(());
+        execute_rows(&merge_plan, &merge_inputs, &mut |t, first, values| {
+            let elements: usize = t.shape.iter().product();
+            if first == 0 {
+                building.push((t.name.clone(), Accumulator::new(place(&t.name), elements)));
+                if tied_copy && t.name == names.embed {
+                    building
+                        .push((names.lm_head.to_string(), Accumulator::new(place(names.lm_head), elements)));
+                }
+                received = 0;
             }
-            let place = |name: &str| placements.get(name).copied().unwrap_or(Placement::Dense(DType::F32));
-            let f32_tensor = Tensor::from_slice(&buffer, t.shape.as_slice(), &candle_core::Device::Cpu)
-                .map_err(RuntimeError::from)?;
-            if tied_copy && t.name == names.embed {
-                loaded.insert(
-                    names.lm_head.to_string(),
-                    place_weight(&f32_tensor, place(names.lm_head), device)?,
-                );
+            let width = row_width(&t.shape);
+            for (_, acc) in &mut building {
+                acc.push(values, width)?;
             }
-            loaded.insert(t.name.clone(), place_weight(&f32_tensor, place(&t.name), device)?);
-            buffer.clear();
+            received += values.len();
+            if received == elements {
+                for (name, acc) in building.drain(..) {
+                    loaded.insert(name, acc.finish(&t.shape, &device.device)?);
+                }
+            }
             Ok(())
         })?;
-        drop(buffer);
         let model = ReferenceModel::assemble(&folder, &device.device, &mut |name| Ok(loaded.remove(name)))?;
 
         let tokenizer_dir = detection
@@ -657,22 +662,6 @@ impl Parts {
             pool,
         }
     }
-}
-
-/// `values` (f32, on the CPU) as `placement` says, on `device`.
-fn place_weight(
-    values: &Tensor,
-    placement: Placement,
-    device: &ChosenDevice,
-) -> Result<Weight, RuntimeError> {
-    Ok(match placement {
-        Placement::Dense(DType::F32) => Weight::Dense(values.to_device(&device.device)?),
-        Placement::Dense(dtype) => Weight::Dense(values.to_dtype(dtype)?.to_device(&device.device)?),
-        Placement::Blocks(format) => {
-            let q = QTensor::quantize_onto(values, format, &device.device)?;
-            Weight::Quantized(QMatMul::from_qtensor(q)?)
-        }
-    })
 }
 
 fn group_info(plan: &LoadPlan) -> Vec<GroupInfo> {

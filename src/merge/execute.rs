@@ -14,7 +14,7 @@ use crate::model::dtype::{decode_into, encode_into};
 use crate::model::{ModelFolder, SafetensorsFile, TensorDtype, TensorInfo};
 
 /// Elements per block: 16 MiB of f32.
-const BLOCK_ELEMENTS: usize = 4 << 20;
+pub const BLOCK_ELEMENTS: usize = 4 << 20;
 
 pub struct MergeInputs<'a> {
     pub base: &'a ModelFolder,
