@@ -592,13 +592,13 @@ impl Model {
             match &self.backend {
                 Backend::Candle(model) => {
                     let mut engine = ReferenceEngine::new(model);
-                    generate_batch(&mut engine, &self.tokenizer, &ids, &settings, &mut on_token)
+                    generate_batch(&mut engine, Some(&self.tokenizer), &ids, &settings, &mut on_token)
                 }
                 Backend::Onnx(engine) => {
                     let mut engine = engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     generate_batch(
                         &mut *engine as &mut dyn DecoderEngine,
-                        &self.tokenizer,
+                        Some(&self.tokenizer),
                         &ids,
                         &settings,
                         &mut on_token,

@@ -1,9 +1,12 @@
 //! Greedy decoding with a KV cache, as transformers' `generate(do_sample=False)` does it on a
 //! left-padded batch: prefill once, then one token per step; a finished row continues with pad.
-//! Every engine decodes through this one loop.
+//! A token-level view of the one generation loop (`generation::generate_batch`) that every
+//! engine decodes through.
 
-use super::batch::{Batch, positions_from_mask};
+use super::batch::Batch;
 use super::engine::DecoderEngine;
+use super::generation::{Resolved, generate_batch};
+use super::sampler::SamplingParams;
 use crate::error::RuntimeError;
 
 /// Index of the largest value; the first one on ties (as torch.argmax).
@@ -23,33 +26,40 @@ pub struct GreedyOptions {
     pub pad_token_id: i64,
 }
 
-/// The prompt rows followed by up to `max_new_tokens` generated ids each.
+/// The prompt rows followed by up to `max_new_tokens` generated ids each, as transformers'
+/// `generate` returns them: every row as long as the longest, a finished row filled with pad.
+/// Runs the shared generation loop with an argmax sampler.
 pub fn greedy(
     engine: &mut dyn DecoderEngine,
     prompt: &Batch,
     options: &GreedyOptions,
 ) -> Result<Vec<Vec<i64>>, RuntimeError> {
-    engine.reset();
-    let mut sequences = prompt.input_ids.clone();
-    let mut mask = prompt.attention_mask.clone();
-    let mut finished = vec![false; sequences.len()];
-    let mut step = prompt.clone();
-    for generated in 0..options.max_new_tokens {
-        let logits = engine.step(&step)?;
-        let mut next = Vec::with_capacity(sequences.len());
-        for (row, done) in finished.iter_mut().enumerate() {
-            let token = if *done { options.pad_token_id } else { argmax(logits.last(row)) as i64 };
-            *done |= options.eos_token_ids.contains(&token);
-            sequences[row].push(token);
-            mask[row].push(1);
-            next.push(vec![token]);
-        }
-        if finished.iter().all(|f| *f) || generated + 1 == options.max_new_tokens {
-            break;
-        }
-        let position_ids = positions_from_mask(&mask, 1);
-        step = Batch { input_ids: next, attention_mask: mask.clone(), position_ids };
-    }
-    engine.reset();
-    Ok(sequences)
+    let settings = Resolved {
+        sampling: SamplingParams::default(),
+        eos_token_ids: options.eos_token_ids.clone(),
+        pad_token_id: options.pad_token_id,
+        max_new_tokens: options.max_new_tokens,
+        stop: Vec::new(),
+    };
+    // The prompts without their left padding; the loop pads them again the same way.
+    let prompts: Vec<Vec<i64>> = prompt
+        .input_ids
+        .iter()
+        .zip(&prompt.attention_mask)
+        .map(|(ids, mask)| ids.iter().zip(mask).filter(|(_, m)| **m != 0).map(|(t, _)| *t).collect())
+        .collect();
+    let generated = generate_batch(engine, None, &prompts, &settings, &mut |_| {})?;
+    let longest = generated.iter().map(|(ids, _, _)| ids.len()).max().unwrap_or(0);
+    Ok(prompt
+        .input_ids
+        .iter()
+        .zip(generated)
+        .map(|(row, (ids, _, _))| {
+            let mut sequence = row.clone();
+            let filled = longest - ids.len();
+            sequence.extend(ids);
+            sequence.extend(std::iter::repeat_n(options.pad_token_id, filled));
+            sequence
+        })
+        .collect())
 }

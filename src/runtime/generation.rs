@@ -195,7 +195,9 @@ struct Row {
     finish: Option<FinishReason>,
 }
 
-fn decode(tokenizer: &Tokenizer, ids: &[i64]) -> Result<String, RuntimeError> {
+/// The text of `ids`; without a tokenizer (token-level callers such as the validator), none.
+fn decode(tokenizer: Option<&Tokenizer>, ids: &[i64]) -> Result<String, RuntimeError> {
+    let Some(tokenizer) = tokenizer else { return Ok(String::new()) };
     let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
     tokenizer
         .decode(&ids, true)
@@ -220,10 +222,11 @@ fn settled_len(text: &str, stop: &[String]) -> usize {
     held
 }
 
-/// Generates for `prompts` (token ids) as one left-padded batch through `engine`.
+/// Generates for `prompts` (token ids) as one left-padded batch through `engine`. Without a
+/// tokenizer there is no text, and stop strings cannot match.
 pub fn generate_batch(
     engine: &mut dyn DecoderEngine,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<i64>],
     settings: &Resolved,
     on_token: &mut dyn FnMut(StreamEvent<'_>),
