@@ -302,3 +302,37 @@ fn a_file_still_being_written_is_retried_and_a_broken_one_is_not() {
     assert!(started.elapsed() < std::time::Duration::from_millis(1000), "{:?}", started.elapsed());
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn the_generate_command_streams_one_prompt_and_reports_a_batch_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let merged = fixture("reference/qwen3-tiny-merged");
+    let (prompts, new_tokens) = prompts("qwen3-tiny");
+    let n = new_tokens.to_string();
+    let mut args = vec!["generate", merged.to_str().unwrap(), "--greedy", "--max-new-tokens", &n];
+    for p in &prompts {
+        args.extend(["--prompt", p.as_str()]);
+    }
+    let json = run_in(dir.path(), &[args.as_slice(), &["--message-format", "json"]].concat(), &[]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let report = json.json();
+    let g = golden("qwen3-tiny");
+    for (row, result) in report["results"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<i64> =
+            result["token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(ids, g.greedy_ids[row][g.batch.input_ids[row].len()..], "row {row}");
+        assert_eq!(result["finish"]["reason"], "length");
+    }
+    assert_eq!(report["settings"]["sampling"]["do_sample"], false);
+    assert_eq!(report["info"]["engine"], "candle");
+
+    // One prompt: the text streams to stdout, then a newline; the summary goes to stderr.
+    let one = run_in(
+        dir.path(),
+        &["generate", merged.to_str().unwrap(), "--greedy", "--max-new-tokens", &n, "--prompt", &prompts[0]],
+        &[],
+    );
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert_eq!(one.stdout, format!("{}\n", report["results"][0]["text"].as_str().unwrap()));
+    assert!(one.stderr.contains(&format!("{new_tokens} new tokens in")), "{}", one.stderr);
+}
