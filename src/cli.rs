@@ -194,6 +194,37 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),
+    /// Print the documentation of a [package.metadata.model-export] key
+    #[command(
+        long_about = "Print what a key of [package.metadata.model-export] means: its type, default, accepted \
+            values and an example, from the same key list the configuration parser is checked against. \
+            Give the key's path (export.options.opset) or a name that is unique (opset); without a key, \
+            every key is listed.",
+        after_help = "Examples:\n  cargo model-export explain\n  cargo model-export explain dtype\n  cargo model-export explain export.options.block-size"
+    )]
+    Explain(ExplainArgs),
+    /// List the built-in presets and the exports each adds
+    #[command(
+        long_about = "List the presets a table can name with `preset = \"NAME\"` (or `init --preset NAME`): \
+            each one's purpose and exports. An [[export]] entry with the same name as a preset's replaces it; \
+            `config` shows which values came from the preset.",
+        after_help = "Examples:\n  cargo model-export presets\n  cargo model-export presets --message-format json"
+    )]
+    Presets,
+    /// Print a shell completion script
+    #[command(
+        long_about = "Print the completion script of a shell to stdout, generated from this binary's own \
+            command-line definition.",
+        after_help = "Examples:\n  cargo model-export completions bash > ~/.local/share/bash-completion/completions/cargo-model-export\n  cargo model-export completions zsh > ~/.zfunc/_cargo-model-export"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff)
+    #[command(
+        long_about = "Print the man page of cargo-model-export in roff to stdout, generated from the \
+            command-line definition (every subcommand and flag).",
+        after_help = "Examples:\n  cargo model-export man > cargo-model-export.1 && man ./cargo-model-export.1"
+    )]
+    Man,
     /// Remove the run state and partial outputs of out-dir (finished exports only with --exports)
     #[command(
         long_about = "Remove what `run` keeps between runs in <out-dir>: .state/ (the f32 merge, stage records, \
@@ -203,6 +234,20 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export clean\n  cargo model-export clean --exports --out-dir /tmp/exports"
     )]
     Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A key's path (export.options.opset) or unique name (opset); none: list every key
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, elvish, fish, powershell or zsh
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

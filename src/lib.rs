@@ -17,6 +17,7 @@ pub mod merge;
 pub mod model;
 pub mod monitor;
 pub mod pipeline;
+pub mod presets;
 pub mod profile;
 pub mod quant;
 pub mod retry;

@@ -32,6 +32,16 @@ pub fn print_human(config: &Config) {
         ("adapter", adapter, config.adapter.source.to_string()),
         ("out-dir", config.out_dir.value.display().to_string(), config.out_dir.source.to_string()),
         ("profile", config.profile.value.name().to_string(), config.profile.source.to_string()),
+        (
+            "preset",
+            config.preset.value.clone().unwrap_or_else(|| "(none)".into()),
+            config.preset.source.to_string(),
+        ),
+        (
+            "report-template",
+            config.report_template.value.as_ref().map_or("(built-in)".into(), |p| p.display().to_string()),
+            config.report_template.source.to_string(),
+        ),
         ("validate.prompts", prompts, v.prompts.source.to_string()),
         ("validate.engines", engines, v.engines.source.to_string()),
         ("validate.max-new-tokens", v.max_new_tokens.value.to_string(), v.max_new_tokens.source.to_string()),

@@ -6,10 +6,12 @@ mod clean;
 mod config;
 mod demo;
 mod detect;
+mod explain;
 mod generate;
 mod inspect;
 mod merge;
 mod output;
+mod presets;
 mod profiles;
 mod run;
 mod validate;
@@ -81,6 +83,19 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Validate(args) => validate::run(&ctx, &args.into()),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Generate(args) => generate::run(&ctx, args),
+        Command::Explain(args) => explain::run(&ctx, args.key.as_deref()),
+        Command::Presets => presets::run(&ctx),
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "cargo-model-export", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::write(std::path::Path::new("<stdout>"), e))
+        }
         Command::Profiles => profiles::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Clean(args) => clean::run(&ctx, args),

@@ -116,6 +116,8 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
         max_memory: get("MODEL_EXPORT_MAX_MEMORY"),
         jobs,
         allow_non_finite,
+        preset: get("MODEL_EXPORT_PRESET"),
+        report_template: None,
         validate: any_validate.then_some(ValidateLayer { prompts, engines, max_new_tokens, chat_template }),
         export: None,
     })

@@ -2,6 +2,7 @@
 //! defaults), `MODEL_EXPORT_*` variables and command-line flags, merged with provenance.
 
 pub mod env;
+pub mod keys;
 pub mod manifest;
 pub mod resolve;
 pub mod schema;
@@ -54,6 +55,8 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         max_memory: request.overrides.max_memory.clone(),
         jobs: request.overrides.jobs,
         allow_non_finite: None,
+        preset: None,
+        report_template: None,
         validate: None,
         export: None,
     };
@@ -72,6 +75,14 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         let table = table::parse_table(value, &prefix, &manifest.display().to_string())?;
         let root = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
         layers.push(Layer { table, root, kind: LayerKind::Workspace(manifest.clone()) });
+    }
+    // A preset named by any table (or MODEL_EXPORT_PRESET) sits below every table.
+    if let Some((name, origin)) = layers.iter().find_map(|l| l.table.preset.clone().map(|p| (p, l.origin())))
+    {
+        let preset = crate::presets::load(&name, &origin)?;
+        let table =
+            TableLayer { validate: preset.validate, export: Some(preset.export), ..TableLayer::default() };
+        layers.push(Layer { table, root: request.cwd.to_path_buf(), kind: LayerKind::Preset(name) });
     }
     let default_out_dir =
         project.target_dir.clone().unwrap_or_else(|| request.cwd.join("target")).join("model-export");

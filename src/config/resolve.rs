@@ -69,6 +69,10 @@ pub struct Config {
     /// Let NaN and Inf weights through instead of refusing them.
     pub allow_non_finite: Sourced<bool>,
     pub validate: ValidateConfig,
+    /// The preset whose exports were added (`None`: no preset).
+    pub preset: Sourced<Option<String>>,
+    /// The template report.md is rendered from (`None`: the built-in one).
+    pub report_template: Sourced<Option<PathBuf>>,
     pub exports: Vec<Sourced<ExportSpec>>,
 }
 
@@ -86,6 +90,8 @@ pub enum LayerKind {
     Env,
     Package(PathBuf),
     Workspace(PathBuf),
+    /// A built-in preset's exports and validation settings, below every table.
+    Preset(String),
 }
 
 /// One layer of configuration with what it needs to resolve paths and name itself.
@@ -109,6 +115,7 @@ impl Layer {
             LayerKind::Workspace(_) => {
                 format!("workspace.metadata.{}.{key}", super::manifest::TABLE)
             }
+            LayerKind::Preset(name) => format!("preset {name}: {key}"),
         }
     }
 
@@ -117,6 +124,7 @@ impl Layer {
             LayerKind::Flags => "the command line".into(),
             LayerKind::Env => "the environment".into(),
             LayerKind::Package(m) | LayerKind::Workspace(m) => m.display().to_string(),
+            LayerKind::Preset(name) => format!("the built-in preset {name}"),
         }
     }
 
@@ -126,6 +134,7 @@ impl Layer {
             LayerKind::Env => Source::Env { var: self.key(key) },
             LayerKind::Package(m) => Source::Package { manifest: m.clone() },
             LayerKind::Workspace(m) => Source::Workspace { manifest: m.clone() },
+            LayerKind::Preset(name) => Source::Preset { name: name.clone() },
         }
     }
 }
@@ -277,9 +286,44 @@ pub fn resolve(
         None => Sourced::new(false, Source::Default),
     };
 
-    let exports = match layers.iter().find(|l| l.table.export.is_some()) {
+    let is_preset = |l: &Layer| matches!(l.kind, LayerKind::Preset(_));
+    let mut exports = match layers.iter().find(|l| l.table.export.is_some() && !is_preset(l)) {
         Some(layer) => resolve_exports(layer, layer.table.export.as_deref().unwrap_or_default())?,
         None => Vec::new(),
+    };
+    let preset = match layers.iter().find(|l| is_preset(l)) {
+        Some(layer) => {
+            // The preset's entries in its order, each replaced by the table's entry of the same
+            // name; the table's other entries follow.
+            let mut merged = Vec::new();
+            for entry in resolve_exports(layer, layer.table.export.as_deref().unwrap_or_default())? {
+                match exports.iter().position(|e| e.value.name == entry.value.name) {
+                    Some(at) => merged.push(exports.remove(at)),
+                    None => merged.push(entry),
+                }
+            }
+            merged.append(&mut exports);
+            exports = merged;
+            let (name, named_by) = pick(&|t| t.preset.as_ref())
+                .map_or((None, Source::Default), |(n, l)| (Some(n.clone()), l.source("preset")));
+            Sourced::new(name, named_by)
+        }
+        None => Sourced::new(None, Source::Default),
+    };
+    let report_template = match pick(&|t| t.report_template.as_ref()) {
+        Some((text, layer)) => {
+            let path = resolve_path(layer, text);
+            if !path.is_file() {
+                return Err(invalid(
+                    layer,
+                    "report-template",
+                    missing_path(&path),
+                    "point `report-template` at a minijinja template file, or remove the key to use the built-in one".into(),
+                ));
+            }
+            Sourced::new(Some(path), layer.source("report-template"))
+        }
+        None => Sourced::new(None, Source::Default),
     };
 
     Ok(Config {
@@ -293,6 +337,8 @@ pub fn resolve(
         jobs,
         allow_non_finite,
         validate: ValidateConfig { prompts, engines, max_new_tokens, chat_template },
+        preset,
+        report_template,
         exports,
     })
 }

@@ -8,10 +8,22 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Source {
-    Flag { flag: String },
-    Env { var: String },
-    Package { manifest: PathBuf },
-    Workspace { manifest: PathBuf },
+    Flag {
+        flag: String,
+    },
+    Env {
+        var: String,
+    },
+    Package {
+        manifest: PathBuf,
+    },
+    Workspace {
+        manifest: PathBuf,
+    },
+    /// A built-in preset the table named with `preset`.
+    Preset {
+        name: String,
+    },
     Default,
 }
 
@@ -22,6 +34,7 @@ impl fmt::Display for Source {
             Source::Env { var } => write!(f, "env {var}"),
             Source::Package { manifest } => write!(f, "package table ({})", manifest.display()),
             Source::Workspace { manifest } => write!(f, "workspace table ({})", manifest.display()),
+            Source::Preset { name } => write!(f, "preset {name}"),
             Source::Default => f.write_str("default"),
         }
     }

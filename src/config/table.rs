@@ -17,6 +17,8 @@ pub struct TableLayer {
     pub max_memory: Option<String>,
     pub jobs: Option<u32>,
     pub allow_non_finite: Option<bool>,
+    pub preset: Option<String>,
+    pub report_template: Option<String>,
     pub validate: Option<ValidateLayer>,
     pub export: Option<Vec<ExportEntry>>,
 }
