@@ -194,6 +194,18 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export demo\n  cargo model-export demo --dir /tmp/me-demo"
     )]
     Demo(DemoArgs),
+    /// Write a [package.metadata.model-export] table: a wizard, or flags for scripts
+    #[command(
+        long_about = "Write the [package.metadata.model-export] table of this package. In a terminal, a wizard \
+            looks for model folders and training runs under the project (and the folders given), shows what \
+            each is, and asks for the base, the adapter or run, a preset or exports one by one, and the \
+            validation prompts, checking each answer (the folder exists, its architecture has a profile, \
+            the adapter fits the base, the exports fit on disk). It shows the change as a diff and writes \
+            only after confirmation, with toml_edit, keeping every comment and other table. For scripts and \
+            CI: --preset NAME --base PATH [--adapter PATH] --yes. An existing table is replaced only with --force.",
+        after_help = "Examples:\n  cargo model-export init\n  cargo model-export init ~/models ~/runs\n  cargo model-export init --preset onnx-cpu --base models/Qwen3-0.6B --adapter runs/sft --yes"
+    )]
+    Init(InitArgs),
     /// Print the documentation of a [package.metadata.model-export] key
     #[command(
         long_about = "Print what a key of [package.metadata.model-export] means: its type, default, accepted \
@@ -234,6 +246,31 @@ pub enum Command {
         after_help = "Examples:\n  cargo model-export clean\n  cargo model-export clean --exports --out-dir /tmp/exports"
     )]
     Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// More folders to look for models and training runs in
+    #[arg(value_name = "DIR")]
+    pub paths: Vec<PathBuf>,
+    /// A preset (`cargo model-export presets`)
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// The base model folder
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
+    /// The adapter folder or training run
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// A validation prompt (repeatable; default: the built-in two)
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// Do not ask: take the flags' answers and write
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Replace an existing [package.metadata.model-export] table
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

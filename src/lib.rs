@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod fsutil;
+pub mod init;
 pub mod inspect;
 pub mod loader;
 pub mod merge;

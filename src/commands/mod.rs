@@ -8,6 +8,7 @@ mod demo;
 mod detect;
 mod explain;
 mod generate;
+mod init;
 mod inspect;
 mod merge;
 mod output;
@@ -83,6 +84,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Validate(args) => validate::run(&ctx, &args.into()),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Generate(args) => generate::run(&ctx, args),
+        Command::Init(args) => init::run(&ctx, args),
         Command::Explain(args) => explain::run(&ctx, args.key.as_deref()),
         Command::Presets => presets::run(&ctx),
         Command::Completions(args) => {

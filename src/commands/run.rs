@@ -152,6 +152,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
         .filter(|d| d.join("tokenizer.json").is_file())
         .unwrap_or_else(|| base.dir.clone());
     crate::validate::check_tokenizer(&tokenizer_dir)?;
+    crate::validate::markdown::check(config.report_template.value.as_deref())?;
     let plan = build_plan(&config, &base, detection.as_ref(), flags.force, !flags.no_validate)?;
     if flags.dry_run {
         return print_plan(ctx, &plan);

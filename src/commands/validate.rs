@@ -68,7 +68,8 @@ pub fn validate_into(
         exports: vec![result.clone()],
     };
     write_json(&dir.join("validation.json"), &single)?;
-    atomic_write(&dir.join("validation.md"), single.to_markdown().as_bytes())?;
+    let markdown = crate::validate::markdown::render(&single, config.report_template.value.as_deref())?;
+    atomic_write(&dir.join("validation.md"), markdown.as_bytes())?;
     Ok(result)
 }
 
@@ -91,7 +92,8 @@ pub fn write_report(config: &Config, report: &ValidationReport) -> Result<(), Er
     std::fs::create_dir_all(out_dir).map_err(|e| Error::write(out_dir, e))?;
     write_json(&out_dir.join("report.json"), report)?;
     crate::pipeline::fault::point("report");
-    atomic_write(&out_dir.join("report.md"), report.to_markdown().as_bytes())
+    let markdown = crate::validate::markdown::render(report, config.report_template.value.as_deref())?;
+    atomic_write(&out_dir.join("report.md"), markdown.as_bytes())
 }
 
 pub fn reference_name(base: &std::path::Path, detection: Option<&crate::checkpoint::Detection>) -> String {

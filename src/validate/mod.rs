@@ -3,6 +3,7 @@
 //! tract) on the same padded batch of the configured prompts, and is compared on logits and on
 //! greedy tokens with the KV cache.
 
+pub mod markdown;
 pub mod metrics;
 pub mod report;
 pub mod tolerance;

@@ -2,13 +2,10 @@
 //! type for `validation.json`, a Markdown view, and `snapshot()`, whose numbers are bucketed so
 //! that it is stable across machines for `insta::assert_yaml_snapshot!`.
 
-use std::fmt::Write as _;
-
 use serde::{Deserialize, Serialize};
 
 use super::metrics::LogitMetrics;
 use super::tolerance::Tolerance;
-use crate::config::size::human_bytes;
 use crate::quant::QuantReport;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,91 +157,6 @@ impl ValidationReport {
                 })
                 .collect(),
         }
-    }
-
-    pub fn to_markdown(&self) -> String {
-        let mut md = String::from("# Validation report\n\n");
-        let _ = writeln!(md, "Reference: {}\n", self.reference);
-        let _ = writeln!(
-            md,
-            "| export | format | dtype | engine | max abs error | mean abs error | cosine | top-1 | greedy | verdict |"
-        );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-        for e in &self.exports {
-            for r in &e.engines {
-                let (max, mean, cos, top1) = match &r.logits {
-                    Some(m) => (
-                        format!("{:.2e}", m.max_abs_error),
-                        format!("{:.2e}", m.mean_abs_error),
-                        format!("{:.6}", m.cosine),
-                        format!(
-                            "{:.1}% ({:.1}% raw)",
-                            m.top1_agreement * 100.0,
-                            m.top1_agreement_raw * 100.0
-                        ),
-                    ),
-                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
-                };
-                let greedy = match (r.greedy_match, r.first_divergence) {
-                    (Some(true), _) => "identical".to_string(),
-                    (Some(false), Some((row, at))) => format!("differs (prompt {row}, token {at})"),
-                    _ => "-".into(),
-                };
-                let verdict = match (&r.skipped, r.passed) {
-                    (Some(why), _) => format!("skipped: {why}"),
-                    (None, true) => "pass".into(),
-                    (None, false) => format!("FAIL: {}", r.failures.join("; ")),
-                };
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {max} | {mean} | {cos} | {top1} | {greedy} | {verdict} |",
-                    e.export, e.format, e.dtype, r.engine
-                );
-            }
-        }
-        for e in &self.exports {
-            if let Some(q) = &e.quantization {
-                quant_markdown(&mut md, &e.export, q);
-            }
-        }
-        let _ = writeln!(
-            md,
-            "\nVerdict: {}",
-            if self.passed { "every export within tolerance" } else { "FAILED" }
-        );
-        md
-    }
-}
-
-/// What an export's reduced precision saved (bytes per group) and cost (weight error here, the
-/// end-to-end figures in the table above).
-fn quant_markdown(md: &mut String, export: &str, q: &QuantReport) {
-    let _ = writeln!(
-        md,
-        "\n## {export}: {} ({})\n\n{} -> {} ({:.2}x smaller than f32). Relative weight error ||W-Q(W)||/||W||: mean {:.2e}, max {:.2e} ({}).\n",
-        q.dtype,
-        q.scheme,
-        human_bytes(q.bytes_before),
-        human_bytes(q.bytes_after),
-        q.compression_ratio,
-        q.error.mean_relative_error,
-        q.error.max_relative_error,
-        q.error.worst_tensor.as_deref().unwrap_or("-"),
-    );
-    let _ = writeln!(md, "| group | tensors | stored as | f32 bytes | bytes | ratio | max rel. error |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for g in &q.groups {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {:.2}x | {} |",
-            g.group.as_str(),
-            g.tensors,
-            g.stored.join(", "),
-            g.bytes_before,
-            g.bytes_after,
-            g.compression_ratio,
-            g.max_relative_error.map_or("exact".into(), |e| format!("{e:.2e}")),
-        );
     }
 }
 
