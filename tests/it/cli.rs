@@ -30,13 +30,17 @@ fn help_lists_only_working_subcommands() {
         "bench",
         "demo",
         "generate",
+        "init",
+        "explain",
+        "presets",
+        "completions",
         "--manifest-path",
         "--message-format",
         "--package",
     ] {
         assert!(out.stdout.contains(present), "`{present}` missing from --help:\n{}", out.stdout);
     }
-    for absent in ["  export", "  init"] {
+    for absent in ["  export", "  gguf"] {
         assert!(
             !out.stdout.contains(absent),
             "`{absent}` must not be offered before it works:\n{}",

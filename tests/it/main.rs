@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod detect;
 mod generate;
+mod init;
 mod inspect;
 mod merge;
 mod model;
