@@ -165,3 +165,12 @@ pub fn detect(source: &Path, base: Option<&ModelFolder>) -> Result<Detection, Ch
         }),
     }
 }
+
+/// Where the tokenizer (and chat template) of a merge comes from: the chosen checkpoint when it
+/// has a tokenizer.json (training may have changed the template), else the base model.
+pub fn tokenizer_dir(detection: Option<&Detection>, base: &Path) -> PathBuf {
+    detection
+        .map(|d| d.chosen.clone())
+        .filter(|d| d.join("tokenizer.json").is_file())
+        .unwrap_or_else(|| base.to_path_buf())
+}

@@ -136,7 +136,7 @@ pub fn run(ctx: &Context, args: &GenerateArgs) -> Result<(), Error> {
     if ctx.json {
         return print_json(&serde_json::json!({
             "info": model.info(),
-            "settings": generate.resolve(model.defaults()),
+            "settings": generate.resolve(model.defaults())?,
             "load_seconds": load_seconds,
             "generate_seconds": seconds,
             "results": results,

@@ -76,7 +76,14 @@ pub fn run(ctx: &Context, args: &InitArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn default_prompts(args: &InitArgs) -> Vec<String> {
+fn default_prompts(args: &InitArgs) -> Result<Vec<String>, Error> {
+    if args.prompts.iter().any(|p| p.trim().is_empty()) {
+        return Err(usage("a --prompt is empty", "give every --prompt some text"));
+    }
+    Ok(prompts_or_default(args))
+}
+
+fn prompts_or_default(args: &InitArgs) -> Vec<String> {
     if args.prompts.is_empty() {
         DEFAULT_PROMPTS.iter().map(|p| p.to_string()).collect()
     } else {
@@ -100,7 +107,7 @@ fn from_flags(args: &InitArgs, manifest_dir: &Path) -> Result<Answers, Error> {
         adapter: args.adapter.clone(),
         preset: Some(preset.clone()),
         exports: Vec::new(),
-        prompts: default_prompts(args),
+        prompts: default_prompts(args)?,
     };
     check_disk(
         &base_folder,
@@ -231,7 +238,7 @@ fn wizard(args: &InitArgs, manifest_dir: &Path) -> Result<Answers, Error> {
 
     let prompts: String = Input::with_theme(&theme)
         .with_prompt("Validation prompts (separated by |)")
-        .default(default_prompts(args).join("|"))
+        .default(default_prompts(args)?.join("|"))
         .validate_with(|text: &String| -> Result<(), String> {
             if text.split('|').any(|p| p.trim().is_empty()) {
                 Err("every prompt needs some text".into())
@@ -288,10 +295,7 @@ fn ask_exports(theme: &ColorfulTheme) -> Result<Vec<ChosenExport>, Error> {
             .with_prompt("Name (the folder under out-dir)")
             .default(suggested)
             .validate_with(move |n: &String| -> Result<(), String> {
-                if n.is_empty()
-                    || n.starts_with('.')
-                    || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                {
+                if !crate::config::resolve::is_valid_name(n) {
                     Err("use letters, digits, -, _ and ., not starting with .".into())
                 } else if taken.contains(n) {
                     Err(format!("`{n}` is taken"))

@@ -146,11 +146,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     }
     let (base, detection) = super::detect::open_inputs(&config)?;
     // The tokenizer the exports will carry: the checkpoint's when it has one, else the base's.
-    let tokenizer_dir = detection
-        .as_ref()
-        .map(|d| d.chosen.clone())
-        .filter(|d| d.join("tokenizer.json").is_file())
-        .unwrap_or_else(|| base.dir.clone());
+    let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection.as_ref(), &base.dir);
     crate::validate::check_tokenizer(&tokenizer_dir)?;
     crate::validate::markdown::check(config.report_template.value.as_deref())?;
     let plan = build_plan(&config, &base, detection.as_ref(), flags.force, !flags.no_validate)?;

@@ -513,13 +513,24 @@ mod tests {
     }
 
     #[test]
-    fn the_docs_config_reference_lists_every_key() {
+    fn the_docs_config_reference_lists_every_key_in_its_section() {
         let docs = include_str!("../../docs/config.md");
+        let heading = |section: Section| match section {
+            Section::Top => "## Top-level keys",
+            Section::Validate => "## `[package.metadata.model-export.validate]`",
+            Section::Export => "## `[[package.metadata.model-export.export]]`",
+            Section::Options => "### `options`",
+        };
         for key in KEYS {
+            let start =
+                docs.find(heading(key.section)).unwrap_or_else(|| panic!("no section for {}", key.path()));
+            let rest = &docs[start + 3..];
+            let end = rest.find("\n#").unwrap_or(rest.len());
             assert!(
-                docs.contains(&format!("| `{}` |", key.name)),
-                "docs/config.md does not list `{}`",
-                key.path()
+                rest[..end].contains(&format!("| `{}` |", key.name)),
+                "docs/config.md does not list `{}` under {}",
+                key.path(),
+                heading(key.section)
             );
         }
     }

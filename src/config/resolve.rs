@@ -373,7 +373,8 @@ fn check_base(layer: &Layer, base: &Path) -> Result<(), ConfigError> {
     }
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// Whether `name` can be an export's folder name.
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))

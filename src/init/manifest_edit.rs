@@ -150,8 +150,11 @@ mod tests {
             replaced.after
         );
         assert!(
-            replaced.after.contains("serde = \"1\"   # keep this\n[package.metadata.docs.rs]")
-                || replaced.after.contains("serde = \"1\"   # keep this")
+            replaced
+                .after
+                .contains("serde = \"1\"   # keep this\n\n[package.metadata.docs.rs]\nall-features = true\n"),
+            "{}",
+            replaced.after
         );
         assert!(
             replaced.after.contains("base = \"other\"") && !replaced.after.contains("base = \"m\""),

@@ -168,7 +168,8 @@ pub struct Model {
     backend: Backend,
     info: ModelInfo,
     tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+    /// The chat template, or why there is none (reported when chat mode is asked for).
+    template: Result<ChatTemplate, ModelError>,
     defaults: GenerationDefaults,
     pool: rayon::ThreadPool,
 }
@@ -198,7 +199,14 @@ fn planned_weights(
 /// Size and modification time of every file in `dirs`, to see whether one is being written.
 fn snapshot(dirs: &[&Path]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut files = Vec::new();
+    // The folders given and their subfolders (a run's checkpoint-N folders).
+    let mut folders: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
     for dir in dirs {
+        folders.extend(
+            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()),
+        );
+    }
+    for dir in &folders {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if let Ok(meta) = entry.metadata()
                 && meta.is_file()
@@ -239,16 +247,15 @@ fn with_retries<T>(
         if attempt >= retries {
             return Err(error);
         }
-        let changing = {
-            std::thread::sleep(delay);
-            snapshot(dirs) != before
-        };
-        if !(changing || is_transient(&error)) {
+        let transient = is_transient(&error);
+        // A file that changes while we wait is being written: worth another try.
+        std::thread::sleep(delay);
+        let changing = snapshot(dirs) != before;
+        if !(changing || transient) {
             return Err(error);
         }
         let why = if changing { "a file is still being written" } else { "transient I/O error" };
         tracing::warn!("load failed ({why}): {error}; retrying ({}/{retries})", attempt + 1);
-        std::thread::sleep(delay);
         delay *= 2;
         attempt += 1;
     }
@@ -313,7 +320,15 @@ fn check_compatible(options: &LoadOptions, onnx: bool, device: &ChosenDevice) ->
 impl Model {
     /// Loads a model as `options` say; see the module documentation.
     pub fn load(options: &LoadOptions) -> Result<Self, Error> {
-        let device = device::resolve(options.device)?;
+        let onnx = matches!(&options.source, Source::Folder(dir) if dir.join(MODEL_FILE).is_file());
+        let device = if onnx && options.device == DeviceChoice::Auto {
+            ChosenDevice {
+                reason: "auto: ONNX exports run on ONNX Runtime's CPU provider".into(),
+                ..device::resolve(DeviceChoice::Cpu)?
+            }
+        } else {
+            device::resolve(options.device)?
+        };
         tracing::info!("device {}: {}", device.name, device.reason);
         let threads = options
             .threads
@@ -429,11 +444,7 @@ impl Model {
         })?;
         let model = ReferenceModel::assemble(&folder, &device.device, &mut |name| Ok(loaded.remove(name)))?;
 
-        let tokenizer_dir = detection
-            .as_ref()
-            .map(|d| d.chosen.clone())
-            .filter(|d| d.join("tokenizer.json").is_file())
-            .unwrap_or_else(|| folder.dir.clone());
+        let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection.as_ref(), &folder.dir);
         let groups = group_info(&plan);
         let info = ModelInfo {
             architecture: folder.config.model_type.clone(),
@@ -521,10 +532,14 @@ impl Model {
     /// `prompt` as a user message (after an optional system message) in the model's chat
     /// template, with the generation prompt added, as `apply_chat_template` renders it.
     pub fn render_chat(&self, prompt: &str, system: Option<&str>) -> Result<String, Error> {
-        let template = self.template.as_ref().ok_or_else(|| ModelError::NotAModel {
-            path: self.info.source.clone(),
-            reason: "it has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)"
-                .into(),
+        let template = self.template.as_ref().map_err(|e| ModelError::Json {
+            path: match e {
+                ModelError::Json { path, .. }
+                | ModelError::Io { path, .. }
+                | ModelError::NotAModel { path, .. } => path.clone(),
+                _ => self.info.source.clone(),
+            },
+            message: format!("chat mode needs the model's chat template: {e}"),
         })?;
         let mut messages = Vec::new();
         if let Some(system) = system {
@@ -587,7 +602,7 @@ impl Model {
             })
             .collect::<Result<_, _>>()?;
         let ids: Vec<Vec<i64>> = texts.iter().map(|t| self.encode(t)).collect::<Result<_, _>>()?;
-        let settings = options.resolve(&self.defaults);
+        let settings = options.resolve(&self.defaults)?;
         let outputs = self.pool.install(|| -> Result<_, RuntimeError> {
             match &self.backend {
                 Backend::Candle(model) => {
@@ -626,7 +641,7 @@ struct Parts {
     backend: Backend,
     info: ModelInfo,
     tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+    template: Result<ChatTemplate, ModelError>,
     defaults: GenerationDefaults,
 }
 
@@ -641,13 +656,7 @@ impl Parts {
         let path = tokenizer_dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| ModelError::Json { path: path.clone(), message: format!("not a tokenizer: {e}") })?;
-        let template = match ChatTemplate::from_dir(tokenizer_dir) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::debug!("no chat template: {e}");
-                None
-            }
-        };
+        let template = ChatTemplate::from_dir(tokenizer_dir);
         let defaults = GenerationDefaults::read(model_dir, config);
         Ok(Self { backend, info, tokenizer, template, defaults })
     }

@@ -29,10 +29,17 @@ pub const DEFAULT_MAX_NEW_TOKENS: usize = 128;
 impl GenerationDefaults {
     /// Reads `dir/generation_config.json` (absent or unreadable: transformers' defaults).
     pub fn read(dir: &Path, config: &HfConfig) -> Self {
-        let g: Value = crate::retry::read(&dir.join("generation_config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let path = dir.join("generation_config.json");
+        let g: Value = match crate::retry::read(&path) {
+            Err(_) => Value::Null,
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{}: not valid JSON ({e}): generating with transformers' defaults",
+                    path.display()
+                );
+                Value::Null
+            }),
+        };
         let mut eos: Vec<i64> = match &g["eos_token_id"] {
             Value::Array(ids) => ids.iter().filter_map(Value::as_i64).collect(),
             v => v.as_i64().into_iter().collect(),
@@ -110,10 +117,11 @@ impl GenerateOptions {
         self
     }
 
-    /// The sampling settings these options give over `defaults`.
-    pub fn resolve(&self, defaults: &GenerationDefaults) -> Resolved {
+    /// The sampling settings these options give over `defaults`, refusing values transformers
+    /// also refuses (each error names the option).
+    pub fn resolve(&self, defaults: &GenerationDefaults) -> Result<Resolved, RuntimeError> {
         let d = &defaults.sampling;
-        Resolved {
+        let resolved = Resolved {
             sampling: SamplingParams {
                 do_sample: self.do_sample.unwrap_or(d.do_sample),
                 temperature: self.temperature.unwrap_or(d.temperature),
@@ -127,7 +135,24 @@ impl GenerateOptions {
             pad_token_id: defaults.pad_token_id,
             max_new_tokens: self.max_new_tokens.unwrap_or(defaults.max_new_tokens),
             stop: self.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        };
+        let s = &resolved.sampling;
+        let bad = |option: &str, value: f32, range: &str| RuntimeError::Input {
+            message: format!("{option} = {value} is not allowed: it must be {range}"),
+        };
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return Err(bad("temperature", s.temperature, "a finite number ≥ 0 (0: greedy)"));
         }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(bad("top_p", s.top_p, "in (0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&s.min_p) {
+            return Err(bad("min_p", s.min_p, "in [0, 1]"));
+        }
+        if !(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0) {
+            return Err(bad("repetition_penalty", s.repetition_penalty, "a finite number > 0 (1: off)"));
+        }
+        Ok(resolved)
     }
 }
 
@@ -251,7 +276,7 @@ pub fn generate_batch(
     let mut mask = prompt.attention_mask.clone();
     let mut step = prompt;
     while rows.iter().any(|r| r.finish.is_none()) {
-        let logits = engine.step(&step)?;
+        let logits = engine.step_last(&step)?;
         let mut next = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
             if row.finish.is_some() {
@@ -282,7 +307,9 @@ pub fn generate_batch(
             }
             let shown =
                 if row.finish.is_some() { row.text.len() } else { settled_len(&row.text, &settings.stop) };
-            let delta = if shown > row.streamed { &row.text[row.streamed..shown] } else { "" };
+            // Decoding more tokens does not rewrite settled text in practice; if it did, the slice
+            // might not fall on character boundaries, and nothing is streamed for it.
+            let delta = row.text.get(row.streamed..shown).unwrap_or("");
             on_token(StreamEvent { row: i, token, text: delta });
             row.streamed = row.streamed.max(shown);
         }
@@ -299,6 +326,28 @@ pub fn generate_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_sampling_options_are_refused_by_name() {
+        let defaults = GenerationDefaults {
+            sampling: SamplingParams::default(),
+            eos_token_ids: vec![1],
+            pad_token_id: 0,
+            max_new_tokens: 4,
+        };
+        let refused = |options: GenerateOptions| options.resolve(&defaults).unwrap_err().to_string();
+        assert!(
+            refused(GenerateOptions { temperature: Some(f32::NAN), ..Default::default() })
+                .contains("temperature = NaN")
+        );
+        assert!(refused(GenerateOptions { top_p: Some(0.0), ..Default::default() }).contains("top_p = 0"));
+        assert!(refused(GenerateOptions { min_p: Some(2.0), ..Default::default() }).contains("min_p = 2"));
+        assert!(
+            refused(GenerateOptions { repetition_penalty: Some(0.0), ..Default::default() })
+                .contains("repetition_penalty")
+        );
+        assert!(GenerateOptions::sampled(3).resolve(&defaults).is_ok());
+    }
 
     #[test]
     fn streamed_text_holds_back_partial_characters_and_stop_prefixes() {

@@ -276,6 +276,16 @@ impl ReferenceModel {
 
     /// Logits for every position of `batch` ([batch, seq, vocab]), extending `cache`.
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_positions(batch, cache, false)
+    }
+
+    /// Logits of the last position of each row only ([batch, 1, vocab]), extending `cache`:
+    /// what generation needs, without a [batch, seq, vocab] tensor for a long prompt.
+    pub fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_positions(batch, cache, true)
+    }
+
+    fn forward_positions(&self, batch: &Batch, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         let (b, s) = batch.dims();
         let past = cache.past_len();
         if batch.attention_mask.iter().any(|m| m.len() != past + s) {
@@ -338,6 +348,7 @@ impl ReferenceModel {
                 layer.down.forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
             x = (x + mlp.reshape((b, s, ()))?)?;
         }
+        let (x, s) = if last_only { (x.narrow(1, s - 1, 1)?, 1) } else { (x, s) };
         let x = rms_norm(&x, &self.norm, self.eps)?.reshape((b * s, ()))?;
         let logits = self.lm_head.matmul_t(&x)?.reshape((b, s, self.vocab_size))?;
         Ok(logits.to_dtype(DType::F32)?)
@@ -362,12 +373,19 @@ impl super::engine::DecoderEngine for ReferenceEngine<'_> {
     }
 
     fn step(&mut self, batch: &Batch) -> Result<super::engine::Logits> {
-        let logits = self.model.forward(batch, &mut self.cache)?;
-        let (b, s, vocab) = logits.dims3()?;
-        Ok(super::engine::Logits { values: logits.flatten_all()?.to_vec1::<f32>()?, batch: b, seq: s, vocab })
+        to_logits(self.model.forward(batch, &mut self.cache)?)
+    }
+
+    fn step_last(&mut self, batch: &Batch) -> Result<super::engine::Logits> {
+        to_logits(self.model.forward_last(batch, &mut self.cache)?)
     }
 
     fn reset(&mut self) {
         self.cache = KvCache::default();
     }
+}
+
+fn to_logits(logits: Tensor) -> Result<super::engine::Logits> {
+    let (b, s, vocab) = logits.dims3()?;
+    Ok(super::engine::Logits { values: logits.flatten_all()?.to_vec1::<f32>()?, batch: b, seq: s, vocab })
 }

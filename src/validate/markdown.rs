@@ -66,11 +66,20 @@ pub fn render(report: &ValidationReport, template: Option<&Path>) -> Result<Stri
     Ok(template.render(context! { report => Value::from_serialize(report) }).map_err(failed)?)
 }
 
-/// Renders the template against an empty report, so a broken template is refused before a run
-/// does any work.
+/// A report with every kind of row (a failing engine, a skipped one, a quantization section),
+/// so a template's loops and branches run when it is checked.
+const SAMPLE_REPORT: &str = include_str!("../../templates/sample-report.json");
+
+/// Renders the template against the sample report, so a broken template is refused before a
+/// run does any work.
 pub fn check(template: Option<&Path>) -> Result<(), Error> {
-    let empty = ValidationReport { reference: String::new(), exports: Vec::new(), passed: true };
-    render(&empty, template).map(|_| ())
+    let sample: ValidationReport = serde_json::from_str(SAMPLE_REPORT).map_err(|e| ConfigError::Invalid {
+        origin: "templates/sample-report.json (built in)".into(),
+        key: "report-template".into(),
+        message: e.to_string(),
+        help: "this is a bug in this build: please report it".into(),
+    })?;
+    render(&sample, template).map(|_| ())
 }
 #[cfg(test)]
 mod tests {

@@ -126,10 +126,7 @@ pub fn build_reference(
     drop(bytes);
     let model = ReferenceModel::load_with(inputs.weights, &|name| Ok(weights.get(name).cloned()))?;
     drop(weights);
-    let tokenizer_dir = detection
-        .map(|d| d.chosen.clone())
-        .filter(|d| d.join("tokenizer.json").is_file())
-        .unwrap_or_else(|| base.dir.clone());
+    let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection, &base.dir);
     let (eos, pad) = stop_ids(base);
     let texts: Vec<String> = if chat_template {
         let template = ChatTemplate::from_dir(&tokenizer_dir)?;

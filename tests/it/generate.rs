@@ -26,6 +26,7 @@ fn reproduces_greedy_ids(case: &str, options: &LoadOptions) {
     let (prompts, new_tokens) = prompts(case);
     let results = model.generate(&prompts, &GenerateOptions::greedy().max_new_tokens(new_tokens)).unwrap();
     let g = golden(case);
+    assert_eq!(results.len(), g.greedy_ids.len());
     for (row, result) in results.iter().enumerate() {
         let padded = &g.batch.input_ids[row];
         let prompt: Vec<i64> = padded
@@ -317,6 +318,7 @@ fn the_generate_command_streams_one_prompt_and_reports_a_batch_as_json() {
     assert_eq!(json.code, 0, "{}", json.stderr);
     let report = json.json();
     let g = golden("qwen3-tiny");
+    assert_eq!(report["results"].as_array().unwrap().len(), g.greedy_ids.len());
     for (row, result) in report["results"].as_array().unwrap().iter().enumerate() {
         let ids: Vec<i64> =
             result["token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
