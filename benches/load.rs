@@ -5,10 +5,7 @@
 //!
 //! cargo bench --bench load      (data is cached under target/bench-data)
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
 mod support;
 use support::measure;
@@ -18,15 +15,8 @@ fn main() {
         println!("loader benchmark: run it with `cargo bench --bench load`");
         return;
     }
-    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
-    let base = data.join("qwen3-0.6b");
-    let run = data.join("qwen3-0.6b-run");
-    if !base.join("model.safetensors").is_file() || !run.join("checkpoint-200").is_dir() {
-        let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
-        let config = write_model(shape, &base, 42, None).unwrap();
-        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
-        write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
-    }
+    let data = support::data_dir();
+    let (base, run) = support::bench_model(&data, "qwen3-0.6b", None);
     println!(
         "Qwen3-0.6B shape (bf16 base + rank-16 LoRA merged in memory), `generate --max-new-tokens 0 | 1`"
     );

@@ -5,11 +5,9 @@
 //! cargo bench --bench merge            (data is cached under target/bench-data)
 //! cargo bench --bench merge -- 7b      (Qwen2.5-7B shape, 15.2 GB in 4 shards; needs 40 GB free)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
 mod support;
 use support::{Measured, measure};
@@ -27,7 +25,7 @@ fn main() {
         println!("merge benchmark: run it with `cargo bench --bench merge`");
         return;
     }
-    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
+    let data = support::data_dir();
     // `cargo bench --bench merge -- 7b`: the Qwen2.5-7B shape in 4 shards instead of Qwen3-0.6B.
     let seven = std::env::args().any(|a| a == "7b");
     let (shape_name, label, shard, repetitions) = if seven {
@@ -49,15 +47,7 @@ fn main() {
             return;
         }
     }
-    let base = data.join(shape_name);
-    let run = data.join(format!("{shape_name}-run"));
-    if !base.join("config.json").is_file() || !run.join("checkpoint-200").is_dir() {
-        println!("generating the {label} random model and a rank-16 run under {}", data.display());
-        let shape = ModelShape::by_name(shape_name).unwrap();
-        let config = write_model(shape, &base, 42, shard).unwrap();
-        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
-        write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
-    }
+    let (base, run) = support::bench_model(&data, shape_name, shard);
     let work = tempfile::tempdir_in(&data).unwrap();
     let input_bytes = folder_bytes(&base);
 

@@ -6,7 +6,6 @@
 //!
 //! cargo bench --bench onnx_export      (data is cached under target/bench-data)
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -16,7 +15,6 @@ use model_export::model::{ModelFolder, TensorDtype};
 use model_export::runtime::ort_engine::{self, OrtEngine};
 use model_export::runtime::tract_engine::TractEngine;
 use model_export::runtime::{Batch, DecoderEngine, KvCache, ReferenceModel};
-use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
 mod support;
 use support::measure;
@@ -30,15 +28,8 @@ fn main() {
         println!("ONNX export benchmark: run it with `cargo bench --bench onnx_export`");
         return;
     }
-    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
-    let base_dir = data.join("qwen3-0.6b");
-    let run = data.join("qwen3-0.6b-run");
-    if !base_dir.join("model.safetensors").is_file() || !run.join("checkpoint-200").is_dir() {
-        let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
-        let config = write_model(shape, &base_dir, 42, None).unwrap();
-        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
-        write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
-    }
+    let data = support::data_dir();
+    let (base_dir, run) = support::bench_model(&data, "qwen3-0.6b", None);
     let work = tempfile::tempdir_in(&data).unwrap();
     let project = work.path().join("project");
     std::fs::create_dir_all(project.join("src")).unwrap();

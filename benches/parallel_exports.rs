@@ -6,10 +6,8 @@
 //!
 //! cargo bench --bench parallel_exports      (data is cached under target/bench-data)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
 
 mod support;
 use support::measure;
@@ -26,15 +24,8 @@ fn main() {
         println!("parallel exports benchmark: run it with `cargo bench --bench parallel_exports`");
         return;
     }
-    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data");
-    let base_dir = data.join("qwen3-0.6b");
-    let run = data.join("qwen3-0.6b-run");
-    if !base_dir.join("model.safetensors").is_file() || !run.join("checkpoint-200").is_dir() {
-        let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
-        let config = write_model(shape, &base_dir, 42, None).unwrap();
-        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
-        write_training_run(&config, &spec, &run, &[100, 200], false, 42).unwrap();
-    }
+    let data = support::data_dir();
+    let (base_dir, run) = support::bench_model(&data, "qwen3-0.6b", None);
     let work = tempfile::tempdir_in(&data).unwrap();
     let project = work.path().join("project");
     std::fs::create_dir_all(project.join("src")).unwrap();

@@ -23,3 +23,31 @@ pub fn measure(cmd: &mut Command) -> Measured {
     assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
     Measured { wall, peak_rss_bytes: usage.ru_maxrss as u64 * 1024 }
 }
+
+/// The benchmarks' cached data folder (`target/bench-data`).
+pub fn data_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-data")
+}
+
+/// A random model of `shape_name` (sharded at `shard` bytes) and a rank-16 all-linear training
+/// run beside it, generated once under `data` (seed 42): (base, run).
+pub fn bench_model(
+    data: &std::path::Path,
+    shape_name: &str,
+    shard: Option<u64>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use model_export::synth::{AdapterSpec, ModelShape, write_model, write_training_run};
+    let base = data.join(shape_name);
+    let run = data.join(format!("{shape_name}-run"));
+    if !base.join("config.json").is_file() || !run.join("checkpoint-200").is_dir() {
+        println!(
+            "generating the {shape_name}-shaped random model and a rank-16 run under {}",
+            data.display()
+        );
+        let shape = ModelShape::by_name(shape_name).expect("a known shape");
+        let config = write_model(shape, &base, 42, shard).expect("the model is written");
+        let spec = AdapterSpec { r: 16, alpha: 32.0, dtype: shape.dtype, ..Default::default() };
+        write_training_run(&config, &spec, &run, &[100, 200], false, 42).expect("the run is written");
+    }
+    (base, run)
+}
