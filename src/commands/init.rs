@@ -118,6 +118,11 @@ fn from_flags(args: &InitArgs, manifest_dir: &Path) -> Result<Answers, Error> {
     Ok(answers)
 }
 
+/// One item of `items`, the first preselected.
+fn choose<T: std::fmt::Display>(theme: &ColorfulTheme, prompt: &str, items: &[T]) -> Result<usize, Error> {
+    Select::with_theme(theme).with_prompt(prompt).items(items).default(0).interact().map_err(prompt_error)
+}
+
 /// Asks for a path until `check` accepts it, showing why it did not.
 fn ask_path<T>(
     theme: &ColorfulTheme,
@@ -150,12 +155,7 @@ fn wizard(args: &InitArgs, manifest_dir: &Path) -> Result<Answers, Error> {
     let mut items: Vec<String> =
         found.models.iter().map(|c| format!("{}  ({})", c.path.display(), c.summary)).collect();
     items.push(other.into());
-    let choice = Select::with_theme(&theme)
-        .with_prompt("Base model")
-        .items(&items)
-        .default(0)
-        .interact()
-        .map_err(prompt_error)?;
+    let choice = choose(&theme, "Base model", &items)?;
     let (base, base_folder): (PathBuf, ModelFolder) = match found.models.get(choice) {
         Some(c) => match check_base(&c.path) {
             Ok(folder) => (c.path.clone(), folder),
@@ -173,12 +173,7 @@ fn wizard(args: &InitArgs, manifest_dir: &Path) -> Result<Answers, Error> {
         found.adapters.iter().map(|c| format!("{}  ({})", c.path.display(), c.summary)).collect();
     items.push("none: export the base model".into());
     items.push(other.into());
-    let choice = Select::with_theme(&theme)
-        .with_prompt("Adapter or training run")
-        .items(&items)
-        .default(0)
-        .interact()
-        .map_err(prompt_error)?;
+    let choice = choose(&theme, "Adapter or training run", &items)?;
     let fits = |p: &Path| check_adapter(p, &base_folder);
     let adapter = if choice < found.adapters.len() {
         let path = found.adapters[choice].path.clone();
@@ -208,12 +203,7 @@ fn wizard(args: &InitArgs, manifest_dir: &Path) -> Result<Answers, Error> {
         let mut items: Vec<String> =
             presets.iter().map(|p| format!("preset {}: {}", p.name, p.description)).collect();
         items.push("choose exports one by one".into());
-        let choice = Select::with_theme(&theme)
-            .with_prompt("Exports")
-            .items(&items)
-            .default(0)
-            .interact()
-            .map_err(prompt_error)?;
+        let choice = choose(&theme, "Exports", &items)?;
         let (preset, exports) = match presets.get(choice) {
             Some(p) => (Some(p.name.to_string()), Vec::new()),
             None => (None, ask_exports(&theme)?),
@@ -256,32 +246,17 @@ fn ask_exports(theme: &ColorfulTheme) -> Result<Vec<ChosenExport>, Error> {
     let mut exports: Vec<ChosenExport> = Vec::new();
     loop {
         let formats = Format::ALL;
-        let f = Select::with_theme(theme)
-            .with_prompt("Format")
-            .items(formats.iter().map(|f| f.as_str()).collect::<Vec<_>>())
-            .default(0)
-            .interact()
-            .map_err(prompt_error)?;
+        let f = choose(theme, "Format", &formats.iter().map(|f| f.as_str()).collect::<Vec<_>>())?;
         let format = formats[f];
         let dtypes: Vec<ExportDtype> = ExportDtype::ALL
             .iter()
             .copied()
             .filter(|d| format == Format::Onnx || !d.is_quantized())
             .collect();
-        let d = Select::with_theme(theme)
-            .with_prompt("dtype")
-            .items(dtypes.iter().map(|d| d.as_str()).collect::<Vec<_>>())
-            .default(0)
-            .interact()
-            .map_err(prompt_error)?;
+        let d = choose(theme, "dtype", &dtypes.iter().map(|d| d.as_str()).collect::<Vec<_>>())?;
         let dtype = dtypes[d];
         let target = if format == Format::Onnx {
-            let t = Select::with_theme(theme)
-                .with_prompt("target")
-                .items(Target::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>())
-                .default(0)
-                .interact()
-                .map_err(prompt_error)?;
+            let t = choose(theme, "target", &Target::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>())?;
             Some(Target::ALL[t])
         } else {
             None

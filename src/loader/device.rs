@@ -62,6 +62,33 @@ pub struct ChosenDevice {
 const CUDA_COMPILED: bool = cfg!(feature = "cuda");
 const METAL_COMPILED: bool = cfg!(feature = "metal");
 
+/// A GPU backend `auto` may take, in the order it prefers them.
+struct Gpu {
+    compiled: bool,
+    label: &'static str,
+    name: &'static str,
+    open: fn() -> candle_core::Result<Device>,
+    /// The reason logged when `auto` takes it.
+    reason: &'static str,
+}
+
+const GPUS: [Gpu; 2] = [
+    Gpu {
+        compiled: CUDA_COMPILED,
+        label: "CUDA",
+        name: "cuda:0",
+        open: || Device::new_cuda(0),
+        reason: "auto: CUDA is compiled in and device 0 answers",
+    },
+    Gpu {
+        compiled: METAL_COMPILED,
+        label: "Metal",
+        name: "metal",
+        open: || Device::new_metal(0),
+        reason: "auto: Metal is compiled in and a GPU answers",
+    },
+];
+
 fn cpu(reason: String) -> ChosenDevice {
     ChosenDevice { name: "cpu".into(), reason, bf16: true, device: Device::Cpu }
 }
@@ -105,27 +132,18 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice, LoadError> {
         },
         DeviceChoice::Auto => {
             let mut tried = Vec::new();
-            if CUDA_COMPILED {
-                match Device::new_cuda(0) {
-                    Ok(device) => {
-                        let reason = "auto: CUDA is compiled in and device 0 answers".to_string();
-                        return Ok(ChosenDevice { name: "cuda:0".into(), reason, bf16: true, device });
-                    }
-                    Err(e) => tried.push(format!("CUDA: {e}")),
+            for gpu in GPUS {
+                if !gpu.compiled {
+                    tried.push(format!("{} not compiled in", gpu.label));
+                    continue;
                 }
-            } else {
-                tried.push("CUDA not compiled in".into());
-            }
-            if METAL_COMPILED {
-                match Device::new_metal(0) {
+                match (gpu.open)() {
                     Ok(device) => {
-                        let reason = "auto: Metal is compiled in and a GPU answers".to_string();
-                        return Ok(ChosenDevice { name: "metal".into(), reason, bf16: true, device });
+                        let (name, reason) = (gpu.name.into(), gpu.reason.into());
+                        return Ok(ChosenDevice { name, reason, bf16: true, device });
                     }
-                    Err(e) => tried.push(format!("Metal: {e}")),
+                    Err(e) => tried.push(format!("{}: {e}", gpu.label)),
                 }
-            } else {
-                tried.push("Metal not compiled in".into());
             }
             Ok(cpu(format!("auto: no GPU ({})", tried.join("; "))))
         }
