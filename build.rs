@@ -65,6 +65,15 @@ struct ProfileFile {
     required_config: Vec<String>,
     defaults: Defaults,
     tensors: Tensors,
+    gguf: Gguf,
+}
+
+/// llama.cpp's names for the architecture and its tensors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Gguf {
+    architecture: String,
+    tensors: Tensors,
 }
 
 #[derive(Deserialize)]
@@ -182,12 +191,42 @@ fn check(file: &Path, p: &ProfileFile) {
             fail(file, format!("tensors.layer.{role} is given but `{flag} = false`"));
         }
     }
-    let mut names = BTreeSet::new();
-    for name in p.tensors.layer.values() {
-        if !names.insert(name) {
-            fail(file, format!("tensors.layer: `{name}` is used for two roles"));
+    for (section, tensors) in [("tensors", &p.tensors), ("gguf.tensors", &p.gguf.tensors)] {
+        let mut names = BTreeSet::new();
+        for name in tensors.layer.values() {
+            if !names.insert(name) {
+                fail(file, format!("{section}.layer: `{name}` is used for two roles"));
+            }
         }
     }
+    if p.gguf.architecture.is_empty() {
+        fail(file, "gguf.architecture: give llama.cpp's architecture name (e.g. `qwen3`)");
+    }
+    if !p.gguf.tensors.layer_prefix.contains("{layer}") {
+        fail(file, "gguf.tensors.layer-prefix must contain the `{layer}` placeholder");
+    }
+    // Every tensor of the model needs a GGUF name, and only those.
+    let hf: BTreeSet<&String> = p.tensors.layer.keys().collect();
+    let gguf: BTreeSet<&String> = p.gguf.tensors.layer.keys().collect();
+    if let Some(role) = hf.symmetric_difference(&gguf).next() {
+        fail(
+            file,
+            format!("tensors.layer and gguf.tensors.layer must name the same roles; `{role}` is in one only"),
+        );
+    }
+}
+
+fn tensor_names(t: &Tensors) -> String {
+    let mut layer = String::new();
+    for (role, variant) in LAYER_ROLES {
+        if let Some(name) = t.layer.get(*role) {
+            let _ = write!(layer, "(LayerTensor::{variant}, {name:?}), ");
+        }
+    }
+    format!(
+        "TensorNames {{ embed: {:?}, final_norm: {:?}, lm_head: {:?}, layer_prefix: {:?}, layer: &[{layer}] }}",
+        t.embed, t.final_norm, t.lm_head, t.layer_prefix
+    )
 }
 
 fn emit(code: &mut String, p: &ProfileFile) {
@@ -196,12 +235,6 @@ fn emit(code: &mut String, p: &ProfileFile) {
         Some(d) => format!("Some({d})"),
         None => "None".to_string(),
     };
-    let mut layer = String::new();
-    for (role, variant) in LAYER_ROLES {
-        if let Some(name) = p.tensors.layer.get(*role) {
-            let _ = write!(layer, "(LayerTensor::{variant}, {name:?}), ");
-        }
-    }
     let _ = writeln!(
         code,
         "    Profile {{
@@ -219,13 +252,8 @@ fn emit(code: &mut String, p: &ProfileFile) {
             max_position_embeddings: {max_pos},
             tie_word_embeddings: {tie},
         }},
-        tensors: TensorNames {{
-            embed: {embed:?},
-            final_norm: {final_norm:?},
-            lm_head: {lm_head:?},
-            layer_prefix: {prefix:?},
-            layer: &[{layer}],
-        }},
+        tensors: {tensors},
+        gguf: GgufNames {{ architecture: {gguf_arch:?}, tensors: {gguf_tensors} }},
     }},",
         name = p.name,
         summary = p.summary,
@@ -238,9 +266,8 @@ fn emit(code: &mut String, p: &ProfileFile) {
         eps = p.defaults.rms_norm_eps,
         max_pos = p.defaults.max_position_embeddings,
         tie = p.defaults.tie_word_embeddings,
-        embed = p.tensors.embed,
-        final_norm = p.tensors.final_norm,
-        lm_head = p.tensors.lm_head,
-        prefix = p.tensors.layer_prefix,
+        tensors = tensor_names(&p.tensors),
+        gguf_arch = p.gguf.architecture,
+        gguf_tensors = tensor_names(&p.gguf.tensors),
     );
 }

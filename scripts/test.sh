@@ -18,3 +18,5 @@ cargo clippy --all-targets -- -D warnings
 echo "== tests"
 cargo test --all-targets
 cargo test --doc
+echo "== compatibility (safetensors, transformers, gguf, onnxruntime-genai)"
+bash scripts/compat.sh

@@ -159,14 +159,14 @@ pub enum Command {
     /// Load a model (quantized on request) and generate text from prompts
     #[command(
         long_about = "Load a model and generate: a Hugging Face folder (a base or a merged export), a base with \
-            --adapter (a PEFT adapter folder or a training run, merged in memory: nothing is written), or an \
-            ONNX export (run through ONNX Runtime). Without MODEL, the project's configured base and adapter \
+            --adapter (a PEFT adapter folder or a training run, merged in memory: nothing is written), an \
+            ONNX export (run through ONNX Runtime), or a GGUF export or .gguf file (its blocks run in candle). Without MODEL, the project's configured base and adapter \
             are used; --export NAME loads <out-dir>/NAME. --quantization q8_0|q4_0|q4_k quantizes the linear \
             layers while loading, tensor by tensor, so memory stays near the quantized size; the estimate is \
             checked against --max-memory (default: available RAM) before anything is allocated. Prompts run \
             as one left-padded batch with the KV cache; the defaults (sampling, eos ids) come from \
             generation_config.json. With one prompt, text streams as it is generated.",
-        after_help = "Examples:\n  cargo model-export generate --prompt \"Hello\" --greedy\n  cargo model-export generate exports/merged --chat --prompt \"What is LoRA?\" --quantization q4_k\n  cargo model-export generate models/Qwen3-0.6B --adapter runs/sft --prompt \"Hi\" --seed 7 --stop \"\\n\\n\"\n  cargo model-export generate --export onnx-int4 --prompt \"Hi\" --max-new-tokens 32 --message-format json"
+        after_help = "Examples:\n  cargo model-export generate --prompt \"Hello\" --greedy\n  cargo model-export generate exports/merged --chat --prompt \"What is LoRA?\" --quantization q4_k\n  cargo model-export generate models/Qwen3-0.6B --adapter runs/sft --prompt \"Hi\" --seed 7 --stop \"\\n\\n\"\n  cargo model-export generate --export onnx-int4 --prompt \"Hi\" --max-new-tokens 32 --message-format json\n  cargo model-export generate exports/gguf-q4_k --chat --prompt \"Hi\""
     )]
     Generate(GenerateArgs),
     /// Measure load time, prefill and decode speed and peak memory of each export in each engine
@@ -289,7 +289,7 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A model folder, merged export or ONNX export (default: the project's base + adapter)
+    /// A model folder, merged export, ONNX or GGUF export, or .gguf file (default: the project's base + adapter)
     #[arg(value_name = "MODEL")]
     pub model: Option<PathBuf>,
     /// Merge this adapter folder or training run into MODEL (or the configured base) in memory

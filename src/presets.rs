@@ -14,6 +14,7 @@ const PRESETS: &[(&str, &str)] = &[
     ("edge", include_str!("../templates/presets/edge.toml")),
     ("ci-check", include_str!("../templates/presets/ci-check.toml")),
     ("all", include_str!("../templates/presets/all.toml")),
+    ("llama-cpp", include_str!("../templates/presets/llama-cpp.toml")),
 ];
 
 #[derive(Debug, Deserialize)]

@@ -251,7 +251,11 @@ fn ask_exports(theme: &ColorfulTheme) -> Result<Vec<ChosenExport>, Error> {
         let dtypes: Vec<ExportDtype> = ExportDtype::ALL
             .iter()
             .copied()
-            .filter(|d| format == Format::Onnx || !d.is_quantized())
+            .filter(|d| match format {
+                Format::Onnx => !d.is_ggml_block(),
+                Format::Gguf => !d.is_quantized(),
+                Format::Safetensors => !d.is_quantized() && !d.is_ggml_block(),
+            })
             .collect();
         let d = choose(theme, "dtype", &dtypes.iter().map(|d| d.as_str()).collect::<Vec<_>>())?;
         let dtype = dtypes[d];

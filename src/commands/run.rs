@@ -10,6 +10,7 @@ use crate::config::size::human_bytes;
 use crate::config::{Config, EmbeddingsMode, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
+use crate::export::gguf::{GgufOptions, write_gguf_folder};
 use crate::export::manifest::read_manifest;
 use crate::export::onnx::folder::QUANT_REPORT_FILE;
 use crate::export::onnx::folder::{Fallback, QuantOptions};
@@ -76,7 +77,7 @@ fn float_dtype(dtype: ExportDtype) -> Option<TensorDtype> {
         ExportDtype::F32 => Some(TensorDtype::F32),
         ExportDtype::F16 => Some(TensorDtype::F16),
         ExportDtype::Bf16 => Some(TensorDtype::BF16),
-        ExportDtype::Int8 | ExportDtype::Int4 => None,
+        _ => None,
     }
 }
 
@@ -539,6 +540,13 @@ pub fn write_export(
                 report.quantization,
                 report.fallbacks,
             )
+        }
+        Format::Gguf => {
+            let options = GgufOptions { dtype: spec.dtype, allow_non_finite: config.allow_non_finite.value };
+            let report = write_gguf_folder(inputs, &options, &out)?;
+            let types: Vec<String> = report.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            crate::monitor::status(&format!("{}: tensors {}", spec.name, types.join(", ")));
+            (report.manifest, report.dtype.to_string(), Vec::new(), None, report.fallbacks)
         }
     };
     Ok(ExportResult {

@@ -402,7 +402,41 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
             });
         }
         let options = &entry.options;
+        if entry.format != Format::Gguf
+            && let Some(dtype) = entry.dtype.filter(|d| d.is_ggml_block())
+        {
+            return Err(fail(
+                "dtype",
+                format!("`{dtype}` is one of llama.cpp's block formats, written as GGUF only"),
+                "set format = \"gguf\" for llama.cpp, or use int8/int4 for ONNX",
+            ));
+        }
         match entry.format {
+            Format::Gguf => {
+                if let Some(dtype) = entry.dtype.filter(|d| d.is_quantized()) {
+                    let instead = if dtype == ExportDtype::Int8 { "q8_0" } else { "q4_k (or q4_0)" };
+                    return Err(fail(
+                        "dtype",
+                        format!("`{dtype}` is an ONNX quantization; GGUF uses llama.cpp's block formats"),
+                        &format!(
+                            "use dtype = \"{instead}\"; GGUF takes f32, f16, bf16, q8_0, q4_0, q4_k or q6_k"
+                        ),
+                    ));
+                }
+                let onnx_only = [
+                    (entry.target.is_some(), "target"),
+                    (options.opset.is_some(), "options.opset"),
+                    (options.external_data.is_some(), "options.external-data"),
+                    (options.max_shard_size.is_some(), "options.max-shard-size"),
+                ];
+                if let Some((_, which)) = onnx_only.iter().find(|(set, _)| *set) {
+                    return Err(fail(
+                        which,
+                        "does not apply to gguf exports (one self-contained .gguf file)".into(),
+                        "remove it from this gguf entry",
+                    ));
+                }
+            }
             Format::Safetensors => {
                 if let Some(dtype) = entry.dtype.filter(|d| d.is_quantized()) {
                     return Err(fail(
@@ -507,11 +541,12 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
         let dtype = match entry.format {
             // ONNX has no "storage dtype" to inherit: f32 is the exact, runs-everywhere default.
             Format::Onnx => Some(entry.dtype.unwrap_or(ExportDtype::F32)),
-            Format::Safetensors => entry.dtype,
+            // Like llama.cpp's converter (`--outtype auto`): the base's storage dtype.
+            Format::Safetensors | Format::Gguf => entry.dtype,
         };
         let target = match entry.format {
             Format::Onnx => Some(entry.target.unwrap_or(super::schema::Target::Portable)),
-            Format::Safetensors => None,
+            Format::Safetensors | Format::Gguf => None,
         };
         specs.push(Sourced::new(
             ExportSpec {

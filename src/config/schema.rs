@@ -50,12 +50,16 @@ macro_rules! name_enum {
 
 name_enum!(
     /// What an export writes.
-    Format { Safetensors => "safetensors", Onnx => "onnx" }
+    Format { Safetensors => "safetensors", Onnx => "onnx", Gguf => "gguf" }
 );
 
 name_enum!(
     /// The element type of an export's weights.
-    ExportDtype { F32 => "f32", F16 => "f16", Bf16 => "bf16", Int8 => "int8", Int4 => "int4" }
+    /// (`int8`/`int4`: ONNX; `q8_0`, `q4_0`, `q4_k`, `q6_k`: llama.cpp's GGUF block formats.)
+    ExportDtype {
+        F32 => "f32", F16 => "f16", Bf16 => "bf16", Int8 => "int8", Int4 => "int4",
+        Q8_0 => "q8_0", Q4_0 => "q4_0", Q4K => "q4_k", Q6K => "q6_k"
+    }
 );
 
 name_enum!(
@@ -74,8 +78,14 @@ name_enum!(
 );
 
 impl ExportDtype {
+    /// ONNX's quantized dtypes.
     pub fn is_quantized(self) -> bool {
         matches!(self, ExportDtype::Int8 | ExportDtype::Int4)
+    }
+
+    /// llama.cpp's block formats, written only as GGUF.
+    pub fn is_ggml_block(self) -> bool {
+        matches!(self, ExportDtype::Q8_0 | ExportDtype::Q4_0 | ExportDtype::Q4K | ExportDtype::Q6K)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Writers, one per output format.
 
+pub mod gguf;
 pub mod manifest;
 pub mod onnx;
 pub mod safetensors;

@@ -48,17 +48,19 @@ impl Staging {
         &self.name
     }
 
-    /// config.json, generation_config.json and the tokenizer files; returns where the tokenizer
-    /// came from. A checkpoint's tokenizer (which may carry the chat template training used)
+    /// config.json (when given), generation_config.json and the tokenizer files; returns where
+    /// the tokenizer came from. A checkpoint's tokenizer (which may carry the chat template training used)
     /// wins; a checkpoint without one takes the base's.
     pub fn write_companions(
         &self,
         base: &ModelFolder,
         detection: Option<&Detection>,
-        config: &Value,
+        config: Option<&Value>,
     ) -> Result<PathBuf, Error> {
         let dir = self.dir();
-        write_json(&dir.join("config.json"), config)?;
+        if let Some(config) = config {
+            write_json(&dir.join("config.json"), config)?;
+        }
         let generation = base.dir.join("generation_config.json");
         if generation.is_file() {
             let bytes = crate::retry::read(&generation).map_err(|e| Error::write(&generation, e))?;

@@ -87,6 +87,9 @@ pub fn estimated_bytes(base: &ModelFolder, exports: &[ChosenExport], merged: boo
             Some(ExportDtype::F16 | ExportDtype::Bf16) => 2.0,
             Some(ExportDtype::Int8) => 1.1,
             Some(ExportDtype::Int4) => 0.6,
+            Some(ExportDtype::Q8_0) => 1.07,
+            Some(ExportDtype::Q6K) => 0.83,
+            Some(ExportDtype::Q4K | ExportDtype::Q4_0) => 0.65,
             None if format == Format::Onnx => 4.0,
             None => base.storage_dtype().size_in_bytes() as f64,
         }

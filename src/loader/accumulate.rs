@@ -25,6 +25,25 @@ pub enum Accumulator {
     Blocks { format: GgmlDType, bytes: Vec<u8> },
 }
 
+/// Appends whole rows of `width` values quantized to `format` (ggml blocks run along a row), the
+/// rows spread over the thread pool.
+pub fn quantize_rows(
+    format: GgmlDType,
+    rows: &[f32],
+    width: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), RuntimeError> {
+    let parts: Vec<Vec<u8>> = rows
+        .par_chunks(width * ROWS_PER_TASK)
+        .map(|chunk| -> Result<Vec<u8>, RuntimeError> {
+            let t = Tensor::from_slice(chunk, (chunk.len() / width, width), &Device::Cpu)?;
+            Ok(QTensor::quantize(&t, format)?.data()?.into_owned())
+        })
+        .collect::<Result<_, _>>()?;
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    Ok(())
+}
+
 impl Accumulator {
     /// An empty tensor of `elements` values in `placement`.
     pub fn new(placement: Placement, elements: usize) -> Self {
@@ -44,17 +63,7 @@ impl Accumulator {
             Accumulator::F32(v) => v.extend_from_slice(rows),
             Accumulator::F16(v) => v.extend(rows.iter().map(|&x| f16::from_f32(x))),
             Accumulator::Bf16(v) => v.extend(rows.iter().map(|&x| bf16::from_f32(x))),
-            Accumulator::Blocks { format, bytes } => {
-                let format = *format;
-                let parts: Vec<Vec<u8>> = rows
-                    .par_chunks(width * ROWS_PER_TASK)
-                    .map(|chunk| -> Result<Vec<u8>, RuntimeError> {
-                        let t = Tensor::from_slice(chunk, (chunk.len() / width, width), &Device::Cpu)?;
-                        Ok(QTensor::quantize(&t, format)?.data()?.into_owned())
-                    })
-                    .collect::<Result<_, _>>()?;
-                parts.iter().for_each(|p| bytes.extend_from_slice(p));
-            }
+            Accumulator::Blocks { format, bytes } => quantize_rows(*format, rows, width, bytes)?,
         }
         Ok(())
     }

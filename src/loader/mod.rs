@@ -24,7 +24,7 @@
 //! # }
 //! ```
 
-mod accumulate;
+pub(crate) mod accumulate;
 pub mod budget;
 pub mod device;
 pub mod quantization;
@@ -45,6 +45,7 @@ pub use quantization::{FormatFallback, Placement, Quantization, Role};
 
 use crate::checkpoint::{Detection, detect};
 use crate::error::{Error, LoadError, ModelError, RuntimeError};
+use crate::export::gguf::GGUF_FILE;
 use crate::export::onnx::folder::{DATA_FILE, MODEL_FILE};
 use crate::merge::{MergeInputs, execute_rows, plan_merge, row_width};
 use crate::model::{HfConfig, ModelFolder};
@@ -53,6 +54,7 @@ use crate::runtime::engine::DecoderEngine;
 use crate::runtime::generation::{
     GenerateOptions, Generation, GenerationDefaults, StreamEvent, generate_batch,
 };
+use crate::runtime::gguf::GgufFile;
 use crate::runtime::ort_engine::OrtEngine;
 use crate::runtime::reference::{ReferenceEngine, ReferenceModel, Weight};
 
@@ -317,9 +319,64 @@ fn check_compatible(options: &LoadOptions, onnx: bool, device: &ChosenDevice) ->
     Ok(())
 }
 
+fn thread_count(options: &LoadOptions) -> usize {
+    options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
+
+fn thread_pool(options: &LoadOptions) -> Result<rayon::ThreadPool, Error> {
+    let threads = thread_count(options);
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| RuntimeError::Unsupported { message: format!("cannot start {threads} threads: {e}") })?)
+}
+
+/// The GGUF file `path` names: a `.gguf` file, or an export folder holding `model.gguf`.
+fn gguf_file(path: &Path) -> Option<PathBuf> {
+    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return Some(path.to_path_buf());
+    }
+    let inside = path.join(GGUF_FILE);
+    inside.is_file().then_some(inside)
+}
+
+/// A GGUF file runs in the types it was written in.
+fn check_gguf_compatible(options: &LoadOptions) -> Result<(), LoadError> {
+    let refuse = |what: String, reason: &str, help: &str| {
+        Err(LoadError::Incompatible { what, reason: reason.into(), help: help.into() })
+    };
+    if options.quantization != Quantization::None {
+        return refuse(
+            format!("quantization {} of a GGUF file", options.quantization),
+            "a GGUF file's weights were quantized when it was written",
+            "load it with quantization = \"none\" (export with dtype = \"q4_k\" for a 4-bit file), or load the safetensors folder with this quantization",
+        );
+    }
+    if options.dtype != DType::F32 {
+        return refuse(
+            format!("dtype {} of a GGUF file", options.dtype.as_str()),
+            "a GGUF file's tensors keep the types they were written in",
+            "leave dtype at f32, or export the dtype you want",
+        );
+    }
+    Ok(())
+}
+
 impl Model {
     /// Loads a model as `options` say; see the module documentation.
     pub fn load(options: &LoadOptions) -> Result<Self, Error> {
+        if let Source::Folder(path) = &options.source
+            && let Some(file) = gguf_file(path)
+        {
+            let device = device::resolve(options.device)?;
+            tracing::info!("device {}: {}", device.name, device.reason);
+            check_gguf_compatible(options)?;
+            let pool = thread_pool(options)?;
+            let dirs = [file.parent().unwrap_or(Path::new("."))];
+            return pool
+                .install(|| with_retries(options.retries, &dirs, || Self::load_gguf(&file, options, &device)))
+                .map(|parts| parts.with_pool(pool));
+        }
         let onnx = matches!(&options.source, Source::Folder(dir) if dir.join(MODEL_FILE).is_file());
         let device = if onnx && options.device == DeviceChoice::Auto {
             ChosenDevice {
@@ -330,13 +387,8 @@ impl Model {
             device::resolve(options.device)?
         };
         tracing::info!("device {}: {}", device.name, device.reason);
-        let threads = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| {
-            RuntimeError::Unsupported { message: format!("cannot start {threads} threads: {e}") }
-        })?;
+        let threads = thread_count(options);
+        let pool = thread_pool(options)?;
         match &options.source {
             Source::Folder(dir) if dir.join(MODEL_FILE).is_file() => {
                 check_compatible(options, true, &device)?;
@@ -460,6 +512,45 @@ impl Model {
             adapter: detection.as_ref().map(|d| d.chosen.clone()),
         };
         Parts::new(Backend::Candle(model), info, &tokenizer_dir, &folder.dir, &folder.config)
+    }
+
+    fn load_gguf(path: &Path, options: &LoadOptions, device: &ChosenDevice) -> Result<Parts, Error> {
+        let file = GgufFile::open(path)?;
+        let bytes = file.tensor_bytes();
+        let budget = memory_budget(options);
+        if bytes > budget {
+            return Err(LoadError::Budget {
+                what: path.display().to_string(),
+                mode: "its GGUF types".into(),
+                needed: bytes,
+                budget,
+                suggestion: "export a smaller type (dtype = \"q4_k\"), or load the safetensors folder with quantization = \"q4_k\"".into(),
+            }
+            .into());
+        }
+        let model = file.load(path, &device.device)?;
+        let parameters: u64 = file.content.tensor_infos.values().map(|t| t.shape.elem_count() as u64).sum();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let info = ModelInfo {
+            architecture: file.config.model_type.clone(),
+            parameters,
+            engine: "candle (gguf)".into(),
+            device: device.clone(),
+            dtype: "as exported".into(),
+            quantization: Quantization::None,
+            groups: vec![GroupInfo {
+                group: "gguf tensors".into(),
+                tensors: file.content.tensor_infos.len(),
+                parameters,
+                bytes,
+                formats: file.type_counts(),
+            }],
+            resident_bytes: bytes,
+            fallbacks: Vec::new(),
+            source: path.to_path_buf(),
+            adapter: None,
+        };
+        Parts::new(Backend::Candle(model), info, dir, dir, &file.config)
     }
 
     fn load_onnx(

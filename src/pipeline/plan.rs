@@ -96,7 +96,11 @@ pub fn bytes_per_weight(spec: &ExportSpec, base_bytes_per_weight: f64) -> f64 {
         (_, Some(ExportDtype::F16 | ExportDtype::Bf16)) => 2.0,
         (_, Some(ExportDtype::Int8)) => 1.3,
         (_, Some(ExportDtype::Int4)) => 1.0,
+        // Block bytes per weight: q8_0 34/32, q6_k 210/256, q4_k 144/256 (some tensors q6_k), q4_0 18/32.
+        (_, Some(ExportDtype::Q8_0)) => 1.07,
+        (_, Some(ExportDtype::Q6K)) => 0.83,
+        (_, Some(ExportDtype::Q4K | ExportDtype::Q4_0)) => 0.65,
         (Format::Onnx, None) => 4.0,
-        (Format::Safetensors, None) => base_bytes_per_weight,
+        (Format::Safetensors | Format::Gguf, None) => base_bytes_per_weight,
     }
 }

@@ -46,6 +46,14 @@ pub struct TensorNames {
     pub layer: &'static [(LayerTensor, &'static str)],
 }
 
+/// llama.cpp's names for an architecture and its tensors (a GGUF file's vocabulary).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GgufNames {
+    /// `general.architecture`, also the prefix of the model's metadata keys.
+    pub architecture: &'static str,
+    pub tensors: TensorNames,
+}
+
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Profile {
     pub name: &'static str,
@@ -57,6 +65,7 @@ pub struct Profile {
     pub required_config: &'static [&'static str],
     pub defaults: ConfigDefaults,
     pub tensors: TensorNames,
+    pub gguf: GgufNames,
 }
 
 include!(concat!(env!("OUT_DIR"), "/profiles.rs"));
@@ -90,6 +99,25 @@ impl Profile {
         self.tensors.layer.iter().find(|(r, _)| *r == role).map(|(_, suffix)| {
             format!("{}{suffix}", self.tensors.layer_prefix.replace("{layer}", &layer.to_string()))
         })
+    }
+
+    /// Every tensor name of a model with `layers` layers paired with its GGUF name, in the
+    /// order llama.cpp's converter writes them (embedding, layers, final norm, head).
+    pub fn gguf_names(&self, layers: usize) -> Vec<(String, String)> {
+        let (hf, gguf) = (&self.tensors, &self.gguf.tensors);
+        let mut names = vec![(hf.embed.to_string(), gguf.embed.to_string())];
+        for layer in 0..layers {
+            let prefix = |t: &TensorNames| t.layer_prefix.replace("{layer}", &layer.to_string());
+            let (hf_prefix, gguf_prefix) = (prefix(hf), prefix(gguf));
+            for (role, suffix) in hf.layer {
+                if let Some((_, gguf_suffix)) = gguf.layer.iter().find(|(r, _)| r == role) {
+                    names.push((format!("{hf_prefix}{suffix}"), format!("{gguf_prefix}{gguf_suffix}")));
+                }
+            }
+        }
+        names.push((hf.final_norm.to_string(), gguf.final_norm.to_string()));
+        names.push((hf.lm_head.to_string(), gguf.lm_head.to_string()));
+        names
     }
 
     /// Module names (tensor name without `.weight`) of the linear layers PEFT's `all-linear`
@@ -135,6 +163,26 @@ mod tests {
             Some("model.layers.3.self_attn.q_proj.bias")
         );
         assert_eq!(qwen2.layer_tensor(0, LayerTensor::QNorm), None);
+    }
+
+    #[test]
+    fn gguf_names_follow_llama_cpp() {
+        let qwen2 = Profile::by_name("qwen2").unwrap();
+        let names = qwen2.gguf_names(2);
+        // embedding, 2 layers of 12 tensors (9 + 3 biases), final norm, head
+        assert_eq!(names.len(), 1 + 2 * 12 + 2);
+        let find = |hf: &str| names.iter().find(|(h, _)| h == hf).map(|(_, g)| g.as_str());
+        assert_eq!(find("model.layers.1.self_attn.k_proj.bias"), Some("blk.1.attn_k.bias"));
+        assert_eq!(find("model.layers.0.post_attention_layernorm.weight"), Some("blk.0.ffn_norm.weight"));
+        assert_eq!(find("lm_head.weight"), Some("output.weight"));
+        let qwen3 = Profile::by_name("qwen3").unwrap();
+        assert_eq!(qwen3.gguf.architecture, "qwen3");
+        let names = qwen3.gguf_names(1);
+        assert!(
+            names.iter().any(
+                |(h, g)| h == "model.layers.0.self_attn.q_norm.weight" && g == "blk.0.attn_q_norm.weight"
+            )
+        );
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl ChatTemplate {
         })
     }
 
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The prompt text for `messages`, as transformers' `apply_chat_template(tokenize=False)`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ModelError> {
         let mut env = Environment::new();

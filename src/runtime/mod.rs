@@ -6,6 +6,7 @@ pub mod chat;
 pub mod engine;
 pub mod generate;
 pub mod generation;
+pub mod gguf;
 pub mod ort_engine;
 pub mod reference;
 pub mod sampler;

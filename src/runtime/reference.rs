@@ -10,8 +10,10 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::batch::Batch;
 use crate::error::RuntimeError;
-use crate::model::ModelFolder;
-use crate::profile::LayerTensor;
+use std::path::Path;
+
+use crate::model::{HfConfig, ModelFolder};
+use crate::profile::{LayerTensor, Profile};
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
@@ -154,10 +156,20 @@ impl ReferenceModel {
     /// Builds the model of `folder`'s architecture from weights handed over one by one (dense
     /// or quantized), on `device`. Norms, biases and the embedding table must be dense.
     pub fn assemble(folder: &ModelFolder, device: &Device, take: &mut TakeWeight<'_>) -> Result<Self> {
+        Self::assemble_from(folder.profile, &folder.config, &folder.dir, device, take)
+    }
+
+    /// Like [`ReferenceModel::assemble`] for a model described by `profile` and `config`
+    /// rather than a folder (a GGUF file); `origin` names it in errors.
+    pub fn assemble_from(
+        profile: &Profile,
+        c: &HfConfig,
+        origin: &Path,
+        device: &Device,
+        take: &mut TakeWeight<'_>,
+    ) -> Result<Self> {
         let missing =
-            |name: &str| RuntimeError::MissingTensor { path: folder.dir.clone(), tensor: name.to_string() };
-        let profile = folder.profile;
-        let c = &folder.config;
+            |name: &str| RuntimeError::MissingTensor { path: origin.to_path_buf(), tensor: name.to_string() };
         let named = |layer: usize, r: LayerTensor| -> Result<String> {
             profile.layer_tensor(layer, r).ok_or_else(|| RuntimeError::Unsupported {
                 message: format!("the {} profile has no {r:?} tensor", profile.name),

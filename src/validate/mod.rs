@@ -19,6 +19,7 @@ use crate::merge::{MergeInputs, execute, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
 use crate::quant::QuantReport;
 use crate::runtime::chat::{ChatTemplate, Message};
+use crate::runtime::gguf::GgufFile;
 use crate::runtime::ort_engine::{self, OrtEngine};
 use crate::runtime::tract_engine::{self, TractEngine};
 use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
@@ -151,6 +152,8 @@ pub fn engines_for(format: Format) -> &'static [Engine] {
     match format {
         Format::Safetensors => &[Engine::Candle],
         Format::Onnx => &[Engine::Ort, Engine::Tract],
+        // candle's ggml kernels on the file's own blocks.
+        Format::Gguf => &[Engine::Candle],
     }
 }
 
@@ -237,6 +240,11 @@ pub fn validate_export(
             failures: Vec::new(),
         };
         let result = match engine {
+            Engine::Candle if spec.format == Format::Gguf => {
+                let path = dir.join(crate::export::gguf::GGUF_FILE);
+                let model = GgufFile::open(&path)?.load(&path, &candle_core::Device::Cpu)?;
+                run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
+            }
             Engine::Candle => {
                 let model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?

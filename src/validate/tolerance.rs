@@ -41,7 +41,15 @@ impl Tolerance {
                 top1_margin: 5e-2,
                 greedy_must_match: false,
             },
-            ExportDtype::Int8 | ExportDtype::Int4 => Self {
+            // GGUF q8_0: acceptance asks cosine >= 0.999 against the f32 logits.
+            ExportDtype::Q8_0 | ExportDtype::Q6K => Self {
+                max_abs_error: None,
+                min_cosine: 0.999,
+                min_top1: 0.95,
+                top1_margin: 5e-2,
+                greedy_must_match: false,
+            },
+            ExportDtype::Int8 | ExportDtype::Int4 | ExportDtype::Q4_0 | ExportDtype::Q4K => Self {
                 max_abs_error: None,
                 min_cosine: 0.99,
                 min_top1: 0.9,

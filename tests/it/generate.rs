@@ -21,7 +21,7 @@ fn prompts(case: &str) -> (Vec<String>, usize) {
 }
 
 /// Generates greedily from `options` and checks the new ids against transformers' greedy_ids.
-fn reproduces_greedy_ids(case: &str, options: &LoadOptions) {
+pub fn reproduces_greedy_ids(case: &str, options: &LoadOptions) {
     let model = Model::load(options).unwrap();
     let (prompts, new_tokens) = prompts(case);
     let results = model.generate(&prompts, &GenerateOptions::greedy().max_new_tokens(new_tokens)).unwrap();

@@ -43,7 +43,7 @@ fn the_wizard_finds_the_inputs_rejects_a_bad_answer_and_writes_a_table_run_accep
     p.expect("newest valid: checkpoint-4").unwrap();
     p.send("\r").unwrap();
     p.expect("merges").unwrap();
-    // Presets: hf, onnx-cpu, edge, ci-check, all, one by one: take ci-check.
+    // Presets: hf, onnx-cpu, edge, ci-check, all, llama-cpp, one by one: take ci-check.
     p.expect("Exports").unwrap();
     for _ in 0..3 {
         p.send(DOWN).unwrap();
@@ -164,12 +164,12 @@ format = "safetensors"
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
         out.stderr.contains("there is no preset `gpu`")
-            && out.stderr.contains("hf, onnx-cpu, edge, ci-check, all"),
+            && out.stderr.contains("hf, onnx-cpu, edge, ci-check, all, llama-cpp"),
         "{}",
         out.stderr
     );
     let listed = unknown.run(&["presets", "--message-format", "json"]);
-    assert_eq!(listed.json().as_array().unwrap().len(), 5);
+    assert_eq!(listed.json().as_array().unwrap().len(), 6);
 }
 
 #[test]

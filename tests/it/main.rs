@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod detect;
 mod generate;
+mod gguf;
 mod init;
 mod inspect;
 mod merge;

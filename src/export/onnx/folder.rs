@@ -194,7 +194,7 @@ pub struct OnnxReport {
 /// A documented fallback the export took instead of failing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fallback {
-    /// `external-data`, `opset` or `portable-target`.
+    /// `external-data`, `opset` or `portable-target` (ONNX); `tensor-type` (GGUF).
     pub kind: String,
     pub reason: String,
 }
@@ -459,7 +459,7 @@ fn write_onnx_folder_as(
 
     let export_dtype =
         if options.precision == OnnxPrecision::F32 { TensorDtype::F32 } else { TensorDtype::F16 };
-    staging.write_companions(base, detection, &exported_config(weights, export_dtype, plan.untied))?;
+    staging.write_companions(base, detection, Some(&exported_config(weights, export_dtype, plan.untied)))?;
     crate::fsutil::write_json(&dir.join("genai_config.json"), &genai_config(base, MODEL_FILE))?;
     if let Some(q) = &quantization {
         crate::fsutil::write_json(&dir.join(QUANT_REPORT_FILE), q)?;

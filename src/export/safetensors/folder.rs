@@ -80,7 +80,7 @@ pub fn write_safetensors_folder(
     tracing::info!("merged and wrote {total} bytes in {:.2} s", started.elapsed().as_secs_f64());
 
     let tokenizer_from =
-        staging.write_companions(base, detection, &exported_config(base, dtype, plan.untied))?;
+        staging.write_companions(base, detection, Some(&exported_config(base, dtype, plan.untied)))?;
     // Verification: every header re-read and the layout checked, before the manifest.
     let written = ModelFolder::open(&dir, Some(weights.profile))?;
     check_layout(&written)?;

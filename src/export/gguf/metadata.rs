@@ -1,0 +1,51 @@
+//! The model's GGUF metadata: `general.*` and the architecture's hyperparameters under the
+//! keys llama.cpp reads for `qwen2` / `qwen3` (`<arch>.context_length`, ...).
+
+use candle_core::quantized::gguf_file::Value;
+use serde_json::Value as Json;
+
+use super::file::ALIGNMENT;
+use crate::model::HfConfig;
+use crate::profile::Profile;
+
+/// `GGML_QNT_VERSION`: the block layouts candle and current llama.cpp share.
+const QUANTIZATION_VERSION: u32 = 2;
+
+pub fn metadata(profile: &Profile, config: &HfConfig, name: &str, file_type: u32) -> Vec<(String, Value)> {
+    let arch = profile.gguf.architecture;
+    let key = |k: &str| format!("{arch}.{k}");
+    let u32_of = |v: usize| Value::U32(u32::try_from(v).unwrap_or(u32::MAX));
+    let mut out = vec![
+        ("general.architecture".to_string(), Value::String(arch.into())),
+        ("general.type".to_string(), Value::String("model".into())),
+        ("general.name".to_string(), Value::String(name.into())),
+        ("general.file_type".to_string(), Value::U32(file_type)),
+        ("general.quantization_version".to_string(), Value::U32(QUANTIZATION_VERSION)),
+        ("general.alignment".to_string(), Value::U32(ALIGNMENT as u32)),
+        (key("vocab_size"), u32_of(config.vocab_size)),
+        (key("context_length"), u32_of(config.max_position_embeddings)),
+        (key("embedding_length"), u32_of(config.hidden_size)),
+        (key("block_count"), u32_of(config.num_hidden_layers)),
+        (key("feed_forward_length"), u32_of(config.intermediate_size)),
+        (key("attention.head_count"), u32_of(config.num_attention_heads)),
+        (key("attention.head_count_kv"), u32_of(config.num_key_value_heads)),
+        (key("attention.key_length"), u32_of(config.head_dim)),
+        (key("attention.value_length"), u32_of(config.head_dim)),
+        (key("rope.freq_base"), Value::F32(config.rope_theta as f32)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(config.rms_norm_eps as f32)),
+    ];
+    // rope_scaling (YaRN or linear context extension), as the converter writes it.
+    if let Some(scaling) = config.raw.get("rope_scaling").and_then(Json::as_object) {
+        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Json::as_str);
+        if let (Some(kind @ ("yarn" | "linear")), Some(factor)) =
+            (kind, scaling.get("factor").and_then(Json::as_f64))
+        {
+            out.push((key("rope.scaling.type"), Value::String(kind.into())));
+            out.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
+            if let Some(original) = scaling.get("original_max_position_embeddings").and_then(Json::as_u64) {
+                out.push((key("rope.scaling.original_context_length"), Value::U32(original as u32)));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,227 @@
+//! A GGUF export for llama.cpp, Ollama and LM Studio: one self-contained `model.gguf` (weights
+//! in llama.cpp's names and types, hyperparameters, tokenizer and chat template), streamed from
+//! the merge tensor by tensor so memory stays flat in the model's size, beside the tokenizer
+//! files and generation_config.json (for this tool's own `generate` and validation) and the
+//! manifest. Built under a temporary name and renamed into place when verified.
+
+pub mod file;
+pub mod metadata;
+pub mod tokenizer;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use half::{bf16, f16};
+
+use crate::config::ExportDtype;
+use crate::error::{Error, RuntimeError};
+use crate::export::ExportInputs;
+use crate::export::manifest::Manifest;
+use crate::export::onnx::folder::Fallback;
+use crate::export::staging::{Staging, file_entry, provenance};
+use crate::export::stream_file::StreamingFile;
+use crate::loader::accumulate::quantize_rows;
+use crate::merge::{MergeInputs, execute_rows, plan_merge, row_width};
+use crate::model::TensorDtype;
+use crate::monitor;
+use crate::profile::LayerTensor;
+use file::{TensorEntry, encode_header, padding};
+use types::{TensorKind, tensor_type, type_name};
+
+/// The file inside a GGUF export folder.
+pub const GGUF_FILE: &str = "model.gguf";
+
+#[derive(Debug, Clone)]
+pub struct GgufOptions {
+    /// The file's type; default: the base's storage dtype (f32, f16 or bf16).
+    pub dtype: Option<ExportDtype>,
+    pub allow_non_finite: bool,
+}
+
+#[derive(Debug)]
+pub struct GgufReport {
+    pub dir: PathBuf,
+    pub dtype: ExportDtype,
+    pub manifest: Manifest,
+    /// Tensors per ggml type, e.g. `q4_k: 112`.
+    pub types: std::collections::BTreeMap<String, usize>,
+    /// Tensors stored in another type than the file's rules chose (`tensor-type` fallbacks).
+    pub fallbacks: Vec<Fallback>,
+}
+
+fn storage_dtype(dtype: TensorDtype) -> ExportDtype {
+    match dtype {
+        TensorDtype::F16 => ExportDtype::F16,
+        TensorDtype::BF16 => ExportDtype::Bf16,
+        _ => ExportDtype::F32,
+    }
+}
+
+/// Appends whole rows in `dtype`'s encoding.
+fn encode_rows(dtype: GgmlDType, rows: &[f32], width: usize, out: &mut Vec<u8>) -> Result<(), RuntimeError> {
+    match dtype {
+        GgmlDType::F32 => rows.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlDType::F16 => rows.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlDType::BF16 => rows.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        blocks => quantize_rows(blocks, rows, width, out)?,
+    }
+    Ok(())
+}
+
+/// Writes the GGUF export of `inputs` at `out`.
+pub fn write_gguf_folder(
+    inputs: &ExportInputs<'_>,
+    options: &GgufOptions,
+    out: &Path,
+) -> Result<GgufReport, Error> {
+    let (base, weights) = (inputs.base, inputs.weights);
+    let profile = weights.profile;
+    let config = &weights.config;
+    let plan = plan_merge(weights, inputs.adapter)?;
+    let dtype = options.dtype.unwrap_or_else(|| storage_dtype(base.storage_dtype()));
+    let names = profile.gguf_names(config.num_hidden_layers);
+    let hf = &profile.tensors;
+    let has_head = plan.tensors.iter().any(|t| t.name == hf.lm_head);
+    let role_of = |name: &str| -> Option<(usize, LayerTensor)> {
+        (0..config.num_hidden_layers).find_map(|layer| {
+            [LayerTensor::VProj, LayerTensor::DownProj]
+                .into_iter()
+                .find(|&r| profile.layer_tensor(layer, r).as_deref() == Some(name))
+                .map(|r| (layer, r))
+        })
+    };
+    let mut entries = Vec::with_capacity(plan.tensors.len());
+    let mut fallbacks = Vec::new();
+    for t in &plan.tensors {
+        let gguf_name =
+            names.iter().find(|(h, _)| *h == t.name).map(|(_, g)| g.clone()).ok_or_else(|| {
+                RuntimeError::Unsupported {
+                    message: format!("tensor `{}` has no GGUF name in the {} profile", t.name, profile.name),
+                }
+            })?;
+        let kind = if t.shape.len() < 2 {
+            TensorKind::Vector
+        } else if t.name == hf.embed {
+            TensorKind::Embedding { tied: !has_head }
+        } else if t.name == hf.lm_head {
+            TensorKind::Head
+        } else {
+            match role_of(&t.name) {
+                Some((layer, LayerTensor::VProj)) => TensorKind::AttentionV { layer },
+                Some((layer, _)) => TensorKind::FfnDown { layer },
+                None => TensorKind::Matrix,
+            }
+        };
+        let (stored, fallback) = tensor_type(dtype, kind, row_width(&t.shape), config.num_hidden_layers);
+        if let Some((wanted, reason)) = fallback {
+            fallbacks.push(Fallback {
+                kind: "tensor-type".into(),
+                reason: format!(
+                    "{gguf_name} stored as {} instead of {}: {reason}",
+                    type_name(stored),
+                    type_name(wanted)
+                ),
+            });
+        }
+        entries.push(TensorEntry { name: gguf_name, shape: t.shape.clone(), dtype: stored });
+    }
+
+    let staging = Staging::new(out, inputs.temp_root)?;
+    let dir = staging.dir().to_path_buf();
+    let tokenizer_from = staging.write_companions(base, inputs.detection, None)?;
+    let model_name =
+        base.dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let mut metadata = metadata::metadata(profile, config, &model_name, types::file_type(dtype));
+    metadata.extend(tokenizer::metadata(&tokenizer_from, config)?);
+
+    let path = dir.join(GGUF_FILE);
+    let mut writer = StreamingFile::create(&path).map_err(|e| Error::write(&path, e))?;
+    writer.write_all(&encode_header(&metadata, &entries)).map_err(|e| Error::write(&path, e))?;
+    let total: u64 = entries.iter().map(TensorEntry::bytes).sum();
+    let progress = monitor::bytes_bar(total, format!("writing {} ({dtype})", staging.name()));
+    let started = std::time::Instant::now();
+    let merge_inputs =
+        MergeInputs { base: weights, adapter: inputs.adapter, allow_non_finite: options.allow_non_finite };
+    let mut index = 0;
+    let mut received = 0;
+    let mut bytes = Vec::new();
+    execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
+        if first == 0 {
+            received = 0;
+        }
+        let entry = &entries[index];
+        bytes.clear();
+        encode_rows(entry.dtype, values, row_width(&t.shape), &mut bytes)?;
+        received += values.len();
+        if received == t.shape.iter().product::<usize>() {
+            // Tensors start aligned: pad after the last block of rows.
+            let end = writer.position() + bytes.len() as u64;
+            bytes.resize(bytes.len() + padding(end), 0);
+            index += 1;
+        }
+        writer.write_all(&bytes).map_err(|e| Error::write(&path, e))?;
+        progress.inc(bytes.len() as u64);
+        Ok(())
+    })?;
+    let written = writer.finish().map_err(|e| Error::write(&path, e))?;
+    progress.finish_and_clear();
+    tracing::info!(
+        "wrote {} ({} bytes) in {:.2} s",
+        path.display(),
+        written.size,
+        started.elapsed().as_secs_f64()
+    );
+
+    verify(&path, &entries)?;
+    let mut type_counts = std::collections::BTreeMap::new();
+    for e in &entries {
+        *type_counts.entry(type_name(e.dtype)).or_insert(0) += 1;
+    }
+    let options_json = serde_json::json!({
+        "dtype": dtype.to_string(),
+        "architecture": profile.gguf.architecture,
+        "tied_embeddings": !has_head,
+        "tensor_types": type_counts,
+        "fallbacks": fallbacks,
+    });
+    let manifest = staging.finish(
+        "gguf",
+        provenance(base, inputs.detection, options_json),
+        &[file_entry(&written)],
+        out,
+    )?;
+    Ok(GgufReport { dir: out.to_path_buf(), dtype, manifest, types: type_counts, fallbacks })
+}
+
+/// Reads the written file back as candle does and checks every tensor's type, shape and extent.
+fn verify(path: &Path, entries: &[TensorEntry]) -> Result<(), Error> {
+    let content = crate::runtime::gguf::read_content(path)?;
+    let size = std::fs::metadata(path).map_err(|e| Error::write(path, e))?.len();
+    let broken = |message: String| -> Error {
+        RuntimeError::Unsupported { message: format!("{}: {message}", path.display()) }.into()
+    };
+    if content.tensor_infos.len() != entries.len() {
+        return Err(broken(format!(
+            "{} tensors read back, {} written",
+            content.tensor_infos.len(),
+            entries.len()
+        )));
+    }
+    for e in entries {
+        let info = content
+            .tensor_infos
+            .get(&e.name)
+            .ok_or_else(|| broken(format!("tensor `{}` missing", e.name)))?;
+        if info.shape.dims() != e.shape.as_slice() || info.ggml_dtype != e.dtype {
+            return Err(broken(format!(
+                "tensor `{}` reads back as {:?} {:?}",
+                e.name, info.ggml_dtype, info.shape
+            )));
+        }
+        if content.tensor_data_offset + info.offset + e.bytes() > size {
+            return Err(broken(format!("tensor `{}` extends past the end of the file", e.name)));
+        }
+    }
+    Ok(())
+}

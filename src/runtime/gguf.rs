@@ -1,0 +1,153 @@
+//! Running a GGUF file: its hyperparameters and tensor names are read back through the profile
+//! whose llama.cpp architecture it declares, and the same decoder as the reference runs its
+//! weights, quantized ones as candle `QMatMul`s (ggml's block formats and kernels, as llama.cpp
+//! computes them). Everything comes from the file itself, so a metadata key or tensor the
+//! writer got wrong shows up as a failed load or a failed validation.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device};
+use serde_json::json;
+
+use super::reference::{ReferenceModel, Weight};
+use crate::error::{Error, ModelError, RuntimeError};
+use crate::model::HfConfig;
+use crate::profile::Profile;
+
+fn not_gguf(path: &Path, reason: String) -> Error {
+    ModelError::NotAModel { path: path.to_path_buf(), reason }.into()
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, Error> {
+    let file = File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    Ok(BufReader::with_capacity(1 << 20, file))
+}
+
+/// The header, metadata and tensor directory of a GGUF file.
+pub fn read_content(path: &Path) -> Result<Content, Error> {
+    Content::read(&mut open(path)?).map_err(|e| not_gguf(path, format!("not a readable GGUF file: {e}")))
+}
+
+/// A GGUF file opened for loading.
+pub struct GgufFile {
+    pub content: Content,
+    pub profile: &'static Profile,
+    pub config: HfConfig,
+}
+
+fn meta<'a>(content: &'a Content, path: &Path, key: &str) -> Result<&'a Value, Error> {
+    content.metadata.get(key).ok_or_else(|| not_gguf(path, format!("metadata key `{key}` is missing")))
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let content = read_content(path)?;
+        let bad = |key: &str, e: candle_core::Error| not_gguf(path, format!("metadata key `{key}`: {e}"));
+        let arch = meta(&content, path, "general.architecture")?
+            .to_string()
+            .map_err(|e| bad("general.architecture", e))?;
+        let profile = Profile::all().iter().find(|p| p.gguf.architecture == arch).ok_or_else(|| {
+            let known: Vec<_> = Profile::all().iter().map(|p| p.gguf.architecture).collect();
+            not_gguf(path, format!("architecture `{arch}` is not one this tool runs ({})", known.join(", ")))
+        })?;
+        let number = |key: &str| -> Result<u64, Error> {
+            let full = format!("{arch}.{key}");
+            meta(&content, path, &full)?.to_u32().map(u64::from).map_err(|e| bad(&full, e))
+        };
+        let float = |key: &str| -> Result<f64, Error> {
+            let full = format!("{arch}.{key}");
+            meta(&content, path, &full)?.to_f32().map(f64::from).map_err(|e| bad(&full, e))
+        };
+        let token_id = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
+        let tokens =
+            content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map(Vec::len);
+        let vocab_size = match content.metadata.get(&format!("{arch}.vocab_size")) {
+            Some(v) => u64::from(v.to_u32().map_err(|e| bad("vocab_size", e))?),
+            None => tokens
+                .ok_or_else(|| not_gguf(path, "neither a vocab_size nor tokenizer tokens".into()))?
+                as u64,
+        };
+        let head = profile.gguf.tensors.lm_head;
+        // What transformers' config would say, so the model is checked like any other.
+        let config = json!({
+            "model_type": profile.model_types[0],
+            "architectures": profile.architectures,
+            "vocab_size": vocab_size,
+            "hidden_size": number("embedding_length")?,
+            "intermediate_size": number("feed_forward_length")?,
+            "num_hidden_layers": number("block_count")?,
+            "num_attention_heads": number("attention.head_count")?,
+            "num_key_value_heads": number("attention.head_count_kv")?,
+            "head_dim": number("attention.key_length")?,
+            "max_position_embeddings": number("context_length")?,
+            "rope_theta": float("rope.freq_base")?,
+            "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?,
+            "tie_word_embeddings": !content.tensor_infos.contains_key(head),
+            "bos_token_id": token_id("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": token_id("tokenizer.ggml.eos_token_id"),
+            "pad_token_id": token_id("tokenizer.ggml.padding_token_id"),
+        });
+        let (config, profile) = HfConfig::parse(path, &config.to_string(), Some(profile))?;
+        Ok(Self { content, profile, config })
+    }
+
+    /// Bytes of tensor data the file holds.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64)
+            .sum()
+    }
+
+    /// Tensors per ggml type.
+    pub fn type_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for t in self.content.tensor_infos.values() {
+            *counts.entry(crate::export::gguf::types::type_name(t.ggml_dtype)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The model of the file at `path` on `device`: f32/f16/bf16 tensors stay in their type,
+    /// block-quantized matrices multiply as `QMatMul`; a quantized embedding table is expanded
+    /// to f16 for the lookup (a tied head keeps multiplying in the blocks, as llama.cpp does).
+    pub fn load(&self, path: &Path, device: &Device) -> Result<ReferenceModel, Error> {
+        let mut reader = open(path)?;
+        let gguf_name: HashMap<String, String> =
+            self.profile.gguf_names(self.config.num_hidden_layers).into_iter().collect();
+        let names = &self.profile.tensors;
+        let embed = self.profile.gguf.tensors.embed;
+        let tied_quantized_head = self.config.tie_word_embeddings
+            && self.content.tensor_infos.get(embed).is_some_and(|t| is_blocks(t.ggml_dtype));
+        let mut read = |name: &str| -> Result<QTensor, RuntimeError> {
+            Ok(self.content.tensor(&mut reader, name, device)?)
+        };
+        let model = ReferenceModel::assemble_from(self.profile, &self.config, path, device, &mut |hf| {
+            if hf == names.lm_head && tied_quantized_head {
+                return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed)?)?)));
+            }
+            let Some(name) = gguf_name.get(hf).filter(|n| self.content.tensor_infos.contains_key(*n)) else {
+                return Ok(None);
+            };
+            let q = read(name)?;
+            Ok(Some(match q.dtype() {
+                GgmlDType::F32 => Weight::Dense(q.dequantize(device)?),
+                GgmlDType::F16 => Weight::Dense(q.dequantize_f16(device)?),
+                GgmlDType::BF16 => Weight::Dense(q.dequantize(device)?.to_dtype(DType::BF16)?),
+                _ if hf == names.embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(device)?),
+                _ => Weight::Quantized(QMatMul::from_qtensor(q)?),
+            }))
+        })?;
+        Ok(model)
+    }
+}
+
+fn is_blocks(dtype: GgmlDType) -> bool {
+    !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}

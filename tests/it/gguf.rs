@@ -1,0 +1,259 @@
+//! GGUF exports: the file llama.cpp would read (names, metadata, tokenizer, tensor types),
+//! transformers' greedy ids reproduced from f32 and f16 files, q8_0 within cosine 0.999, and
+//! llama.cpp's Q4_K_M type mix on rows wide enough for k-quant blocks.
+
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
+use model_export::checkpoint::detect;
+use model_export::config::ExportDtype;
+use model_export::export::ExportInputs;
+use model_export::export::gguf::{GGUF_FILE, GgufOptions, write_gguf_folder};
+use model_export::loader::{LoadOptions, Model};
+use model_export::model::ModelFolder;
+use model_export::validate::metrics::compare_logits;
+use model_export::validate::report::ValidationReport;
+
+use crate::common::{Project, fixture};
+use crate::generate::reproduces_greedy_ids;
+use crate::reference::{golden, max_valid_error};
+
+const CASES: [(&str, &str, &str); 2] =
+    [("qwen3-tiny", "qwen3-tiny", "qwen3-tiny-run"), ("qwen2-tiny", "qwen2-tiny", "qwen2-tiny-adapter")];
+
+/// Writes the GGUF export of `base` (+ `adapter`) in `dtype` to `out`.
+fn write(base: &Path, adapter: Option<&Path>, dtype: ExportDtype, out: &Path) {
+    let base = ModelFolder::open(base, None).unwrap();
+    let detection = adapter.map(|a| detect(a, Some(&base)).unwrap());
+    let options = GgufOptions { dtype: Some(dtype), allow_non_finite: false };
+    write_gguf_folder(&ExportInputs::from_base(&base, detection.as_ref()), &options, out).unwrap();
+}
+
+fn content(dir: &Path) -> Content {
+    let mut file = std::fs::File::open(dir.join(GGUF_FILE)).unwrap();
+    Content::read(&mut file).unwrap()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value.to_vec().unwrap().iter().map(|v| v.to_string().unwrap().clone()).collect()
+}
+
+#[test]
+fn f32_and_f16_files_reproduce_transformers_greedy_ids() {
+    let temp = tempfile::tempdir().unwrap();
+    for (case, base, adapter) in CASES {
+        for dtype in [ExportDtype::F32, ExportDtype::F16] {
+            let out = temp.path().join(format!("{case}-{dtype}"));
+            write(&fixture(base), Some(&fixture(adapter)), dtype, &out);
+            reproduces_greedy_ids(case, &LoadOptions::new(&out));
+            if dtype == ExportDtype::F32 {
+                // Every logit, not only the argmax: the file holds the merged model exactly.
+                let g = golden(case);
+                let logits = Model::load(&LoadOptions::new(&out)).unwrap().logits(&g.batch).unwrap();
+                let error = max_valid_error(&logits.values, &g.logits_merged, &g.batch, g.vocab);
+                assert!(error <= 1e-4, "{case} f32 gguf is {error} from transformers' merged logits");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_file_carries_llama_cpp_names_metadata_and_tokenizer() {
+    let temp = tempfile::tempdir().unwrap();
+    for (case, base, adapter) in CASES {
+        let out = temp.path().join(case);
+        write(&fixture(base), Some(&fixture(adapter)), ExportDtype::F16, &out);
+        let c = content(&out);
+        let m = &c.metadata;
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(&format!("{base}/config.json"))).unwrap()).unwrap();
+        let arch = config["model_type"].as_str().unwrap();
+        assert_eq!(m["general.architecture"].to_string().unwrap(), arch);
+        assert_eq!(m["general.file_type"].to_u32().unwrap(), 1, "{case}: MOSTLY_F16");
+        for (key, field) in [
+            ("block_count", "num_hidden_layers"),
+            ("embedding_length", "hidden_size"),
+            ("feed_forward_length", "intermediate_size"),
+            ("attention.head_count", "num_attention_heads"),
+            ("attention.head_count_kv", "num_key_value_heads"),
+            ("context_length", "max_position_embeddings"),
+        ] {
+            assert_eq!(
+                u64::from(m[&format!("{arch}.{key}")].to_u32().unwrap()),
+                config[field].as_u64().unwrap(),
+                "{case} {key}"
+            );
+        }
+        assert_eq!(m[&format!("{arch}.attention.key_length")].to_u32().unwrap(), 16);
+        assert_eq!(m[&format!("{arch}.rope.freq_base")].to_f32().unwrap(), 1e6);
+        assert_eq!(m[&format!("{arch}.attention.layer_norm_rms_epsilon")].to_f32().unwrap(), 1e-6);
+
+        // The tokenizer: every id of tokenizer.json, special tokens as CONTROL, the merges.
+        let tokenizer: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(&format!("{base}/tokenizer.json"))).unwrap())
+                .unwrap();
+        assert_eq!(m["tokenizer.ggml.model"].to_string().unwrap(), "gpt2");
+        assert_eq!(m["tokenizer.ggml.pre"].to_string().unwrap(), "qwen2");
+        let tokens = strings(&m["tokenizer.ggml.tokens"]);
+        assert_eq!(tokens.len(), 384);
+        assert_eq!(tokens[tokenizer["model"]["vocab"]["Ġl"].as_u64().unwrap() as usize], "Ġl");
+        assert_eq!(&tokens[381..], ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]);
+        let types: Vec<i32> =
+            m["tokenizer.ggml.token_type"].to_vec().unwrap().iter().map(|v| v.to_i32().unwrap()).collect();
+        assert_eq!(&types[379..], [1, 1, 3, 3, 3]);
+        let merges = strings(&m["tokenizer.ggml.merges"]);
+        assert_eq!(merges.len(), tokenizer["model"]["merges"].as_array().unwrap().len());
+        assert_eq!(merges[0], "Ġ l");
+        // bos from config.json (tokenizer_config has none), eos and pad from tokenizer_config.json.
+        assert_eq!(m["tokenizer.ggml.bos_token_id"].to_u32().unwrap(), 381);
+        assert_eq!(m["tokenizer.ggml.eos_token_id"].to_u32().unwrap(), 383);
+        assert_eq!(m["tokenizer.ggml.padding_token_id"].to_u32().unwrap(), 381);
+        assert!(!m["tokenizer.ggml.add_bos_token"].to_bool().unwrap());
+        let template = m["tokenizer.chat_template"].to_string().unwrap();
+        assert!(template.contains("<|im_start|>"), "{case}: chat template {template}");
+
+        // Names: tied Qwen3 has no `output.weight` (llama.cpp reuses token_embd), Qwen2 has biases.
+        let names = &c.tensor_infos;
+        let tied = config["tie_word_embeddings"].as_bool().unwrap();
+        assert_eq!(names.contains_key("output.weight"), !tied, "{case}");
+        assert_eq!(names.contains_key("blk.1.attn_q_norm.weight"), arch == "qwen3");
+        assert_eq!(names.contains_key("blk.1.attn_v.bias"), arch == "qwen2");
+        let norm = &names["blk.0.attn_norm.weight"];
+        assert_eq!((norm.ggml_dtype, norm.shape.dims()), (GgmlDType::F32, &[64usize][..]));
+        let q = &names["blk.0.attn_q.weight"];
+        assert_eq!((q.ggml_dtype, q.shape.dims()), (GgmlDType::F16, &[64usize, 64][..]));
+        assert_eq!(names["token_embd.weight"].shape.dims(), [384, 64]);
+    }
+}
+
+fn report(project: &Project) -> ValidationReport {
+    serde_json::from_slice(&std::fs::read(project.path().join("out/report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn run_validates_gguf_exports_and_q8_0_reaches_cosine_0_999() {
+    for (base, adapter) in [("qwen3-tiny", "qwen3-tiny-run"), ("qwen2-tiny", "qwen2-tiny-adapter")] {
+        let project = Project::new(&format!(
+            "[package.metadata.model-export]\nbase = \"{{fixtures}}/{base}\"\nadapter = \"{{fixtures}}/{adapter}\"\nout-dir = \"out\"\n\n\
+             [package.metadata.model-export.validate]\nprompts = [\"Hello, how are you today?\", \"用一句话解释LoRA\"]\nmax-new-tokens = 8\n\n\
+             [[package.metadata.model-export.export]]\nname = \"gguf-f32\"\nformat = \"gguf\"\ndtype = \"f32\"\n\n\
+             [[package.metadata.model-export.export]]\nname = \"gguf-q8\"\nformat = \"gguf\"\ndtype = \"q8_0\"\n\n\
+             [[package.metadata.model-export.export]]\nname = \"gguf-q4k\"\nformat = \"gguf\"\ndtype = \"q4_k\"\n\
+             options = {{ min-cosine = 0.98, min-top1 = 0.85 }}\n"
+        ));
+        let out = project.run(&["run"]);
+        assert_eq!(out.code, 0, "{base}: {}\n{}", out.stdout, out.stderr);
+        let report = report(&project);
+        assert_eq!(report.exports.len(), 3);
+        for e in &report.exports {
+            assert_eq!(e.format, "gguf");
+            assert_eq!(e.engines.len(), 1);
+            let r = &e.engines[0];
+            let m = r.logits.as_ref().unwrap();
+            match e.export.as_str() {
+                "gguf-f32" => {
+                    assert!(m.max_abs_error <= 1e-4, "{base}: {}", m.max_abs_error);
+                    assert_eq!(r.greedy_match, Some(true));
+                }
+                "gguf-q8" => assert!(m.cosine >= 0.999, "{base} q8_0 cosine {}", m.cosine),
+                // Mostly q5_0 here (64-wide rows); qwen2-tiny is the fixture no 4-bit
+                // method brings to 0.99 (docs/quantization.md, "The int4 ceiling"): 0.984.
+                _ => assert!(m.cosine >= 0.98, "{base} q4_k cosine {}", m.cosine),
+            }
+        }
+        // q4_k on 64-wide rows: llama.cpp's fallbacks, recorded in the manifest.
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(project.path().join("out/gguf-q4k/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let types = &manifest["provenance"]["options"]["tensor_types"];
+        assert!(types["q5_0"].as_u64().unwrap() > 0 && types.get("q4_k").is_none(), "{types}");
+        assert!(!manifest["provenance"]["options"]["fallbacks"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn q4_k_on_k_quant_rows_follows_llama_quantize_and_pads_the_vocabulary() {
+    let temp = tempfile::tempdir().unwrap();
+    let base = temp.path().join("base");
+    let shape = model_export::synth::ModelShape::by_name("qwen3-small").unwrap();
+    model_export::synth::write_model(shape, &base, 3, None).unwrap();
+    let out = temp.path().join("q4k");
+    write(&base, None, ExportDtype::Q4K, &out);
+    let c = content(&out);
+    let kind = |name: &str| c.tensor_infos[name].ggml_dtype;
+    assert_eq!(c.metadata["general.file_type"].to_u32().unwrap(), 15, "MOSTLY_Q4_K_M");
+    // Tied head: token_embd takes the head's q6_k; v and down projections get q6_k in the layers
+    // llama-quantize's use_more_bits picks (for 4 layers: 2 and 3).
+    assert_eq!(kind("token_embd.weight"), GgmlDType::Q6K);
+    assert_eq!(kind("blk.0.attn_q.weight"), GgmlDType::Q4K);
+    assert_eq!(kind("blk.1.attn_v.weight"), GgmlDType::Q4K);
+    assert_eq!(kind("blk.2.attn_v.weight"), GgmlDType::Q6K);
+    assert_eq!(kind("blk.3.ffn_down.weight"), GgmlDType::Q6K);
+    assert_eq!(kind("blk.0.ffn_down.weight"), GgmlDType::Q4K);
+    assert_eq!(kind("output_norm.weight"), GgmlDType::F32);
+    // 448 embedding rows for 384 tokens: the rest are llama.cpp's UNUSED placeholders.
+    let tokens = strings(&c.metadata["tokenizer.ggml.tokens"]);
+    assert_eq!((tokens.len(), tokens[400].as_str()), (448, "[PAD400]"));
+    assert_eq!(c.metadata["tokenizer.ggml.token_type"].to_vec().unwrap()[400].to_i32().unwrap(), 5);
+
+    // Real k-quant blocks run, and each type lands where its bits put it against the f32 model.
+    let reference = Model::load(&LoadOptions::new(&base)).unwrap();
+    let ids: Vec<Vec<i64>> = vec![(0..24).map(|i| (i * 37 % 380) as i64).collect()];
+    let batch = model_export::runtime::Batch::left_padded(&ids, 0);
+    let expected = reference.logits(&batch).unwrap();
+    let cosine = |dir: &Path| {
+        let logits = Model::load(&LoadOptions::new(dir)).unwrap().logits(&batch).unwrap();
+        compare_logits(&logits.values, &expected.values, &batch, 448, 0.1).cosine
+    };
+    let mut measured = vec![(ExportDtype::Q4K, cosine(&out))];
+    for dtype in [ExportDtype::Q6K, ExportDtype::Q8_0] {
+        let dir = temp.path().join(dtype.to_string());
+        write(&base, None, dtype, &dir);
+        measured.push((dtype, cosine(&dir)));
+    }
+    // Measured: q4_k 0.978, q6_k 0.998, q8_0 0.9996 (random uniform weights, 4 layers).
+    let (q4k, q6k, q8) = (measured[0].1, measured[1].1, measured[2].1);
+    assert!(q8 >= 0.999 && q6k >= 0.995 && q4k >= 0.97, "{measured:?}");
+    assert!(q4k < q6k && q6k < q8, "more bits, closer to f32: {measured:?}");
+}
+
+#[test]
+fn gguf_dtypes_and_options_are_checked_against_the_format() {
+    let cases = [
+        ("format = \"gguf\"\ndtype = \"int8\"", "q8_0"),
+        ("format = \"onnx\"\ndtype = \"q4_k\"", "format = \"gguf\""),
+        ("format = \"gguf\"\ntarget = \"ort\"", "remove it from this gguf entry"),
+    ];
+    for (entry, help) in cases {
+        let project = Project::new(&format!(
+            "[package.metadata.model-export]\nbase = \"{{fixtures}}/qwen3-tiny\"\n\n[[package.metadata.model-export.export]]\nname = \"x\"\n{entry}\n"
+        ));
+        let out = project.run(&["run", "--dry-run"]);
+        assert_eq!(out.code, 2, "{entry}: {}", out.stderr);
+        assert!(out.stderr.contains(help), "{entry}: {}", out.stderr);
+        assert!(out.stderr.contains("export[0]."), "{entry}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn the_llama_cpp_preset_writes_validated_q4_k_and_q8_0_files() {
+    let project = Project::new(
+        "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-tiny\"\nadapter = \"{fixtures}/qwen3-tiny-run\"\nout-dir = \"out\"\npreset = \"llama-cpp\"\n",
+    );
+    let out = project.run(&["run"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = report(&project);
+    let exports: Vec<(&str, &str, bool)> =
+        report.exports.iter().map(|e| (e.export.as_str(), e.dtype.as_str(), e.passed)).collect();
+    assert_eq!(exports, [("gguf-q4_k", "q4_k", true), ("gguf-q8_0", "q8_0", true)]);
+    for name in ["gguf-q4_k", "gguf-q8_0"] {
+        let c = content(&project.path().join("out").join(name));
+        assert_eq!(
+            c.tensor_infos.len(),
+            1 + 2 * 11 + 1,
+            "{name}: embedding, 2 layers, final norm; no output"
+        );
+    }
+}
