@@ -33,6 +33,11 @@ pub fn quantize_rows(
     width: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), RuntimeError> {
+    if format == GgmlDType::Q4K {
+        // llama-quantize's scale search rather than candle's older one (see quant::q4k).
+        crate::quant::q4k::quantize(rows, out);
+        return Ok(());
+    }
     let parts: Vec<Vec<u8>> = rows
         .par_chunks(width * ROWS_PER_TASK)
         .map(|chunk| -> Result<Vec<u8>, RuntimeError> {

@@ -516,7 +516,7 @@ impl Model {
 
     fn load_gguf(path: &Path, options: &LoadOptions, device: &ChosenDevice) -> Result<Parts, Error> {
         let file = GgufFile::open(path)?;
-        let bytes = file.tensor_bytes();
+        let bytes = file.resident_bytes();
         let budget = memory_budget(options);
         if bytes > budget {
             return Err(LoadError::Budget {
@@ -542,7 +542,7 @@ impl Model {
                 group: "gguf tensors".into(),
                 tensors: file.content.tensor_infos.len(),
                 parameters,
-                bytes,
+                bytes: file.tensor_bytes(),
                 formats: file.type_counts(),
             }],
             resident_bytes: bytes,

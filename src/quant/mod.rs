@@ -16,6 +16,7 @@
 
 pub mod blocks;
 pub mod int8;
+pub mod q4k;
 pub mod report;
 pub mod stats;
 

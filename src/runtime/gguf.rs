@@ -67,12 +67,17 @@ impl GgufFile {
         let tokens =
             content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map(Vec::len);
         let vocab_size = match content.metadata.get(&format!("{arch}.vocab_size")) {
-            Some(v) => u64::from(v.to_u32().map_err(|e| bad("vocab_size", e))?),
-            None => tokens
-                .ok_or_else(|| not_gguf(path, "neither a vocab_size nor tokenizer tokens".into()))?
-                as u64,
+            Some(v) => u64::from(v.to_u32().map_err(|e| bad(&format!("{arch}.vocab_size"), e))?),
+            None => tokens.ok_or_else(|| {
+                not_gguf(path, format!("neither `{arch}.vocab_size` nor `tokenizer.ggml.tokens` is present"))
+            })? as u64,
         };
         let head = profile.gguf.tensors.lm_head;
+        // Optional, as in llama.cpp: the converter writes it only when config.json has head_dim.
+        let head_dim = match content.metadata.get(&format!("{arch}.attention.key_length")) {
+            Some(_) => number("attention.key_length")?,
+            None => number("embedding_length")? / number("attention.head_count")?.max(1),
+        };
         // What transformers' config would say, so the model is checked like any other.
         let config = json!({
             "model_type": profile.model_types[0],
@@ -83,7 +88,7 @@ impl GgufFile {
             "num_hidden_layers": number("block_count")?,
             "num_attention_heads": number("attention.head_count")?,
             "num_key_value_heads": number("attention.head_count_kv")?,
-            "head_dim": number("attention.key_length")?,
+            "head_dim": head_dim,
             "max_position_embeddings": number("context_length")?,
             "rope_theta": float("rope.freq_base")?,
             "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?,
@@ -103,6 +108,18 @@ impl GgufFile {
             .values()
             .map(|t| (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64)
             .sum()
+    }
+
+    /// Bytes the loaded model holds: the file's tensors, plus the f16 copy of a quantized
+    /// embedding table made for the lookup.
+    pub fn resident_bytes(&self) -> u64 {
+        let expanded = self
+            .content
+            .tensor_infos
+            .get(self.profile.gguf.tensors.embed)
+            .filter(|t| is_blocks(t.ggml_dtype))
+            .map_or(0, |t| 2 * t.shape.elem_count() as u64);
+        self.tensor_bytes() + expanded
     }
 
     /// Tensors per ggml type.

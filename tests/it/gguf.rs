@@ -86,6 +86,7 @@ fn the_file_carries_llama_cpp_names_metadata_and_tokenizer() {
             );
         }
         assert_eq!(m[&format!("{arch}.attention.key_length")].to_u32().unwrap(), 16);
+        assert_eq!(m[&format!("{arch}.rope.dimension_count")].to_u32().unwrap(), 16);
         assert_eq!(m[&format!("{arch}.rope.freq_base")].to_f32().unwrap(), 1e6);
         assert_eq!(m[&format!("{arch}.attention.layer_norm_rms_epsilon")].to_f32().unwrap(), 1e-6);
 
@@ -213,7 +214,7 @@ fn q4_k_on_k_quant_rows_follows_llama_quantize_and_pads_the_vocabulary() {
         write(&base, None, dtype, &dir);
         measured.push((dtype, cosine(&dir)));
     }
-    // Measured: q4_k 0.978, q6_k 0.998, q8_0 0.9996 (random uniform weights, 4 layers).
+    // Measured: q4_k 0.979, q6_k 0.998, q8_0 0.9996 (random uniform weights, 4 layers).
     let (q4k, q6k, q8) = (measured[0].1, measured[1].1, measured[2].1);
     assert!(q8 >= 0.999 && q6k >= 0.995 && q4k >= 0.97, "{measured:?}");
     assert!(q4k < q6k && q6k < q8, "more bits, closer to f32: {measured:?}");
@@ -256,4 +257,43 @@ fn the_llama_cpp_preset_writes_validated_q4_k_and_q8_0_files() {
             "{name}: embedding, 2 layers, final norm; no output"
         );
     }
+}
+
+#[test]
+fn a_tensor_larger_than_a_merge_block_streams_exactly_and_a_short_embedding_is_refused() {
+    use model_export::synth::{ModelShape, write_model};
+    let temp = tempfile::tempdir().unwrap();
+    let small = ModelShape::by_name("qwen3-small").unwrap();
+    // 16448 x 256 = 4.2M values: the embedding arrives from the merge in several blocks of rows.
+    const { assert!(16448 * 256 > model_export::merge::execute::BLOCK_ELEMENTS) };
+    let wide = ModelShape { name: "qwen3-wide-vocab", vocab_size: 16448, ..small.clone() };
+    let base = temp.path().join("wide");
+    write_model(&wide, &base, 5, None).unwrap();
+    let ids: Vec<Vec<i64>> = vec![(0..16).map(|i| (i * 53 % 380) as i64).collect()];
+    let batch = model_export::runtime::Batch::left_padded(&ids, 0);
+    let expected = Model::load(&LoadOptions::new(&base)).unwrap().logits(&batch).unwrap();
+    for (dtype, check) in [(ExportDtype::F32, 0.0), (ExportDtype::Q8_0, 0.999)] {
+        let out = temp.path().join(dtype.to_string());
+        write(&base, None, dtype, &out);
+        let logits = Model::load(&LoadOptions::new(&out)).unwrap().logits(&batch).unwrap();
+        if dtype == ExportDtype::F32 {
+            let worst =
+                logits.values.iter().zip(&expected.values).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert_eq!(worst, check, "f32 GGUF logits differ from the folder's");
+        } else {
+            let m = compare_logits(&logits.values, &expected.values, &batch, 16448, 0.1);
+            assert!(m.cosine >= f64::from(check), "q8_0 cosine {}", m.cosine);
+        }
+    }
+
+    // An embedding with fewer rows than the tokenizer has ids: llama.cpp would refuse the file.
+    let short = ModelShape { name: "qwen3-short-vocab", vocab_size: 320, ..small.clone() };
+    let base = temp.path().join("short");
+    write_model(&short, &base, 5, None).unwrap();
+    let folder = ModelFolder::open(&base, None).unwrap();
+    let options = GgufOptions { dtype: Some(ExportDtype::F16), allow_non_finite: false };
+    let out = temp.path().join("short-gguf");
+    let err = write_gguf_folder(&ExportInputs::from_base(&folder, None), &options, &out).unwrap_err();
+    assert!(err.to_string().contains("has id 383, but the embedding has 320 rows"), "{err}");
+    assert!(!out.exists(), "nothing is left at the destination");
 }

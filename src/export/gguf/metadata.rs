@@ -5,16 +5,32 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::Value as Json;
 
 use super::file::ALIGNMENT;
+use crate::error::{Error, ModelError};
 use crate::model::HfConfig;
 use crate::profile::Profile;
 
 /// `GGML_QNT_VERSION`: the block layouts candle and current llama.cpp share.
 const QUANTIZATION_VERSION: u32 = 2;
 
-pub fn metadata(profile: &Profile, config: &HfConfig, name: &str, file_type: u32) -> Vec<(String, Value)> {
+/// `rows`: the embedding's rows (llama.cpp's vocabulary size).
+pub fn metadata(
+    profile: &Profile,
+    config: &HfConfig,
+    rows: usize,
+    name: &str,
+    file_type: u32,
+) -> Result<Vec<(String, Value)>, Error> {
     let arch = profile.gguf.architecture;
     let key = |k: &str| format!("{arch}.{k}");
-    let u32_of = |v: usize| Value::U32(u32::try_from(v).unwrap_or(u32::MAX));
+    let u32_of = |field: &str, v: usize| -> Result<Value, Error> {
+        u32::try_from(v).map(Value::U32).map_err(|_| {
+            ModelError::Json {
+                path: config.path.clone(),
+                message: format!("{field} = {v} does not fit GGUF's 32-bit field"),
+            }
+            .into()
+        })
+    };
     let mut out = vec![
         ("general.architecture".to_string(), Value::String(arch.into())),
         ("general.type".to_string(), Value::String("model".into())),
@@ -22,15 +38,18 @@ pub fn metadata(profile: &Profile, config: &HfConfig, name: &str, file_type: u32
         ("general.file_type".to_string(), Value::U32(file_type)),
         ("general.quantization_version".to_string(), Value::U32(QUANTIZATION_VERSION)),
         ("general.alignment".to_string(), Value::U32(ALIGNMENT as u32)),
-        (key("vocab_size"), u32_of(config.vocab_size)),
-        (key("context_length"), u32_of(config.max_position_embeddings)),
-        (key("embedding_length"), u32_of(config.hidden_size)),
-        (key("block_count"), u32_of(config.num_hidden_layers)),
-        (key("feed_forward_length"), u32_of(config.intermediate_size)),
-        (key("attention.head_count"), u32_of(config.num_attention_heads)),
-        (key("attention.head_count_kv"), u32_of(config.num_key_value_heads)),
-        (key("attention.key_length"), u32_of(config.head_dim)),
-        (key("attention.value_length"), u32_of(config.head_dim)),
+        (key("vocab_size"), u32_of("vocab_size", rows)?),
+        (key("context_length"), u32_of("max_position_embeddings", config.max_position_embeddings)?),
+        (key("embedding_length"), u32_of("hidden_size", config.hidden_size)?),
+        (key("block_count"), u32_of("num_hidden_layers", config.num_hidden_layers)?),
+        (key("feed_forward_length"), u32_of("intermediate_size", config.intermediate_size)?),
+        (key("attention.head_count"), u32_of("num_attention_heads", config.num_attention_heads)?),
+        (key("attention.head_count_kv"), u32_of("num_key_value_heads", config.num_key_value_heads)?),
+        (key("attention.key_length"), u32_of("head_dim", config.head_dim)?),
+        (key("attention.value_length"), u32_of("head_dim", config.head_dim)?),
+        // The whole head rotates; older llama.cpp builds guess hidden/heads without this key,
+        // which is wrong for Qwen3 (head_dim 128 with 1024/16 = 64).
+        (key("rope.dimension_count"), u32_of("head_dim", config.head_dim)?),
         (key("rope.freq_base"), Value::F32(config.rope_theta as f32)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(config.rms_norm_eps as f32)),
     ];
@@ -43,9 +62,13 @@ pub fn metadata(profile: &Profile, config: &HfConfig, name: &str, file_type: u32
             out.push((key("rope.scaling.type"), Value::String(kind.into())));
             out.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
             if let Some(original) = scaling.get("original_max_position_embeddings").and_then(Json::as_u64) {
-                out.push((key("rope.scaling.original_context_length"), Value::U32(original as u32)));
+                let original = usize::try_from(original).unwrap_or(usize::MAX);
+                out.push((
+                    key("rope.scaling.original_context_length"),
+                    u32_of("original_max_position_embeddings", original)?,
+                ));
             }
         }
     }
-    out
+    Ok(out)
 }

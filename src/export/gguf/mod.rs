@@ -127,43 +127,75 @@ pub fn write_gguf_folder(
         entries.push(TensorEntry { name: gguf_name, shape: t.shape.clone(), dtype: stored });
     }
 
+    if let Some(empty) = plan.tensors.iter().find(|t| t.shape.contains(&0)) {
+        return Err(RuntimeError::Unsupported {
+            message: format!(
+                "tensor `{}` has no elements (shape {:?}); GGUF cannot hold it",
+                empty.name, empty.shape
+            ),
+        }
+        .into());
+    }
+    // The embedding's rows, not config.json, say how many tokens llama.cpp can look up.
+    let rows = plan.tensors.iter().find(|t| t.name == hf.embed).map_or(config.vocab_size, |t| t.shape[0]);
+
     let staging = Staging::new(out, inputs.temp_root)?;
     let dir = staging.dir().to_path_buf();
     let tokenizer_from = staging.write_companions(base, inputs.detection, None)?;
     let model_name =
         base.dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
-    let mut metadata = metadata::metadata(profile, config, &model_name, types::file_type(dtype));
-    metadata.extend(tokenizer::metadata(&tokenizer_from, config)?);
+    let mut metadata = metadata::metadata(profile, config, rows, &model_name, types::file_type(dtype))?;
+    metadata.extend(tokenizer::metadata(&tokenizer_from, config, rows)?);
 
     let path = dir.join(GGUF_FILE);
     let mut writer = StreamingFile::create(&path).map_err(|e| Error::write(&path, e))?;
-    writer.write_all(&encode_header(&metadata, &entries)).map_err(|e| Error::write(&path, e))?;
-    let total: u64 = entries.iter().map(TensorEntry::bytes).sum();
-    let progress = monitor::bytes_bar(total, format!("writing {} ({dtype})", staging.name()));
+    let header = encode_header(&metadata, &entries);
+    writer.write_all(&header).map_err(|e| Error::write(&path, e))?;
+    let aligned = |e: &TensorEntry| e.bytes() + padding(e.bytes()) as u64;
+    let expected_size = header.len() as u64 + entries.iter().map(aligned).sum::<u64>();
+    let progress = monitor::bytes_bar(
+        expected_size - header.len() as u64,
+        format!("writing {} ({dtype})", staging.name()),
+    );
     let started = std::time::Instant::now();
     let merge_inputs =
         MergeInputs { base: weights, adapter: inputs.adapter, allow_non_finite: options.allow_non_finite };
-    let mut index = 0;
+    // Entries are in plan order, which is the order the merge hands tensors over.
+    let index_of: std::collections::HashMap<&str, usize> =
+        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     let mut received = 0;
     let mut bytes = Vec::new();
     execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
         if first == 0 {
             received = 0;
         }
-        let entry = &entries[index];
+        let entry = &entries[index_of[t.name.as_str()]];
         bytes.clear();
-        encode_rows(entry.dtype, values, row_width(&t.shape), &mut bytes)?;
+        encode_rows(entry.dtype, values, row_width(&t.shape), &mut bytes).map_err(|e| {
+            RuntimeError::Unsupported {
+                message: format!("cannot write `{}` as {}: {e}", entry.name, type_name(entry.dtype)),
+            }
+        })?;
         received += values.len();
         if received == t.shape.iter().product::<usize>() {
             // Tensors start aligned: pad after the last block of rows.
             let end = writer.position() + bytes.len() as u64;
             bytes.resize(bytes.len() + padding(end), 0);
-            index += 1;
         }
         writer.write_all(&bytes).map_err(|e| Error::write(&path, e))?;
         progress.inc(bytes.len() as u64);
         Ok(())
     })?;
+    if writer.position() != expected_size {
+        return Err(RuntimeError::Unsupported {
+            message: format!(
+                "{}: wrote {} bytes where the header describes {expected_size}",
+                path.display(),
+                writer.position()
+            ),
+        }
+        .into());
+    }
     let written = writer.finish().map_err(|e| Error::write(&path, e))?;
     progress.finish_and_clear();
     tracing::info!(
@@ -173,7 +205,7 @@ pub fn write_gguf_folder(
         started.elapsed().as_secs_f64()
     );
 
-    verify(&path, &entries)?;
+    verify(&path, &entries, expected_size)?;
     let mut type_counts = std::collections::BTreeMap::new();
     for e in &entries {
         *type_counts.entry(type_name(e.dtype)).or_insert(0) += 1;
@@ -195,12 +227,15 @@ pub fn write_gguf_folder(
 }
 
 /// Reads the written file back as candle does and checks every tensor's type, shape and extent.
-fn verify(path: &Path, entries: &[TensorEntry]) -> Result<(), Error> {
+fn verify(path: &Path, entries: &[TensorEntry], expected_size: u64) -> Result<(), Error> {
     let content = crate::runtime::gguf::read_content(path)?;
     let size = std::fs::metadata(path).map_err(|e| Error::write(path, e))?.len();
     let broken = |message: String| -> Error {
         RuntimeError::Unsupported { message: format!("{}: {message}", path.display()) }.into()
     };
+    if size != expected_size {
+        return Err(broken(format!("{size} bytes on disk, {expected_size} expected")));
+    }
     if content.tensor_infos.len() != entries.len() {
         return Err(broken(format!(
             "{} tensors read back, {} written",

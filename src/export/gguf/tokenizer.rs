@@ -46,8 +46,9 @@ fn looks_special(token: &str) -> bool {
     (token.starts_with("<|") && token.ends_with("|>")) || (token.starts_with("<｜") && token.ends_with("｜>"))
 }
 
-/// The tokenizer metadata for a model whose tokenizer files are in `dir`.
-pub fn metadata(dir: &Path, config: &HfConfig) -> Result<Vec<(String, Value)>, Error> {
+/// The tokenizer metadata for a model whose tokenizer files are in `dir` and whose embedding
+/// has `rows` rows (one token each: llama.cpp refuses a vocabulary of another size).
+pub fn metadata(dir: &Path, config: &HfConfig, rows: usize) -> Result<Vec<(String, Value)>, Error> {
     let path = dir.join("tokenizer.json");
     let invalid = |message: String| -> Error { ModelError::Json { path: path.clone(), message }.into() };
     let tokenizer = read_json(&path)?.ok_or_else(|| {
@@ -78,10 +79,18 @@ pub fn metadata(dir: &Path, config: &HfConfig) -> Result<Vec<(String, Value)>, E
             return Err(invalid(format!("added token {added} has no id or content")));
         };
         let special = added["special"].as_bool().unwrap_or(false) || looks_special(content);
-        by_id.insert(id as u32, (content.to_string(), if special { CONTROL } else { USER_DEFINED }));
+        let id = u32::try_from(id).map_err(|_| invalid(format!("added token {content:?} has id {id}")))?;
+        by_id.insert(id, (content.to_string(), if special { CONTROL } else { USER_DEFINED }));
     }
-    let used = by_id.keys().max().map_or(0, |&m| m as usize + 1);
-    let size = used.max(config.vocab_size);
+    if let Some(&largest) = by_id.keys().max()
+        && largest as usize >= rows
+    {
+        let (token, _) = &by_id[&largest];
+        return Err(invalid(format!(
+            "token {token:?} has id {largest}, but the embedding has {rows} rows; llama.cpp would refuse the file (resize the embedding to the tokenizer, or drop the token)"
+        )));
+    }
+    let size = rows;
     let (mut tokens, mut types) = (Vec::with_capacity(size), Vec::with_capacity(size));
     for id in 0..size as u32 {
         let (token, kind) = by_id.remove(&id).unwrap_or_else(|| (format!("[PAD{id}]"), UNUSED));
