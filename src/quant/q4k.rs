@@ -15,76 +15,127 @@ pub const BLOCK: usize = 256;
 pub const BLOCK_BYTES: usize = 144;
 const SUB: usize = 32;
 
-/// ggml's `nearest_int`: round half to even.
+/// ggml's `nearest_int`: round half to even, by adding 1.5 * 2^23 and reading the mantissa
+/// (exact for |x| < 2^22, which every use here is; `round_ties_even` is a libm call on x86-64
+/// without SSE4.1 and dominated the search).
+#[inline(always)]
 fn nearest(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    let shifted = x + 12_582_912.0;
+    (shifted.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// The scale and (negated) min of one sub-block and its codes in `codes`: ggml's
-/// `make_qkx2_quants(32, 15, x, weights, L, &min, Laux, -1, 0.1, 20, false)`.
-fn scale_and_min(x: &[f32], weights: &[f32], codes: &mut [u8]) -> (f32, f32) {
+/// Sub-blocks per block, searched side by side: lane `j` holds sub-block `j`, so each lane
+/// keeps ggml's sequential order of operations (identical results) while the compiler
+/// vectorizes across lanes.
+const LANES: usize = BLOCK / SUB;
+type Lanes = [f32; LANES];
+
+/// The scales and (negated) mins of the 8 sub-blocks and their codes (`codes[i][j]`: value `i`
+/// of sub-block `j`): ggml's `make_qkx2_quants(32, 15, x, weights, L, &min, Laux, -1, 0.1, 20,
+/// false)` for each sub-block.
+fn scales_and_mins(x: &[Lanes; SUB], w: &[Lanes; SUB], codes: &mut [[u8; LANES]; SUB]) -> (Lanes, Lanes) {
     const NMAX: f32 = 15.0;
     let (rmin, rdelta, steps) = (-1.0f32, 0.1f32, 20);
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..x.len() {
-        min = min.min(x[i]);
-        max = max.max(x[i]);
-        sum_w += weights[i];
-        sum_x += weights[i] * x[i];
+    let (mut min, mut max, mut sum_w, mut sum_x) = (x[0], x[0], w[0], [0f32; LANES]);
+    for j in 0..LANES {
+        sum_x[j] = w[0][j] * x[0][j];
     }
-    if min > 0.0 {
-        min = 0.0;
+    for i in 1..SUB {
+        for j in 0..LANES {
+            if x[i][j] < min[j] {
+                min[j] = x[i][j];
+            }
+            if x[i][j] > max[j] {
+                max[j] = x[i][j];
+            }
+            sum_w[j] += w[i][j];
+            sum_x[j] += w[i][j] * x[i][j];
+        }
     }
-    if max == min {
-        codes.fill(0);
-        return (0.0, -min);
+    let mut range = [0f32; LANES];
+    for j in 0..LANES {
+        if min[j] > 0.0 {
+            min[j] = 0.0;
+        }
+        range[j] = max[j] - min[j];
     }
-    let mut iscale = NMAX / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best = 0.0f32;
-    for i in 0..x.len() {
-        let l = nearest(iscale * (x[i] - min)).clamp(0, 15);
-        codes[i] = l as u8;
-        let diff = scale * l as f32 + min - x[i];
-        best += weights[i] * diff * diff;
+    let mut scale = [0f32; LANES];
+    let mut best = [0f32; LANES];
+    let mut iscale = [0f32; LANES];
+    for j in 0..LANES {
+        iscale[j] = NMAX / range[j];
+        scale[j] = 1.0 / iscale[j];
     }
-    let mut trial = [0u8; SUB];
+    for i in 0..SUB {
+        for j in 0..LANES {
+            let l = nearest(iscale[j] * (x[i][j] - min[j])).clamp(0, 15);
+            codes[i][j] = l as u8;
+            let diff = scale[j] * l as f32 + min[j] - x[i][j];
+            best[j] += w[i][j] * (diff * diff);
+        }
+    }
+    let mut trial = [[0u8; LANES]; SUB];
     for step in 0..=steps {
-        iscale = (rmin + rdelta * step as f32 + NMAX) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..x.len() {
-            let l = nearest(iscale * (x[i] - min)).clamp(0, 15);
-            trial[i] = l as u8;
-            let (w, l) = (weights[i], l as f32);
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        // ggml divides by the current range: `min` moves when a step improves the fit.
+        for j in 0..LANES {
+            iscale[j] = (rmin + rdelta * step as f32 + NMAX) / (max[j] - min[j]);
         }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
+        for i in 0..SUB {
+            for j in 0..LANES {
+                let l = nearest(iscale[j] * (x[i][j] - min[j])).clamp(0, 15);
+                trial[i][j] = l as u8;
+                let (wl, l) = (w[i][j] * l as f32, l as f32);
+                sum_l[j] += wl;
+                sum_l2[j] += wl * l;
+                sum_xl[j] += wl * x[i][j];
             }
-            let mut error = 0.0f32;
-            for i in 0..x.len() {
-                let diff = this_scale * trial[i] as f32 + this_min - x[i];
-                error += weights[i] * diff * diff;
+        }
+        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        for j in 0..LANES {
+            let d = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            valid[j] = d > 0.0;
+            this_scale[j] = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / d;
+            this_min[j] = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / d;
+            if this_min[j] > 0.0 {
+                this_min[j] = 0.0;
+                this_scale[j] = sum_xl[j] / sum_l2[j];
             }
-            if error < best {
-                codes[..x.len()].copy_from_slice(&trial[..x.len()]);
-                best = error;
-                scale = this_scale;
-                min = this_min;
+        }
+        let mut error = [0f32; LANES];
+        for i in 0..SUB {
+            for j in 0..LANES {
+                let diff = this_scale[j] * trial[i][j] as f32 + this_min[j] - x[i][j];
+                error[j] += w[i][j] * (diff * diff);
+            }
+        }
+        // NaN from a lane with d <= 0 never compares below `best`.
+        let better: [bool; LANES] = std::array::from_fn(|j| valid[j] && error[j] < best[j]);
+        for i in 0..SUB {
+            for j in 0..LANES {
+                if better[j] {
+                    codes[i][j] = trial[i][j];
+                }
+            }
+        }
+        for j in 0..LANES {
+            if better[j] {
+                best[j] = error[j];
+                scale[j] = this_scale[j];
+                min[j] = this_min[j];
             }
         }
     }
-    (scale, -min)
+    // A flat sub-block (max == min before the search): all codes 0, scale 0, as ggml returns.
+    for j in 0..LANES {
+        if range[j] == 0.0 {
+            for row in codes.iter_mut() {
+                row[j] = 0;
+            }
+            scale[j] = 0.0;
+        }
+    }
+    (scale, min.map(|m| -m))
 }
 
 /// The 6-bit scale and min of sub-block `j` from the packed 12 bytes (ggml's `get_scale_min_k4`).
@@ -98,17 +149,28 @@ fn unpack(j: usize, packed: &[u8; 12]) -> (u8, u8) {
 
 /// One block of 256 values.
 fn quantize_block(x: &[f32], out: &mut [u8]) {
-    let mut codes = [0u8; BLOCK];
-    let mut scales = [0f32; BLOCK / SUB];
-    let mut mins = [0f32; BLOCK / SUB];
-    let mut weights = [0f32; SUB];
-    for j in 0..BLOCK / SUB {
+    // Transposed: value i of sub-block j at [i][j].
+    let mut xt = [[0f32; LANES]; SUB];
+    let mut weights = [[0f32; LANES]; SUB];
+    for j in 0..LANES {
         let sub = &x[SUB * j..SUB * (j + 1)];
-        let rms = (sub.iter().map(|v| v * v).sum::<f32>() / SUB as f32).sqrt();
-        for (w, v) in weights.iter_mut().zip(sub) {
-            *w = rms + v.abs();
+        let mut sum_x2 = 0f32;
+        for v in sub {
+            sum_x2 += v * v;
         }
-        (scales[j], mins[j]) = scale_and_min(sub, &weights, &mut codes[SUB * j..SUB * (j + 1)]);
+        let rms = (sum_x2 / SUB as f32).sqrt();
+        for (i, v) in sub.iter().enumerate() {
+            xt[i][j] = *v;
+            weights[i][j] = rms + v.abs();
+        }
+    }
+    let mut lane_codes = [[0u8; LANES]; SUB];
+    let (scales, mins) = scales_and_mins(&xt, &weights, &mut lane_codes);
+    let mut codes = [0u8; BLOCK];
+    for (i, row) in lane_codes.iter().enumerate() {
+        for (j, &c) in row.iter().enumerate() {
+            codes[SUB * j + i] = c;
+        }
     }
     let max_scale = scales.iter().copied().fold(0.0f32, f32::max);
     let max_min = mins.iter().copied().fold(0.0f32, f32::max);
@@ -116,8 +178,9 @@ fn quantize_block(x: &[f32], out: &mut [u8]) {
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..BLOCK / SUB {
-        let ls = nearest(inv_scale * scales[j]).clamp(0, 63) as u8;
-        let lm = nearest(inv_min * mins[j]).clamp(0, 63) as u8;
+        // ggml stores the rounded value in a uint8_t before clamping to 63.
+        let ls = (nearest(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest(inv_min * mins[j]) as u8).min(63);
         if j < 4 {
             packed[j] = ls;
             packed[j + 4] = lm;
@@ -216,6 +279,111 @@ mod tests {
             .unwrap();
         let (e_ours, e_candle) = (squared_error(&x, &back), squared_error(&x, &candle));
         assert!(e_ours < e_candle, "ours {e_ours} vs candle's {e_candle}");
+    }
+
+    /// ggml's `make_qkx2_quants(32, 15, ..., -1, 0.1, 20, false)`, one sub-block at a time, as
+    /// written in C (same association of every operation).
+    fn scalar_search(x: &[f32], w: &[f32]) -> (f32, f32, Vec<u8>) {
+        let n = x.len();
+        let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
+        let mut sum_x = sum_w * x[0];
+        for i in 1..n {
+            if x[i] < min {
+                min = x[i];
+            }
+            if x[i] > max {
+                max = x[i];
+            }
+            sum_w += w[i];
+            sum_x += w[i] * x[i];
+        }
+        if min > 0.0 {
+            min = 0.0;
+        }
+        if max == min {
+            return (0.0, -min, vec![0; n]);
+        }
+        let mut iscale = 15.0 / (max - min);
+        let mut scale = 1.0 / iscale;
+        let mut best = 0.0f32;
+        let mut codes = vec![0u8; n];
+        for i in 0..n {
+            let l = nearest(iscale * (x[i] - min)).clamp(0, 15);
+            codes[i] = l as u8;
+            let diff = scale * codes[i] as f32 + min - x[i];
+            best += w[i] * (diff * diff);
+        }
+        let mut aux = vec![0u8; n];
+        for is in 0..=20 {
+            iscale = (-1.0 + 0.1 * is as f32 + 15.0) / (max - min);
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+            for i in 0..n {
+                let l = nearest(iscale * (x[i] - min)).clamp(0, 15);
+                aux[i] = l as u8;
+                let l = l as f32;
+                sum_l += w[i] * l;
+                sum_l2 += w[i] * l * l;
+                sum_xl += w[i] * l * x[i];
+            }
+            let d = sum_w * sum_l2 - sum_l * sum_l;
+            if d > 0.0 {
+                let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+                let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+                if this_min > 0.0 {
+                    this_min = 0.0;
+                    this_scale = sum_xl / sum_l2;
+                }
+                let mut mad = 0f32;
+                for i in 0..n {
+                    let diff = this_scale * aux[i] as f32 + this_min - x[i];
+                    mad += w[i] * (diff * diff);
+                }
+                if mad < best {
+                    codes.copy_from_slice(&aux);
+                    best = mad;
+                    scale = this_scale;
+                    min = this_min;
+                }
+            }
+        }
+        (scale, -min, codes)
+    }
+
+    #[test]
+    fn the_side_by_side_search_equals_ggmls_one_sub_block_at_a_time() {
+        let mut x = values(64 * BLOCK, 11);
+        // Flat, all-positive and all-negative sub-blocks too.
+        x[..SUB].fill(0.0);
+        x[SUB..2 * SUB].fill(-0.25);
+        x[2 * SUB..3 * SUB].iter_mut().for_each(|v| *v = v.abs() + 0.01);
+        x[3 * SUB..4 * SUB].iter_mut().for_each(|v| *v = -v.abs() - 0.01);
+        for block in x.chunks_exact(BLOCK) {
+            let mut xt = [[0f32; LANES]; SUB];
+            let mut wt = [[0f32; LANES]; SUB];
+            let mut weights = vec![0f32; BLOCK];
+            for j in 0..LANES {
+                let sub = &block[SUB * j..SUB * (j + 1)];
+                let rms = (sub.iter().map(|v| v * v).fold(0.0f32, |a, b| a + b) / SUB as f32).sqrt();
+                for (i, v) in sub.iter().enumerate() {
+                    weights[SUB * j + i] = rms + v.abs();
+                    xt[i][j] = *v;
+                    wt[i][j] = rms + v.abs();
+                }
+            }
+            let mut codes = [[0u8; LANES]; SUB];
+            let (scales, mins) = scales_and_mins(&xt, &wt, &mut codes);
+            for j in 0..LANES {
+                let range = SUB * j..SUB * (j + 1);
+                let (scale, min, expected) = scalar_search(&block[range.clone()], &weights[range]);
+                assert_eq!(
+                    (scales[j].to_bits(), mins[j].to_bits()),
+                    (scale.to_bits(), min.to_bits()),
+                    "sub-block {j}"
+                );
+                let ours: Vec<u8> = (0..SUB).map(|i| codes[i][j]).collect();
+                assert_eq!(ours, expected, "sub-block {j}");
+            }
+        }
     }
 
     #[test]
