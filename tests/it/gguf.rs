@@ -163,6 +163,31 @@ fn run_validates_gguf_exports_and_q8_0_reaches_cosine_0_999() {
                 _ => assert!(m.cosine >= 0.98, "{base} q4_k cosine {}", m.cosine),
             }
         }
+        // The CLI's `generate` on the f32 file: transformers' greedy tokens for the first prompt.
+        let out = project.run(&[
+            "generate",
+            "--export",
+            "gguf-f32",
+            "--greedy",
+            "--prompt",
+            "Hello, how are you today?",
+            "--max-new-tokens",
+            "8",
+            "--message-format",
+            "json",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let json = out.json();
+        assert_eq!(json["info"]["engine"], "candle (gguf)");
+        let g = golden(base);
+        let padded = g.batch.input_ids[0].len();
+        let expected: Vec<i64> = g.greedy_ids[0][padded..padded + 8].to_vec();
+        let ids: Vec<i64> = serde_json::from_value(json["results"][0]["token_ids"].clone()).unwrap();
+        assert_eq!(ids, expected, "{base}: generate from the GGUF file");
+        // `validate` re-checks the written files.
+        let out = project.run(&["validate"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+
         // q4_k on 64-wide rows: llama.cpp's fallbacks, recorded in the manifest.
         let manifest: serde_json::Value = serde_json::from_slice(
             &std::fs::read(project.path().join("out/gguf-q4k/manifest.json")).unwrap(),
