@@ -140,8 +140,7 @@ pub fn bench_export(
         let mut boxed: Box<dyn DecoderEngine + '_> = match engine {
             Engine::Candle if spec.format == crate::config::Format::Gguf => {
                 let path = dir.join(crate::export::gguf::GGUF_FILE);
-                model =
-                    crate::runtime::gguf::GgufFile::open(&path)?.load(&path, &candle_core::Device::Cpu)?;
+                model = crate::runtime::gguf::GgufFile::open(&path)?.load(&candle_core::Device::Cpu)?;
                 Box::new(ReferenceEngine::new(&model))
             }
             Engine::Candle => {

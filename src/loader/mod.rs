@@ -267,6 +267,28 @@ fn memory_budget(options: &LoadOptions) -> u64 {
     options.max_memory.or_else(crate::pipeline::preflight::available_memory).unwrap_or(u64::MAX)
 }
 
+/// Refuses an export above the budget: it loads in the types it was written in, so `needed`
+/// is fixed and `suggestion` says what to load instead.
+fn check_fixed_size(
+    what: &Path,
+    mode: &str,
+    needed: u64,
+    options: &LoadOptions,
+    suggestion: &str,
+) -> Result<(), LoadError> {
+    let budget = memory_budget(options);
+    if needed > budget {
+        return Err(LoadError::Budget {
+            what: what.display().to_string(),
+            mode: mode.into(),
+            needed,
+            budget,
+            suggestion: suggestion.into(),
+        });
+    }
+    Ok(())
+}
+
 fn mode_label(options: &LoadOptions) -> String {
     match options.quantization {
         Quantization::None => options.dtype.as_str().to_string(),
@@ -517,18 +539,14 @@ impl Model {
     fn load_gguf(path: &Path, options: &LoadOptions, device: &ChosenDevice) -> Result<Parts, Error> {
         let file = GgufFile::open(path)?;
         let bytes = file.resident_bytes();
-        let budget = memory_budget(options);
-        if bytes > budget {
-            return Err(LoadError::Budget {
-                what: path.display().to_string(),
-                mode: "its GGUF types".into(),
-                needed: bytes,
-                budget,
-                suggestion: "export a smaller type (dtype = \"q4_k\"), or load the safetensors folder with quantization = \"q4_k\"".into(),
-            }
-            .into());
-        }
-        let model = file.load(path, &device.device)?;
+        check_fixed_size(
+            path,
+            "its GGUF types",
+            bytes,
+            options,
+            "export a smaller type (dtype = \"q4_k\"), or load the safetensors folder with quantization = \"q4_k\"",
+        )?;
+        let model = file.load(&device.device)?;
         let parameters: u64 = file.content.tensor_infos.values().map(|t| t.shape.elem_count() as u64).sum();
         let dir = path.parent().unwrap_or(Path::new("."));
         let info = ModelInfo {
@@ -567,17 +585,13 @@ impl Model {
             .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
             .map(|m| m.len())
             .sum();
-        let budget = memory_budget(options);
-        if files > budget {
-            return Err(LoadError::Budget {
-                what: dir.display().to_string(),
-                mode: "its exported dtype".into(),
-                needed: files,
-                budget,
-                suggestion: "load a smaller export (dtype = \"int4\"), or the safetensors folder with quantization = \"q4_k\"".into(),
-            }
-            .into());
-        }
+        check_fixed_size(
+            dir,
+            "its exported dtype",
+            files,
+            options,
+            "load a smaller export (dtype = \"int4\"), or the safetensors folder with quantization = \"q4_k\"",
+        )?;
         let engine = OrtEngine::load(
             &dir.join(MODEL_FILE),
             config.num_hidden_layers,

@@ -88,7 +88,7 @@ impl Placement {
     pub fn bytes(self, elements: usize) -> u64 {
         match self {
             Placement::Dense(dtype) => (elements * dtype.size_in_bytes()) as u64,
-            Placement::Blocks(format) => (elements / format.block_size() * format.type_size()) as u64,
+            Placement::Blocks(format) => block_bytes(format, elements),
         }
     }
 
@@ -98,6 +98,11 @@ impl Placement {
             Placement::Blocks(format) => format_name(format).to_string(),
         }
     }
+}
+
+/// Bytes of `elements` values stored in `format` (whole blocks; f32/f16/bf16 are blocks of 1).
+pub fn block_bytes(format: GgmlDType, elements: usize) -> u64 {
+    (elements / format.block_size() * format.type_size()) as u64
 }
 
 pub fn format_name(format: GgmlDType) -> &'static str {

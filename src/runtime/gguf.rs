@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::reference::{ReferenceModel, Weight};
 use crate::error::{Error, ModelError, RuntimeError};
+use crate::loader::quantization::block_bytes;
 use crate::model::HfConfig;
 use crate::profile::Profile;
 
@@ -35,6 +36,7 @@ pub fn read_content(path: &Path) -> Result<Content, Error> {
 
 /// A GGUF file opened for loading.
 pub struct GgufFile {
+    pub path: PathBuf,
     pub content: Content,
     pub profile: &'static Profile,
     pub config: HfConfig,
@@ -98,16 +100,12 @@ impl GgufFile {
             "pad_token_id": token_id("tokenizer.ggml.padding_token_id"),
         });
         let (config, profile) = HfConfig::parse(path, &config.to_string(), Some(profile))?;
-        Ok(Self { content, profile, config })
+        Ok(Self { path: path.to_path_buf(), content, profile, config })
     }
 
     /// Bytes of tensor data the file holds.
     pub fn tensor_bytes(&self) -> u64 {
-        self.content
-            .tensor_infos
-            .values()
-            .map(|t| (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64)
-            .sum()
+        self.content.tensor_infos.values().map(|t| block_bytes(t.ggml_dtype, t.shape.elem_count())).sum()
     }
 
     /// Bytes the loaded model holds: the file's tensors, plus the f16 copy of a quantized
@@ -124,17 +122,14 @@ impl GgufFile {
 
     /// Tensors per ggml type.
     pub fn type_counts(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        for t in self.content.tensor_infos.values() {
-            *counts.entry(crate::export::gguf::types::type_name(t.ggml_dtype)).or_insert(0) += 1;
-        }
-        counts
+        crate::export::gguf::types::count_types(self.content.tensor_infos.values().map(|t| t.ggml_dtype))
     }
 
-    /// The model of the file at `path` on `device`: f32/f16/bf16 tensors stay in their type,
+    /// The model on `device`: f32/f16/bf16 tensors stay in their type,
     /// block-quantized matrices multiply as `QMatMul`; a quantized embedding table is expanded
     /// to f16 for the lookup (a tied head keeps multiplying in the blocks, as llama.cpp does).
-    pub fn load(&self, path: &Path, device: &Device) -> Result<ReferenceModel, Error> {
+    pub fn load(&self, device: &Device) -> Result<ReferenceModel, Error> {
+        let path = self.path.as_path();
         let mut reader = open(path)?;
         let gguf_name: HashMap<String, String> =
             self.profile.gguf_names(self.config.num_hidden_layers).into_iter().collect();

@@ -242,7 +242,7 @@ pub fn validate_export(
         let result = match engine {
             Engine::Candle if spec.format == Format::Gguf => {
                 let path = dir.join(crate::export::gguf::GGUF_FILE);
-                let model = GgufFile::open(&path)?.load(&path, &candle_core::Device::Cpu)?;
+                let model = GgufFile::open(&path)?.load(&candle_core::Device::Cpu)?;
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
             }
             Engine::Candle => {

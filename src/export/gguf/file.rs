@@ -6,6 +6,8 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 
+use crate::loader::quantization::block_bytes;
+
 /// What llama.cpp and the `gguf` package assume when `general.alignment` is absent.
 pub const ALIGNMENT: u64 = 32;
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -22,8 +24,7 @@ pub struct TensorEntry {
 
 impl TensorEntry {
     pub fn bytes(&self) -> u64 {
-        let elements: usize = self.shape.iter().product();
-        (elements / self.dtype.block_size() * self.dtype.type_size()) as u64
+        block_bytes(self.dtype, self.shape.iter().product())
     }
 }
 

@@ -22,12 +22,13 @@ use crate::export::onnx::folder::Fallback;
 use crate::export::staging::{Staging, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
 use crate::loader::accumulate::quantize_rows;
+use crate::loader::quantization::format_name;
 use crate::merge::{MergeInputs, execute_rows, plan_merge, row_width};
 use crate::model::TensorDtype;
 use crate::monitor;
 use crate::profile::LayerTensor;
 use file::{TensorEntry, encode_header, padding};
-use types::{TensorKind, tensor_type, type_name};
+use types::{TensorKind, count_types, tensor_type};
 
 /// The file inside a GGUF export folder.
 pub const GGUF_FILE: &str = "model.gguf";
@@ -119,8 +120,8 @@ pub fn write_gguf_folder(
                 kind: "tensor-type".into(),
                 reason: format!(
                     "{gguf_name} stored as {} instead of {}: {reason}",
-                    type_name(stored),
-                    type_name(wanted)
+                    format_name(stored),
+                    format_name(wanted)
                 ),
             });
         }
@@ -173,7 +174,7 @@ pub fn write_gguf_folder(
         bytes.clear();
         encode_rows(entry.dtype, values, row_width(&t.shape), &mut bytes).map_err(|e| {
             RuntimeError::Unsupported {
-                message: format!("cannot write `{}` as {}: {e}", entry.name, type_name(entry.dtype)),
+                message: format!("cannot write `{}` as {}: {e}", entry.name, format_name(entry.dtype)),
             }
         })?;
         received += values.len();
@@ -206,10 +207,7 @@ pub fn write_gguf_folder(
     );
 
     verify(&path, &entries, expected_size)?;
-    let mut type_counts = std::collections::BTreeMap::new();
-    for e in &entries {
-        *type_counts.entry(type_name(e.dtype)).or_insert(0) += 1;
-    }
+    let type_counts = count_types(entries.iter().map(|e| e.dtype));
     let options_json = serde_json::json!({
         "dtype": dtype.to_string(),
         "architecture": profile.gguf.architecture,

@@ -9,9 +9,12 @@
 //! - a matrix whose rows are not a whole number of the type's blocks falls back as llama.cpp
 //!   does (q4_k -> q5_0, q6_k -> q8_0, then f16).
 
+use std::collections::BTreeMap;
+
 use candle_core::quantized::GgmlDType;
 
 use crate::config::ExportDtype;
+use crate::loader::quantization::{fitting_format, format_name};
 
 /// What a tensor is, as far as the type rules care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +73,6 @@ fn use_more_bits(layer: usize, layers: usize) -> bool {
     layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2
 }
 
-fn name(dtype: GgmlDType) -> String {
-    format!("{dtype:?}").to_lowercase().replace("k", "_k")
-}
-
 /// The type of a tensor of `kind` with rows of `cols` values in a `dtype` file of `layers`
 /// layers, and the fallback taken when the chosen type's blocks do not fit the rows.
 pub fn tensor_type(
@@ -97,28 +96,27 @@ pub fn tensor_type(
         }
         _ => base,
     };
-    if cols.is_multiple_of(wanted.block_size()) {
-        return (wanted, None);
+    // llama-quantize's fallbacks (q4_k -> q5_0, q6_k -> q8_0), then f16: the loader's rule.
+    match fitting_format(wanted, cols) {
+        Some(stored) if stored == wanted => (wanted, None),
+        fitting => {
+            let reason = format!(
+                "rows of {cols} values are not a multiple of {}'s {}-value blocks",
+                format_name(wanted),
+                wanted.block_size()
+            );
+            (fitting.unwrap_or(GgmlDType::F16), Some((wanted, reason)))
+        }
     }
-    let mut stored = match wanted {
-        GgmlDType::Q4K => GgmlDType::Q5_0,
-        GgmlDType::Q6K => GgmlDType::Q8_0,
-        _ => GgmlDType::F16,
-    };
-    if !cols.is_multiple_of(stored.block_size()) {
-        stored = GgmlDType::F16;
-    }
-    let reason = format!(
-        "rows of {cols} values are not a multiple of {}'s {}-value blocks",
-        name(wanted),
-        wanted.block_size()
-    );
-    (stored, Some((wanted, reason)))
 }
 
-/// A ggml type's name as llama.cpp prints it (`q4_k`, `f16`).
-pub fn type_name(dtype: GgmlDType) -> String {
-    name(dtype)
+/// Tensors per type, by llama.cpp's type names.
+pub fn count_types(types: impl Iterator<Item = GgmlDType>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for t in types {
+        *counts.entry(format_name(t).to_string()).or_insert(0) += 1;
+    }
+    counts
 }
 
 #[cfg(test)]
@@ -155,7 +153,5 @@ mod tests {
             tensor_type(ExportDtype::F16, TensorKind::Embedding { tied: true }, 64, 2),
             (GgmlDType::F16, None)
         );
-        assert_eq!(type_name(GgmlDType::Q4K), "q4_k");
-        assert_eq!(type_name(GgmlDType::Q8_0), "q8_0");
     }
 }
