@@ -147,15 +147,17 @@ pub enum Command {
     Run(RunArgs),
     /// Check every written export against the candle reference in each engine that runs it
     #[command(
-        long_about = "Validate the exports in <out-dir>: the reference is candle running the merged weights in f32; \
-            each export runs in every engine that supports it (safetensors: candle; ONNX: ONNX Runtime and \
+        long_about = "Validate the exports in <out-dir>: the reference is candle running the base weights in f32 with \
+            the adapter applied unmerged, as peft's forward does (it shares no code with the merge); the merged \
+            model is measured against it too (merged vs unmerged); each export runs in every engine that supports it (safetensors: candle; ONNX: ONNX Runtime and \
             tract) on the configured prompts as one padded batch, and is compared on logits (max and mean \
             absolute error, cosine, top-1 agreement) and on greedy tokens with the KV cache. Tolerances \
             depend on the dtype and can be set per export. Writes validation.json/.md into each export \
-            and report.json/.md into out-dir; exits 1 if any export misses its tolerance.",
+            and report.json/.md into out-dir; exits 1 if any export misses its tolerance, or if no engine \
+            measured an export (verdict `unverified`) unless --allow-unverified.",
         after_help = "Examples:\n  cargo model-export validate\n  MODEL_EXPORT_VALIDATE_ENGINES=tract cargo model-export validate --message-format json"
     )]
-    Validate(OverrideArgs),
+    Validate(ValidateArgs),
     /// Load a model (quantized on request) and generate text from prompts
     #[command(
         long_about = "Load a model and generate: a Hugging Face folder (a base or a merged export), a base with \
@@ -391,6 +393,10 @@ pub struct RunArgs {
     /// export alone; `validate` runs it later)
     #[arg(long)]
     pub no_validate: bool,
+    /// Exit 0 even when an export is `unverified` (no engine measured it, e.g. ONNX Runtime
+    /// is not installed or validate.engines leaves out every engine that runs it)
+    #[arg(long)]
+    pub allow_unverified: bool,
     /// Print the plan (stages, what each reads and writes, estimated bytes and memory, and
     /// whether it runs or is skipped) and write nothing
     #[arg(long)]
@@ -410,6 +416,16 @@ pub struct RunArgs {
     /// Runtime rejects an `ort`-target graph)
     #[arg(long)]
     pub no_fallback: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Exit 0 even when an export is `unverified` (no engine measured it, e.g. ONNX Runtime
+    /// is not installed or validate.engines leaves out every engine that runs it)
+    #[arg(long)]
+    pub allow_unverified: bool,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,8 @@ pub enum Error {
     Write { path: PathBuf, source: std::io::Error },
     #[error("validation failed for {}", failed.join(", "))]
     ValidationFailed { failed: Vec<String>, report: PathBuf },
+    #[error("unverified: no engine measured {}", exports.join("; "))]
+    Unverified { exports: Vec<String>, report: PathBuf },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
@@ -43,6 +45,9 @@ impl Error {
             Error::Pipeline(e) => e.help(),
             Error::Load(e) => e.help(),
             Error::Write { source, .. } => io_help(source),
+            Error::Unverified { .. } => {
+                "add an engine that runs the export to validate.engines (safetensors and gguf: candle; onnx: ort, tract), install ONNX Runtime (python3 -m pip install --no-deps onnxruntime), or pass --allow-unverified to accept exports nobody measured".into()
+            }
             Error::ValidationFailed { report, .. } => format!(
                 "{} names the engine, the measure and the first diverging token; loosen a tolerance per export (options.max-abs-error, min-cosine, min-top1) only if the difference is expected",
                 report.display()
@@ -53,13 +58,21 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Profile(_) => EXIT_USAGE,
+            Error::Model(e)
+            | Error::Checkpoint(CheckpointError::Model(e))
+            | Error::Runtime(RuntimeError::Model(e))
+                if e.is_usage() =>
+            {
+                EXIT_USAGE
+            }
             Error::Pipeline(e) => e.exit_code(),
             Error::Load(e) => e.exit_code(),
             Error::Model(_)
             | Error::Checkpoint(_)
             | Error::Runtime(_)
             | Error::Write { .. }
-            | Error::ValidationFailed { .. } => EXIT_FAILURE,
+            | Error::ValidationFailed { .. }
+            | Error::Unverified { .. } => EXIT_FAILURE,
         }
     }
 
@@ -170,11 +183,18 @@ pub enum ModelError {
     Layout { path: PathBuf, profile: &'static str, tensor: String, message: String },
     #[error("{}: tensor `{tensor}` holds {value} at index {position:?}", path.display())]
     NonFinite { path: PathBuf, tensor: String, position: Vec<usize>, value: f32 },
+    #[error("{}: `{key}` = {value} is not supported", path.display())]
+    UnsupportedConfig { path: PathBuf, key: String, value: String, supported: String },
     #[error(transparent)]
     Profile(#[from] ProfileError),
 }
 
 impl ModelError {
+    /// A model the tool refuses as configured (exit 2), rather than a damaged input.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ModelError::UnsupportedConfig { .. })
+    }
+
     pub fn help(&self) -> String {
         match self {
             ModelError::Io { source, .. } => io_help(source),
@@ -193,6 +213,9 @@ impl ModelError {
                 "check that config.json belongs to these weights, and that `profile` names the right architecture".into()
             }
             ModelError::NonFinite { .. } => "NaN or Inf weights come from a diverged training run or a damaged file: export an earlier checkpoint or copy the file again; set `allow-non-finite = true` to export them as they are".into(),
+            ModelError::UnsupportedConfig { supported, .. } => format!(
+                "supported: {supported}. The tool refuses what it cannot compute exactly as transformers does (docs/config-features.md lists every key)"
+            ),
             ModelError::Profile(e) => e.help(),
         }
     }

@@ -78,10 +78,11 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 dry_run: args.dry_run,
                 force: args.force,
                 no_fallback: args.no_fallback,
+                allow_unverified: args.allow_unverified,
             };
             run::run(&ctx, &overrides, flags)
         }
-        Command::Validate(args) => validate::run(&ctx, &args.into()),
+        Command::Validate(args) => validate::run(&ctx, &(&args.overrides).into(), args.allow_unverified),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Generate(args) => generate::run(&ctx, args),
         Command::Init(args) => init::run(&ctx, args),

@@ -27,7 +27,7 @@ use crate::pipeline::plan::{
 use crate::pipeline::state::{Output, StateDir};
 use crate::pipeline::{build_plan, fault, interrupt, merged_dir, preflight};
 use crate::validate::build_reference;
-use crate::validate::report::ValidationReport;
+use crate::validate::report::{ValidationReport, Verdict};
 
 #[derive(Serialize)]
 pub struct ExportResult {
@@ -138,6 +138,7 @@ pub struct RunFlags {
     pub dry_run: bool,
     pub force: bool,
     pub no_fallback: bool,
+    pub allow_unverified: bool,
 }
 
 pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), Error> {
@@ -212,7 +213,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
         }
     }
     match &report {
-        Some(report) => super::validate::verdict(&config, report),
+        Some(report) => super::validate::verdict(&config, report, flags.allow_unverified),
         None => Ok(()),
     }
 }
@@ -380,11 +381,17 @@ fn validate_stages(
         }
         metrics.push(timer.finish(stage.runs(), out_dir));
     }
-    let report = ValidationReport {
-        reference: super::validate::reference_name(&inputs.base.dir, inputs.detection),
-        passed: exports.iter().all(|e| e.passed),
-        exports,
+    // A re-run whose validate stages were all skipped has no new reference: the merge check
+    // comes from the last report.
+    let merge = match &reference {
+        Some(r) => r.merge.clone(),
+        None => super::validate::read_report(out_dir).and_then(|r| r.merge),
     };
+    let report = ValidationReport::new(
+        super::validate::reference_name(&inputs.base.dir, inputs.detection),
+        merge,
+        exports,
+    );
     if let Some(stage) = plan.stage(&report_stage_id()) {
         let timer = StageTimer::start(&stage.id, out_dir);
         if stage.runs() {
@@ -615,12 +622,15 @@ pub fn print_summary(results: &[ExportResult], report: Option<&crate::validate::
             .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))));
         let verdict = match validation {
             None => "not validated".to_string(),
-            Some(v) if v.passed => "pass".to_string(),
+            Some(v) if v.verdict == Verdict::Passed => "pass".to_string(),
+            Some(v) if v.verdict == Verdict::Unverified => {
+                format!("unverified ({})", v.unverified.as_deref().unwrap_or("no engine measured it"))
+            }
             Some(v) => {
                 let failed: Vec<_> = v
                     .engines
                     .iter()
-                    .filter(|e| !e.passed)
+                    .filter(|e| e.skipped.is_none() && !e.passed)
                     .map(|e| format!("{}: {}", e.engine, e.failures.join("; ")))
                     .collect();
                 format!("FAIL ({})", failed.join(" | "))
@@ -638,6 +648,9 @@ pub fn print_summary(results: &[ExportResult], report: Option<&crate::validate::
         ]);
     }
     println!("{t}");
+    if let Some(m) = report.and_then(|r| r.merge.as_ref()) {
+        println!("{}", super::validate::merge_line(m));
+    }
     let quantized: Vec<_> = results.iter().filter_map(|r| r.quantization.as_ref().map(|q| (r, q))).collect();
     if quantized.is_empty() {
         return;

@@ -9,7 +9,7 @@ use crate::config::{Config, Overrides};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
 use crate::fsutil::{atomic_write, write_json};
-use crate::validate::report::{ExportValidation, ValidationReport};
+use crate::validate::report::{ExportValidation, ValidationReport, Verdict};
 use crate::validate::{Reference, build_reference, validate_export};
 
 /// The folder of a finished export (one with its manifest), or an error saying to run first.
@@ -42,11 +42,8 @@ pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<Va
         let dir = config.out_dir.value.join(&export.value.name);
         exports.push(validate_into(config, inputs, &reference, &export.value, &dir, threads)?);
     }
-    let report = ValidationReport {
-        reference: reference_name(&base.dir, detection),
-        passed: exports.iter().all(|e| e.passed),
-        exports,
-    };
+    let report =
+        ValidationReport::new(reference_name(&base.dir, detection), reference.merge.clone(), exports);
     write_report(config, &report)?;
     Ok(report)
 }
@@ -62,11 +59,11 @@ pub fn validate_into(
 ) -> Result<ExportValidation, Error> {
     let v = &config.validate;
     let result = validate_export(reference, inputs.base, spec, dir, &v.engines.value, threads)?;
-    let single = ValidationReport {
-        reference: reference_name(&inputs.base.dir, inputs.detection),
-        passed: result.passed,
-        exports: vec![result.clone()],
-    };
+    let single = ValidationReport::new(
+        reference_name(&inputs.base.dir, inputs.detection),
+        reference.merge.clone(),
+        vec![result.clone()],
+    );
     write_json(&dir.join("validation.json"), &single)?;
     let markdown = crate::validate::markdown::render(&single, config.report_template.value.as_deref())?;
     atomic_write(&dir.join("validation.md"), markdown.as_bytes())?;
@@ -86,6 +83,11 @@ pub fn read_validation(dir: &Path) -> Result<ExportValidation, Error> {
         .ok_or_else(|| Error::write(&path, std::io::Error::other("holds no export")))
 }
 
+/// The report.json a previous run wrote into out-dir, if it reads.
+pub fn read_report(out_dir: &Path) -> Option<ValidationReport> {
+    serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).ok()?).ok()
+}
+
 /// report.json and report.md in out-dir.
 pub fn write_report(config: &Config, report: &ValidationReport) -> Result<(), Error> {
     let out_dir = &config.out_dir.value;
@@ -98,9 +100,23 @@ pub fn write_report(config: &Config, report: &ValidationReport) -> Result<(), Er
 
 pub fn reference_name(base: &std::path::Path, detection: Option<&crate::checkpoint::Detection>) -> String {
     match detection {
-        Some(d) => format!("candle, f32, {} merged with {}", base.display(), d.chosen.display()),
+        Some(d) => {
+            format!("candle, f32, {} with {} unmerged (peft's forward)", base.display(), d.chosen.display())
+        }
         None => format!("candle, f32, {}", base.display()),
     }
+}
+
+/// One line for merged vs unmerged.
+pub fn merge_line(m: &crate::validate::report::MergeCheck) -> String {
+    format!(
+        "merged vs unmerged (the merged f32 model against the base with the adapter unmerged): max abs {:.2e}, relative {:.2e} (bound {:.0e}), top-1 {:.1}%{}",
+        m.max_abs_error,
+        m.relative_error,
+        m.max_relative_error,
+        m.top1_agreement * 100.0,
+        if m.passed { "" } else { " — FAIL: the merge does not reproduce the adapter" }
+    )
 }
 
 pub fn print_report(report: &ValidationReport) {
@@ -127,29 +143,65 @@ pub fn print_report(report: &ValidationReport) {
             };
             t.add_row([e.export.clone(), r.engine.clone(), max, cos, top1, greedy, verdict]);
         }
+        if e.verdict == Verdict::Unverified {
+            let why = e.unverified.clone().unwrap_or_default();
+            t.add_row([
+                e.export.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("unverified: {why}"),
+            ]);
+        }
     }
     println!("{t}");
+    if let Some(m) = &report.merge {
+        println!("{}", merge_line(m));
+    }
 }
 
-/// Fails the command when the report does.
-pub fn verdict(config: &Config, report: &ValidationReport) -> Result<(), Error> {
-    if report.passed {
+/// Fails the command when the report does: a failed export or merge check, or an export no
+/// engine measured (unless `allow_unverified`).
+pub fn verdict(config: &Config, report: &ValidationReport, allow_unverified: bool) -> Result<(), Error> {
+    let report_path = config.out_dir.value.join("report.md");
+    let mut failed: Vec<String> = report
+        .exports
+        .iter()
+        .filter(|e| e.verdict == Verdict::Failed)
+        .flat_map(|e| {
+            e.engines
+                .iter()
+                .filter(|r| r.skipped.is_none() && !r.passed)
+                .map(move |r| format!("{} in {}", e.export, r.engine))
+        })
+        .collect();
+    if let Some(m) = report.merge.as_ref().filter(|m| !m.passed) {
+        failed.push(format!(
+            "the merge (merged vs unmerged: relative error {:.2e} > {:.0e})",
+            m.relative_error, m.max_relative_error
+        ));
+    }
+    if !failed.is_empty() {
+        return Err(Error::ValidationFailed { failed, report: report_path });
+    }
+    let unverified: Vec<String> = report
+        .exports
+        .iter()
+        .filter(|e| e.verdict == Verdict::Unverified)
+        .map(|e| format!("{} ({})", e.export, e.unverified.as_deref().unwrap_or("no engine measured it")))
+        .collect();
+    if unverified.is_empty() || allow_unverified {
+        for e in &unverified {
+            tracing::warn!("unverified: {e}");
+        }
         return Ok(());
     }
-    Err(Error::ValidationFailed {
-        failed: report
-            .exports
-            .iter()
-            .filter(|e| !e.passed)
-            .flat_map(|e| {
-                e.engines.iter().filter(|r| !r.passed).map(move |r| format!("{} in {}", e.export, r.engine))
-            })
-            .collect(),
-        report: config.out_dir.value.join("report.md"),
-    })
+    Err(Error::Unverified { exports: unverified, report: report_path })
 }
 
-pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
+pub fn run(ctx: &Context, overrides: &Overrides, allow_unverified: bool) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
     let (base, detection) = super::detect::open_inputs(&config)?;
     let report = validate_exports(&config, &ExportInputs::from_base(&base, detection.as_ref()))?;
@@ -159,5 +211,5 @@ pub fn run(ctx: &Context, overrides: &Overrides) -> Result<(), Error> {
         print_report(&report);
         println!("\nreport: {}", PathBuf::from(&config.out_dir.value).join("report.md").display());
     }
-    verdict(&config, &report)
+    verdict(&config, &report, allow_unverified)
 }

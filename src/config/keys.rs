@@ -391,7 +391,16 @@ pub const KEYS: &[KeyDoc] = &[
         default: "by dtype (docs/validation.md)",
         accepted: non_negative,
         example: "0.0001",
-        meaning: "validation: the largest allowed absolute logit error against the reference.",
+        meaning: "validation: the largest allowed absolute logit error against the reference (replaces the relative bound when set).",
+    },
+    KeyDoc {
+        section: Section::Options,
+        name: "max-relative-error",
+        kind: "number",
+        default: "by dtype (docs/validation.md)",
+        accepted: non_negative,
+        example: "0.0001",
+        meaning: "validation: the largest allowed logit error relative to the reference's scale, max |error| / max(1, RMS of the reference logits).",
     },
     KeyDoc {
         section: Section::Options,

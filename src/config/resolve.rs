@@ -527,6 +527,7 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
         }
         for (key, value, low, high) in [
             ("options.max-abs-error", options.max_abs_error, f64::MIN_POSITIVE, f64::INFINITY),
+            ("options.max-relative-error", options.max_relative_error, f64::MIN_POSITIVE, f64::INFINITY),
             ("options.min-cosine", options.min_cosine, -1.0, 1.0),
             ("options.min-top1", options.min_top1, 0.0, 1.0),
         ] {
@@ -534,7 +535,7 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                 return Err(fail(
                     key,
                     format!("{v} is out of range"),
-                    "max-abs-error must be positive; min-cosine and min-top1 are between 0 and 1",
+                    "max-abs-error and max-relative-error must be positive; min-cosine and min-top1 are between 0 and 1",
                 ));
             }
         }

@@ -125,6 +125,10 @@ pub struct ExportOptions {
     /// validation: largest allowed absolute logit error against the reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_abs_error: Option<f64>,
+    /// validation: largest allowed logit error relative to the reference's scale,
+    /// `max |Δ| / max(1, RMS of the reference logits)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_relative_error: Option<f64>,
     /// validation: smallest allowed mean cosine similarity of the logits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_cosine: Option<f64>,

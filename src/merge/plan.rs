@@ -58,8 +58,19 @@ fn scale_for(adapter: &Adapter, module: &str) -> f32 {
     let rank = config.rank_for(module) as f64;
     let alpha = config.alpha_for(module);
     // PEFT keeps the scale as a Python float; torch multiplies the f32 delta by it in f32.
-    (if config.use_rslora { alpha / rank.sqrt() } else { alpha / rank }) as f32
+    let scale = (if config.use_rslora { alpha / rank.sqrt() } else { alpha / rank }) as f32;
+    // Test-only merge bug (`MODEL_EXPORT_FAULT=merge-scale-x2`): layer 0 merged at twice its scale,
+    // which the unmerged reference must catch.
+    if crate::pipeline::fault::is_armed(MERGE_SCALE_FAULT)
+        && crate::checkpoint::adapter_config::layer_index(module) == Some(0)
+    {
+        return 2.0 * scale;
+    }
+    scale
 }
+
+/// The fault point that doubles layer 0's merge scale.
+pub const MERGE_SCALE_FAULT: &str = "merge-scale-x2";
 
 fn lora_update(adapter: &Adapter, module: &str) -> Result<Option<LoraUpdate>, CheckpointError> {
     let Some(m) = adapter.modules.get(module) else { return Ok(None) };

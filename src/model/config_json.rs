@@ -9,6 +9,9 @@ use serde_json::{Map, Value};
 use crate::error::ModelError;
 use crate::profile::Profile;
 
+use super::features;
+use super::rope::{RopeScaling, RopeSpec};
+
 #[derive(Debug, Clone, Serialize)]
 pub struct HfConfig {
     #[serde(skip)]
@@ -26,6 +29,8 @@ pub struct HfConfig {
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
+    /// `rope_scaling` (or transformers 5's `rope_parameters`), checked by [`super::features`].
+    pub rope_scaling: RopeScaling,
     /// `torch_dtype` (or `dtype`, as transformers ≥ 4.56 writes it).
     pub torch_dtype: Option<String>,
     pub bos_token_id: Option<u32>,
@@ -114,20 +119,29 @@ impl HfConfig {
                 return Err(fields.wrong_type("eos_token_id", "integer or list of integers", other));
             }
         };
+        let num_hidden_layers = fields.required_usize("num_hidden_layers", profile)?;
+        let features =
+            features::check(&raw, &model_type, num_hidden_layers).map_err(|(key, value, supported)| {
+                ModelError::UnsupportedConfig { path: path.to_path_buf(), key, value, supported }
+            })?;
         let config = HfConfig {
             path: path.to_path_buf(),
             architectures: fields.string_list("architectures")?.unwrap_or_default(),
             vocab_size: fields.required_usize("vocab_size", profile)?,
             hidden_size,
             intermediate_size: fields.required_usize("intermediate_size", profile)?,
-            num_hidden_layers: fields.required_usize("num_hidden_layers", profile)?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             max_position_embeddings: fields
                 .usize("max_position_embeddings")?
                 .unwrap_or(defaults.max_position_embeddings as usize),
-            rope_theta: fields.float("rope_theta")?.unwrap_or(defaults.rope_theta),
+            rope_theta: match features.rope_theta {
+                Some(theta) => theta,
+                None => fields.float("rope_theta")?.unwrap_or(defaults.rope_theta),
+            },
+            rope_scaling: features.rope_scaling,
             rms_norm_eps: fields.float("rms_norm_eps")?.unwrap_or(defaults.rms_norm_eps),
             tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings),
             torch_dtype: match fields.string("torch_dtype")? {
@@ -141,6 +155,18 @@ impl HfConfig {
             raw: raw.clone(),
         };
         Ok((config, profile))
+    }
+}
+
+impl HfConfig {
+    /// What the RoPE tables are computed from.
+    pub fn rope(&self) -> RopeSpec<'_> {
+        RopeSpec {
+            theta: self.rope_theta,
+            dim: self.head_dim,
+            max_position_embeddings: self.max_position_embeddings,
+            scaling: &self.rope_scaling,
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 
 pub mod config_json;
 pub mod dtype;
+pub mod features;
 pub mod folder;
 pub mod layout;
+pub mod rope;
 pub mod safetensors;
 
 pub use config_json::HfConfig;

@@ -41,6 +41,12 @@ pub fn fails(name: &str) -> bool {
     fault.error && fault.name == name && fault.seen.fetch_add(1, Ordering::SeqCst) + 1 == fault.nth
 }
 
+/// Whether `MODEL_EXPORT_FAULT` names `name` (a behaviour fault rather than a stop: the caller
+/// does something deliberately wrong, for the tests that prove validation catches it).
+pub fn is_armed(name: &str) -> bool {
+    armed().is_some_and(|f| f.name == name)
+}
+
 /// Kills the process with SIGKILL if this is the armed point's n-th visit.
 pub fn point(name: &str) {
     let Some(fault) = armed().filter(|f| !f.error) else { return };
@@ -48,9 +54,12 @@ pub fn point(name: &str) {
         #[cfg(unix)]
         if fault.interrupt {
             tracing::warn!("fault point {name}: sending SIGINT ({FAULT_ENV})");
-            // SAFETY: signalling our own process; the handler only raises a flag.
+            // raise() delivers to this thread and returns after the handler ran, so the flag is
+            // up before the caller's next safe point (kill() could land on another thread and
+            // be seen only after the work finished).
+            // SAFETY: signalling our own thread; the handler only raises a flag.
             unsafe {
-                libc::kill(libc::getpid(), libc::SIGINT);
+                libc::raise(libc::SIGINT);
             }
             return;
         }

@@ -99,6 +99,18 @@ impl GgufFile {
             "eos_token_id": token_id("tokenizer.ggml.eos_token_id"),
             "pad_token_id": token_id("tokenizer.ggml.padding_token_id"),
         });
+        let mut config = config;
+        // rope.scaling.* back into transformers' rope_scaling (as the writer maps it).
+        let text =
+            |key: &str| content.metadata.get(&format!("{arch}.{key}")).and_then(|v| v.to_string().ok());
+        if let Some(kind) = text("rope.scaling.type").filter(|k| k.as_str() != "none") {
+            let mut scaling = json!({ "rope_type": kind, "factor": float("rope.scaling.factor")? });
+            if content.metadata.contains_key(&format!("{arch}.rope.scaling.original_context_length")) {
+                scaling["original_max_position_embeddings"] =
+                    json!(number("rope.scaling.original_context_length")?);
+            }
+            config["rope_scaling"] = scaling;
+        }
         let (config, profile) = HfConfig::parse(path, &config.to_string(), Some(profile))?;
         Ok(Self { path: path.to_path_buf(), content, profile, config })
     }

@@ -17,10 +17,40 @@ use crate::profile::{LayerTensor, Profile};
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
-/// A weight as the model holds it: a dense tensor (f32, f16 or bf16) or quantized blocks.
+/// A weight as the model holds it: a dense tensor (f32, f16 or bf16), quantized blocks, or an
+/// f32 base weight with a LoRA side branch that is not merged into it.
 pub enum Weight {
     Dense(Tensor),
     Quantized(QMatMul),
+    Adapted { base: Tensor, lora: LoraBranch },
+}
+
+/// A LoRA update applied beside its base weight, as peft's forward does before
+/// `merge_and_unload`: `y = W x + s · (B (A x) + b_B)`, or with DoRA
+/// `y = m / ‖W + s·B A‖ ⊙ (W x + s · B (A x))`. For an embedding, `A` is [r, vocab] and
+/// `B` [hidden, r], and the rows of `Aᵀ` are looked up by token.
+pub struct LoraBranch {
+    /// [r, in] (embedding: [r, vocab]), f32.
+    pub a: Tensor,
+    /// [out, r] (embedding: [hidden, r]), f32.
+    pub b: Tensor,
+    /// `lora_B.bias` ([out]), with `lora_bias = true`.
+    pub b_bias: Option<Tensor>,
+    pub scale: f64,
+    /// DoRA: magnitude over the row norm of the adapted weight ([out]).
+    pub dora_scale: Option<Tensor>,
+}
+
+impl LoraBranch {
+    /// `s · (B (A x) + b_B)` for x of shape [rows, in].
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let low = x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
+        let low = match &self.b_bias {
+            Some(bias) => low.broadcast_add(bias)?,
+            None => low,
+        };
+        Ok((low * self.scale)?)
+    }
 }
 
 impl Weight {
@@ -30,6 +60,13 @@ impl Weight {
             Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
             Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
             Weight::Quantized(q) => q.forward(x)?,
+            Weight::Adapted { base, lora } => {
+                let y = (x.matmul(&base.t()?)? + lora.delta(x)?)?;
+                match &lora.dora_scale {
+                    Some(m) => y.broadcast_mul(m)?,
+                    None => y,
+                }
+            }
         })
     }
 }
@@ -85,6 +122,8 @@ pub type TakeWeight<'a> = dyn FnMut(&str) -> Result<Option<Weight>> + 'a;
 pub struct ReferenceModel {
     /// The embedding table (f32, or f16/bf16 when loaded so); rows are looked up, then cast.
     embed: Tensor,
+    /// An embedding LoRA applied on lookup (the unmerged reference only).
+    embed_lora: Option<LoraBranch>,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Weight,
@@ -93,6 +132,8 @@ pub struct ReferenceModel {
     head_dim: usize,
     eps: f64,
     inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+    rope_attention: f32,
     pub vocab_size: usize,
     device: Device,
 }
@@ -116,9 +157,9 @@ fn dense(take: &mut TakeWeight<'_>, name: &str, device: &Device) -> Result<Optio
     match take(name)? {
         None => Ok(None),
         Some(Weight::Dense(t)) => Ok(Some(t.to_device(device)?)),
-        Some(Weight::Quantized(_)) => Err(RuntimeError::Unsupported {
+        Some(Weight::Quantized(_) | Weight::Adapted { .. }) => Err(RuntimeError::Unsupported {
             message: format!(
-                "tensor `{name}` must be dense (norms, biases and embeddings are not quantized)"
+                "tensor `{name}` must be dense (norms, biases and embeddings are not quantized or adapted)"
             ),
         }),
     }
@@ -216,8 +257,19 @@ impl ReferenceModel {
                 down: linear(take, LayerTensor::DownProj, None)?,
             });
         }
-        let embed =
-            dense(take, profile.tensors.embed, device)?.ok_or_else(|| missing(profile.tensors.embed))?;
+        let (embed, embed_lora) = match take(profile.tensors.embed)? {
+            Some(Weight::Adapted { base, lora }) => (base.to_device(device)?, Some(lora)),
+            Some(Weight::Dense(t)) => (t.to_device(device)?, None),
+            Some(Weight::Quantized(_)) => {
+                return Err(RuntimeError::Unsupported {
+                    message: format!(
+                        "tensor `{}` must be dense (the embedding is looked up)",
+                        profile.tensors.embed
+                    ),
+                });
+            }
+            None => return Err(missing(profile.tensors.embed)),
+        };
         let lm_head = match matrix(take, profile.tensors.lm_head, device)? {
             Some(head) => head,
             None if c.tie_word_embeddings => Weight::Dense(embed.clone()),
@@ -226,12 +278,10 @@ impl ReferenceModel {
         let norm = dense(take, profile.tensors.final_norm, device)?
             .ok_or_else(|| missing(profile.tensors.final_norm))?
             .to_dtype(DType::F32)?;
-        // As transformers computes it: 1 / theta^(2i/d) in f32.
-        let inv_freq = (0..c.head_dim / 2)
-            .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim as f32))
-            .collect();
+        let (inv_freq, rope_attention) = c.rope().inv_freq_and_attention_factor();
         Ok(ReferenceModel {
             embed,
+            embed_lora,
             layers,
             norm,
             lm_head,
@@ -240,6 +290,7 @@ impl ReferenceModel {
             head_dim: c.head_dim,
             eps: c.rms_norm_eps,
             inv_freq,
+            rope_attention,
             vocab_size: c.vocab_size,
             device: device.clone(),
         })
@@ -261,8 +312,8 @@ impl ReferenceModel {
                 for _ in 0..2 {
                     for f in &self.inv_freq {
                         let angle = p as f32 * f;
-                        cos.push(angle.cos());
-                        sin.push(angle.sin());
+                        cos.push(angle.cos() * self.rope_attention);
+                        sin.push(angle.sin() * self.rope_attention);
                     }
                 }
             }
@@ -312,7 +363,13 @@ impl ReferenceModel {
             });
         }
         let ids = Tensor::from_vec(ids, b * s, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?.reshape((b, s, ()))?;
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        if let Some(lora) = &self.embed_lora {
+            // peft: embedding(ids, Aᵀ) @ Bᵀ · s
+            let rows = lora.a.t()?.contiguous()?.index_select(&ids, 0)?;
+            x = (x + (rows.matmul(&lora.b.t()?)? * lora.scale)?)?;
+        }
+        let mut x = x.reshape((b, s, ()))?;
         let (cos, sin) = self.rope(&batch.position_ids)?;
         let mask = self.mask(&batch.attention_mask, past, s)?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);

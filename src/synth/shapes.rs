@@ -74,6 +74,24 @@ pub const SHAPES: &[ModelShape] = &[
         dtype: TensorDtype::F32,
         init_range: 0.05,
     },
+    // Deep and wide enough that f32 rounding differs measurably between engines (logits of
+    // magnitude ~10-30): what the scale-relative f32 tolerance is measured on.
+    ModelShape {
+        name: "qwen3-12x512",
+        model_type: "qwen3",
+        vocab_size: 448,
+        hidden_size: 512,
+        intermediate_size: 1536,
+        num_hidden_layers: 12,
+        num_attention_heads: 8,
+        num_key_value_heads: 4,
+        head_dim: 64,
+        max_position_embeddings: 256,
+        rope_theta: 1_000_000.0,
+        tie_word_embeddings: true,
+        dtype: TensorDtype::F32,
+        init_range: 0.1,
+    },
     ModelShape {
         name: "qwen3-0.6b",
         model_type: "qwen3",

@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn a_user_template_renders_the_report_and_a_broken_one_names_its_line() {
         let dir = tempfile::tempdir().unwrap();
-        let report = ValidationReport { reference: "candle".into(), exports: Vec::new(), passed: true };
+        let report = ValidationReport::new("candle".into(), None, Vec::new());
         let good = dir.path().join("good.md.j2");
         std::fs::write(&good, "Checked against {{ report.reference }}: {{ 'ok' if report.passed }}\n")
             .unwrap();
@@ -101,5 +101,21 @@ mod tests {
         assert!(text.contains("(line 3)") || text.contains("(line 4)"), "{text}");
         assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
         check(None).unwrap();
+        // The built-in template shows merged vs unmerged and an unverified export.
+        let sample: ValidationReport = serde_json::from_str(SAMPLE_REPORT).unwrap();
+        let text = render(&sample, None).unwrap();
+        assert!(
+            text.contains(
+                "Merged vs unmerged (the merged f32 model against that reference): max abs error 3.30e-6"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| onnx-f32 | onnx | f32 | - | - | - | - | - | - | unverified: no engine measured it"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Verdict: FAILED"), "{text}");
     }
 }

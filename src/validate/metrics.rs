@@ -9,6 +9,12 @@ use crate::runtime::generate::argmax;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogitMetrics {
     pub max_abs_error: f64,
+    /// Root mean square of the reference logits over the valid positions: their scale.
+    #[serde(default)]
+    pub reference_rms: f64,
+    /// `max_abs_error / max(1, reference_rms)`.
+    #[serde(default)]
+    pub relative_error: f64,
     pub mean_abs_error: f64,
     /// Mean over valid positions of the cosine similarity of the two logit vectors.
     pub cosine: f64,
@@ -41,7 +47,7 @@ pub fn compare_logits(
     vocab: usize,
     margin: f32,
 ) -> LogitMetrics {
-    let (mut max_abs, mut sum_abs, mut count) = (0.0f64, 0.0f64, 0usize);
+    let (mut max_abs, mut sum_abs, mut count, mut sum_sq) = (0.0f64, 0.0f64, 0usize, 0.0f64);
     let (mut cos_sum, mut positions, mut agree, mut agree_raw, mut with_margin) =
         (0.0, 0usize, 0usize, 0usize, 0usize);
     for (b, row) in batch.attention_mask.iter().enumerate() {
@@ -61,6 +67,7 @@ pub fn compare_logits(
                 ny += f64::from(r) * f64::from(r);
             }
             count += vocab;
+            sum_sq += ny;
             cos_sum += dot / (nx.sqrt() * ny.sqrt()).max(f64::MIN_POSITIVE);
             positions += 1;
             let same = argmax(x) == argmax(y);
@@ -72,8 +79,11 @@ pub fn compare_logits(
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let reference_rms = if count == 0 { 0.0 } else { (sum_sq / count as f64).sqrt() };
     LogitMetrics {
         max_abs_error: max_abs,
+        reference_rms,
+        relative_error: max_abs / reference_rms.max(1.0),
         mean_abs_error: if count == 0 { 0.0 } else { sum_abs / count as f64 },
         cosine: if positions == 0 { 1.0 } else { cos_sum / positions as f64 },
         top1_agreement: ratio(agree, with_margin),

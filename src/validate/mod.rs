@@ -1,12 +1,15 @@
-//! Proving exports right: the reference is candle running the merged weights in f32; each
-//! export runs in every engine that supports it (safetensors: candle; ONNX: ONNX Runtime and
-//! tract) on the same padded batch of the configured prompts, and is compared on logits and on
-//! greedy tokens with the KV cache.
+//! Proving exports right: the reference is candle running the *base* weights in f32 with the
+//! adapter applied as unmerged side branches (peft's forward, [`unmerged`]), so it shares no code
+//! with the merge the exports come from. Each export runs in every engine that supports it
+//! (safetensors and GGUF: candle; ONNX: ONNX Runtime and tract) on the same padded batch of the
+//! configured prompts, and is compared on logits and on greedy tokens with the KV cache. The
+//! merged f32 model is measured against the reference too ("merged vs unmerged").
 
 pub mod markdown;
 pub mod metrics;
 pub mod report;
 pub mod tolerance;
+pub mod unmerged;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,17 +27,18 @@ use crate::runtime::ort_engine::{self, OrtEngine};
 use crate::runtime::tract_engine::{self, TractEngine};
 use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
 use metrics::{compare_logits, first_divergence};
-use report::{EngineResult, ExportValidation};
+use report::{EngineResult, ExportValidation, MergeCheck, Verdict};
 use tolerance::Tolerance;
 
 /// The reference run every export is compared with.
 pub struct Reference {
-    pub model: ReferenceModel,
     pub batch: Batch,
     pub logits: Vec<f32>,
     pub vocab: usize,
     pub greedy: Vec<Vec<i64>>,
     pub options: GreedyOptions,
+    /// The merged f32 model against this reference (with an adapter).
+    pub merge: Option<MergeCheck>,
 }
 
 /// Tokenizes `prompts` with the tokenizer.json in `dir` (special tokens as written).
@@ -91,22 +95,17 @@ fn stop_ids(base: &ModelFolder) -> (Vec<i64>, i64) {
     (eos, pad)
 }
 
-/// Loads the merged weights in f32 (merging in memory when `inputs` carry an adapter; nothing
-/// is written) and runs the prompts through candle.
-pub fn build_reference(
-    inputs: &ExportInputs<'_>,
-    prompts: &[String],
-    chat_template: bool,
-    max_new_tokens: usize,
-) -> Result<Reference, Error> {
-    let (base, detection, adapter) = (inputs.base, inputs.detection, inputs.adapter);
-    let plan = plan_merge(inputs.weights, adapter)?;
+/// The merged model's weights in f32 by name: the folder's own (a merge already written), or
+/// merged in memory from the base and `inputs.adapter` (nothing is written).
+fn load_merged(inputs: &ExportInputs<'_>) -> Result<ReferenceModel, Error> {
+    let Some(adapter) = inputs.adapter else { return Ok(ReferenceModel::load(inputs.weights)?) };
+    let plan = plan_merge(inputs.weights, Some(adapter))?;
     let mut weights: HashMap<String, (Vec<f32>, Vec<usize>)> = HashMap::new();
     let mut bytes = Vec::new();
     let hidden = indicatif::ProgressBar::hidden();
     execute(
         &plan,
-        &MergeInputs { base: inputs.weights, adapter, allow_non_finite: true },
+        &MergeInputs { base: inputs.weights, adapter: Some(adapter), allow_non_finite: true },
         &|_| TensorDtype::F32,
         &mut |b| {
             bytes.extend_from_slice(b);
@@ -125,8 +124,25 @@ pub fn build_reference(
         offset += 4 * n;
     }
     drop(bytes);
-    let model = ReferenceModel::load_with(inputs.weights, &|name| Ok(weights.get(name).cloned()))?;
-    drop(weights);
+    Ok(ReferenceModel::load_with(inputs.weights, &|name| Ok(weights.get(name).cloned()))?)
+}
+
+fn logits_of(model: &ReferenceModel, batch: &Batch) -> Result<(Vec<f32>, usize), Error> {
+    let logits = model.forward(batch, &mut KvCache::default())?;
+    let vocab = logits.dims3().map_err(RuntimeError::from)?.2;
+    let logits = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(RuntimeError::from)?;
+    Ok((logits, vocab))
+}
+
+/// Runs the prompts through the unmerged reference (base + adapter side branches, f32), then
+/// measures the merged f32 model against it. The models are released before returning.
+pub fn build_reference(
+    inputs: &ExportInputs<'_>,
+    prompts: &[String],
+    chat_template: bool,
+    max_new_tokens: usize,
+) -> Result<Reference, Error> {
+    let (base, detection) = (inputs.base, inputs.detection);
     let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection, &base.dir);
     let (eos, pad) = stop_ids(base);
     let texts: Vec<String> = if chat_template {
@@ -139,12 +155,22 @@ pub fn build_reference(
         prompts.to_vec()
     };
     let batch = Batch::left_padded(&tokenize(&tokenizer_dir, &texts)?, pad);
-    let logits = model.forward(&batch, &mut KvCache::default())?;
-    let vocab = logits.dims3().map_err(RuntimeError::from)?.2;
-    let logits = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(RuntimeError::from)?;
     let options = GreedyOptions { max_new_tokens, eos_token_ids: eos, pad_token_id: pad };
+    let adapter_dir = unmerged::adapter_dir(detection);
+    let model = unmerged::load_unmerged(base, adapter_dir.as_deref())?;
+    let (logits, vocab) = logits_of(&model, &batch)?;
     let greedy_ids = greedy(&mut ReferenceEngine::new(&model), &batch, &options)?;
-    Ok(Reference { model, batch, logits, vocab, greedy: greedy_ids, options })
+    drop(model);
+    let merge = match adapter_dir {
+        None => None,
+        Some(_) => {
+            let merged = load_merged(inputs)?;
+            let (merged_logits, _) = logits_of(&merged, &batch)?;
+            let m = compare_logits(&merged_logits, &logits, &batch, vocab, 1e-3);
+            Some(MergeCheck::of(&m, tolerance::F32_RELATIVE))
+        }
+    };
+    Ok(Reference { batch, logits, vocab, greedy: greedy_ids, options, merge })
 }
 
 /// Engines that can run an export of `format`.
@@ -179,6 +205,16 @@ fn run_engine(
         && m.max_abs_error > limit
     {
         failures.push(format!("max abs logit error {:.2e} > {limit:.0e}", m.max_abs_error));
+    }
+    if let Some(k) = tolerance.max_relative_error
+        && m.relative_error > k
+    {
+        failures.push(format!(
+            "max abs logit error {:.2e} > {k:.0e} x max(1, RMS {:.3}) = {:.2e}",
+            m.max_abs_error,
+            m.reference_rms,
+            k * m.reference_rms.max(1.0)
+        ));
     }
     if m.cosine < tolerance.min_cosine {
         failures.push(format!("cosine {:.6} < {}", m.cosine, tolerance.min_cosine));
@@ -236,7 +272,7 @@ pub fn validate_export(
             logits: None,
             greedy_match: None,
             first_divergence: None,
-            passed: true,
+            passed: false,
             failures: Vec::new(),
         };
         let result = match engine {
@@ -265,6 +301,11 @@ pub fn validate_export(
                     }
                     .into());
                 }
+                tracing::warn!(
+                    "ONNX Runtime is not installed: export `{}` is not measured in ort (python3 -m pip install --no-deps {})",
+                    spec.name,
+                    ort_engine::WHEEL
+                );
                 skipped(format!(
                     "ONNX Runtime not installed (python3 -m pip install --no-deps {})",
                     ort_engine::WHEEL
@@ -279,7 +320,26 @@ pub fn validate_export(
         };
         results.push(result);
     }
-    let passed = results.iter().all(|r| r.passed);
+    let verdict = Verdict::of(&results);
+    let runs_in = engines_for(spec.format);
+    let unverified = (verdict == Verdict::Unverified).then(|| {
+        let names =
+            |engines: &[Engine]| engines.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let skipped: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.skipped.as_ref().map(|why| format!("{}: {why}", r.engine)))
+            .collect();
+        let mut why = format!(
+            "no engine measured it: a {} export runs in {}; validate.engines = [{}]",
+            spec.format,
+            names(runs_in),
+            names(requested)
+        );
+        if !skipped.is_empty() {
+            why.push_str(&format!(" (skipped: {})", skipped.join("; ")));
+        }
+        why
+    });
     let quantization = read_quant_report(dir)?;
     Ok(ExportValidation {
         export: spec.name.clone(),
@@ -291,7 +351,9 @@ pub fn validate_export(
         max_new_tokens: reference.options.max_new_tokens,
         engines: results,
         quantization,
-        passed,
+        passed: verdict == Verdict::Passed,
+        verdict,
+        unverified,
     })
 }
 

@@ -11,7 +11,8 @@ use crate::quant::QuantReport;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineResult {
     pub engine: String,
-    /// Why the engine did not run (not installed), if it did not.
+    /// Why the engine did not run (not installed, or it cannot load this export), if it did
+    /// not; a skipped engine has `passed: false`: it proved nothing.
     pub skipped: Option<String>,
     pub logits: Option<LogitMetrics>,
     pub greedy_match: Option<bool>,
@@ -19,6 +20,65 @@ pub struct EngineResult {
     pub first_divergence: Option<(usize, usize)>,
     pub passed: bool,
     pub failures: Vec<String>,
+}
+
+/// An export's outcome: every engine that ran passed (and at least one ran), one failed, or
+/// none measured it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+    #[default]
+    Unverified,
+}
+
+impl Verdict {
+    pub fn of(results: &[EngineResult]) -> Self {
+        let ran: Vec<_> = results.iter().filter(|r| r.skipped.is_none()).collect();
+        if ran.iter().any(|r| !r.passed) {
+            Verdict::Failed
+        } else if ran.is_empty() {
+            Verdict::Unverified
+        } else {
+            Verdict::Passed
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "pass",
+            Verdict::Failed => "FAIL",
+            Verdict::Unverified => "unverified",
+        }
+    }
+}
+
+/// The merged f32 model measured against the unmerged reference: what peft users ask when a
+/// merged model "behaves differently".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeCheck {
+    pub max_abs_error: f64,
+    /// `max_abs_error / max(1, RMS of the reference logits)`.
+    pub relative_error: f64,
+    pub cosine: f64,
+    pub top1_agreement: f64,
+    /// The bound on `relative_error` (the f32 tolerance).
+    pub max_relative_error: f64,
+    pub passed: bool,
+}
+
+impl MergeCheck {
+    pub fn of(m: &LogitMetrics, max_relative_error: f64) -> Self {
+        Self {
+            max_abs_error: m.max_abs_error,
+            relative_error: m.relative_error,
+            cosine: m.cosine,
+            top1_agreement: m.top1_agreement,
+            max_relative_error,
+            passed: m.relative_error <= max_relative_error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,14 +94,31 @@ pub struct ExportValidation {
     /// What reduced precision saved and cost (from the export's quantization.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantReport>,
+    /// `verdict == passed`.
     pub passed: bool,
+    #[serde(default)]
+    pub verdict: Verdict,
+    /// Why no engine measured it, when unverified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationReport {
     pub reference: String,
+    /// Merged vs unmerged (absent without an adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeCheck>,
     pub exports: Vec<ExportValidation>,
+    /// Every export passed and the merge matches the reference.
     pub passed: bool,
+}
+
+impl ValidationReport {
+    pub fn new(reference: String, merge: Option<MergeCheck>, exports: Vec<ExportValidation>) -> Self {
+        let passed = merge.as_ref().is_none_or(|m| m.passed) && exports.iter().all(|e| e.passed);
+        Self { reference, merge, exports, passed }
+    }
 }
 
 /// The rounded, machine-independent view of one engine's result.
@@ -65,6 +142,7 @@ pub struct ExportSnapshot {
     pub export: String,
     pub format: String,
     pub dtype: String,
+    pub verdict: Verdict,
     pub engines: Vec<EngineSnapshot>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantSnapshot>,
@@ -102,6 +180,9 @@ impl QuantSnapshot {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportSnapshot {
+    /// The decade of merged vs unmerged's relative error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_vs_unmerged: Option<String>,
     pub exports: Vec<ExportSnapshot>,
     pub passed: bool,
 }
@@ -127,6 +208,7 @@ fn floor_to(x: f64, decimals: i32) -> String {
 impl ValidationReport {
     pub fn snapshot(&self) -> ReportSnapshot {
         ReportSnapshot {
+            merged_vs_unmerged: self.merge.as_ref().map(|m| decade(m.relative_error)),
             passed: self.passed,
             exports: self
                 .exports
@@ -135,6 +217,7 @@ impl ValidationReport {
                     export: e.export.clone(),
                     format: e.format.clone(),
                     dtype: e.dtype.clone(),
+                    verdict: e.verdict,
                     quantization: e.quantization.as_ref().map(QuantSnapshot::of),
                     passed: e.passed,
                     engines: e

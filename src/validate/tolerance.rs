@@ -1,5 +1,8 @@
 //! What "close enough to the reference" means for each dtype. Defaults (docs/validation.md):
-//! f32 must match tightly and greedily; f16/bf16 are judged on cosine and top-1 agreement.
+//! f32 must match tightly and greedily; f16/bf16 are judged on cosine and top-1 agreement. Logit
+//! errors are bounded relative to the reference's scale, `max |Δ| ≤ k · max(1, RMS)`: a correct
+//! export of a model with logits of magnitude 30 differs from the reference by more, in absolute
+//! terms, than one whose logits are of magnitude 1.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,8 +10,11 @@ use crate::config::{ExportDtype, ExportOptions};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tolerance {
-    /// Largest allowed absolute logit error, if judged on it.
+    /// Largest allowed absolute logit error, if judged on it (set by `options.max-abs-error`).
     pub max_abs_error: Option<f64>,
+    /// Largest allowed `max |Δ| / max(1, RMS of the reference logits)`, if judged on it.
+    #[serde(default)]
+    pub max_relative_error: Option<f64>,
     pub min_cosine: f64,
     pub min_top1: f64,
     /// Top-1 is only counted where the reference's top-1/top-2 margin exceeds this.
@@ -17,11 +23,17 @@ pub struct Tolerance {
     pub greedy_must_match: bool,
 }
 
+/// f32: `max |Δ| ≤ 1e-4 · max(1, RMS)` (measurements in docs/validation.md).
+pub const F32_RELATIVE: f64 = 1e-4;
+/// f16: `max |Δ| ≤ 1e-1 · max(1, RMS)`, beside cosine and top-1.
+pub const F16_RELATIVE: f64 = 1e-1;
+
 impl Tolerance {
     pub fn default_for(dtype: ExportDtype) -> Self {
         match dtype {
             ExportDtype::F32 => Self {
-                max_abs_error: Some(1e-4),
+                max_abs_error: None,
+                max_relative_error: Some(F32_RELATIVE),
                 min_cosine: 0.999_999,
                 min_top1: 1.0,
                 top1_margin: 1e-3,
@@ -29,6 +41,7 @@ impl Tolerance {
             },
             ExportDtype::F16 => Self {
                 max_abs_error: None,
+                max_relative_error: Some(F16_RELATIVE),
                 min_cosine: 0.9999,
                 min_top1: 0.99,
                 top1_margin: 2e-2,
@@ -36,6 +49,7 @@ impl Tolerance {
             },
             ExportDtype::Bf16 => Self {
                 max_abs_error: None,
+                max_relative_error: None,
                 min_cosine: 0.999,
                 min_top1: 0.98,
                 top1_margin: 5e-2,
@@ -44,6 +58,7 @@ impl Tolerance {
             // GGUF q8_0: acceptance asks cosine >= 0.999 against the f32 logits.
             ExportDtype::Q8_0 | ExportDtype::Q6K => Self {
                 max_abs_error: None,
+                max_relative_error: None,
                 min_cosine: 0.999,
                 min_top1: 0.95,
                 top1_margin: 5e-2,
@@ -51,6 +66,7 @@ impl Tolerance {
             },
             ExportDtype::Int8 | ExportDtype::Int4 | ExportDtype::Q4_0 | ExportDtype::Q4K => Self {
                 max_abs_error: None,
+                max_relative_error: None,
                 min_cosine: 0.99,
                 min_top1: 0.9,
                 top1_margin: 0.1,
@@ -62,8 +78,13 @@ impl Tolerance {
     /// The dtype's defaults with an export's overrides applied.
     pub fn for_export(dtype: ExportDtype, options: &ExportOptions) -> Self {
         let mut t = Self::default_for(dtype);
+        // An absolute bound chosen by the user replaces the relative default.
         if let Some(v) = options.max_abs_error {
             t.max_abs_error = Some(v);
+            t.max_relative_error = None;
+        }
+        if let Some(v) = options.max_relative_error {
+            t.max_relative_error = Some(v);
         }
         if let Some(v) = options.min_cosine {
             t.min_cosine = v;

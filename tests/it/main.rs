@@ -16,6 +16,7 @@ mod model;
 mod onnx;
 mod peft_semantics;
 mod pipeline;
+mod proof;
 mod quant;
 mod reference;
 mod run;

@@ -59,8 +59,12 @@ fn matmul(b: &[f32], a: &[f32], out: usize, r: usize, inp: usize) -> Vec<f32> {
 }
 
 fn merge(dir: &Path, adapter: &Path) -> Tensors {
+    merge_onto(dir, "qwen3-tiny", adapter)
+}
+
+fn merge_onto(dir: &Path, base: &str, adapter: &Path) -> Tensors {
     let out = dir.join("merged");
-    let base = fixture("qwen3-tiny");
+    let base = fixture(base);
     let args = [
         "merge",
         "--base",
@@ -73,6 +77,27 @@ fn merge(dir: &Path, adapter: &Path) -> Tensors {
     let result = run_in(dir, &args, &[]);
     assert_eq!(result.code, 0, "{}", result.stderr);
     read(&out.join("model.safetensors"))
+}
+
+/// Our merge (in `dir/merged`) against the unmerged reference on transformers' batch: two
+/// implementations of the same peft semantics that share no code must give the same logits.
+fn agrees_with_unmerged(dir: &Path, base: &str, adapter: &Path) {
+    use model_export::model::ModelFolder;
+    use model_export::runtime::{KvCache, ReferenceModel};
+    let g = crate::reference::golden(base);
+    let logits = |m: &ReferenceModel| {
+        m.forward(&g.batch, &mut KvCache::default()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let folder = ModelFolder::open(&fixture(base), None).unwrap();
+    let unmerged = model_export::validate::unmerged::load_unmerged(&folder, Some(adapter)).unwrap();
+    let merged = ReferenceModel::load(&ModelFolder::open(&dir.join("merged"), None).unwrap()).unwrap();
+    let (reference, ours) = (logits(&unmerged), logits(&merged));
+    let error = crate::reference::relative_error(&ours, &reference, &g.batch, g.vocab);
+    assert!(error <= 1e-5, "{}: merged vs unmerged {error} (relative)", adapter.display());
+    // And the adapter matters: the base alone is far from both.
+    let plain = logits(&ReferenceModel::load(&folder).unwrap());
+    let moved = crate::reference::relative_error(&plain, &reference, &g.batch, g.vocab);
+    assert!(moved > 1e-3, "{}: the adapter changes nothing ({moved})", adapter.display());
 }
 
 fn assert_close(ours: &[f32], expected: &[f32], what: &str) {
@@ -125,6 +150,7 @@ fn dora_with_rank_and_alpha_patterns_and_rslora() {
     }
     // Untouched tensors are copied exactly.
     assert_eq!(ours["model.layers.0.mlp.up_proj.weight"].1, base["model.layers.0.mlp.up_proj.weight"].1);
+    agrees_with_unmerged(dir.path(), "qwen3-tiny", &adapter);
 }
 
 #[test]
@@ -189,6 +215,7 @@ fn embedding_lora_and_saved_head_untie_a_tied_model() {
         config["tie_word_embeddings"], false,
         "transformers would re-tie the head and lose the fine-tune"
     );
+    agrees_with_unmerged(dir.path(), "qwen3-tiny", &adapter);
 }
 
 #[test]
@@ -215,6 +242,7 @@ fn embedding_lora_alone_keeps_the_original_head() {
     let ours = merge(dir.path(), &adapter);
     assert_eq!(ours["lm_head.weight"].1, base["model.embed_tokens.weight"].1);
     assert_ne!(ours["model.embed_tokens.weight"].1, base["model.embed_tokens.weight"].1);
+    agrees_with_unmerged(dir.path(), "qwen3-tiny", &adapter);
 }
 
 #[test]
@@ -240,4 +268,32 @@ fn fan_in_fan_out_is_ignored_for_linear_layers_as_peft_does() {
     let delta = matmul(&b, &a, out, r, inp);
     let expected: Vec<f32> = w.iter().zip(&delta).map(|(w, d)| w + d * 2.0).collect();
     assert_close(&ours["model.layers.0.mlp.gate_proj.weight"].1, &expected, "gate_proj");
+    agrees_with_unmerged(dir.path(), "qwen3-tiny", &adapter);
+}
+
+#[test]
+fn lora_bias_is_added_to_the_base_bias_and_matches_the_unmerged_forward() {
+    // `lora_bias = true`: lora_B has a bias; peft's forward adds s · b_B, its merge adds it to the
+    // base bias (Qwen2's q_proj has one).
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("qwen2-tiny/model.safetensors"));
+    let (r, out, inp) = (2, 64, 64);
+    let m = "model.layers.1.self_attn.q_proj";
+    let bias = values(21, out, -0.5, 0.5);
+    let tensors = vec![
+        (format!("base_model.model.{m}.lora_A.weight"), vec![r, inp], values(22, r * inp, -0.3, 0.3)),
+        (format!("base_model.model.{m}.lora_B.weight"), vec![out, r], values(23, out * r, -0.3, 0.3)),
+        (format!("base_model.model.{m}.lora_B.bias"), vec![out], bias.clone()),
+    ];
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 3, "lora_bias": true, "target_modules": ["q_proj"],
+        "layers_to_transform": [1]
+    });
+    let adapter = dir.path().join("bias");
+    write_adapter(&adapter, config, &tensors);
+    let ours = merge_onto(dir.path(), "qwen2-tiny", &adapter);
+    let expected: Vec<f32> =
+        base[&format!("{m}.bias")].1.iter().zip(&bias).map(|(b, d)| b + d * 1.5).collect();
+    assert_close(&ours[&format!("{m}.bias")].1, &expected, "q_proj bias");
+    agrees_with_unmerged(dir.path(), "qwen2-tiny", &adapter);
 }

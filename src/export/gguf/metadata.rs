@@ -2,11 +2,11 @@
 //! keys llama.cpp reads for `qwen2` / `qwen3` (`<arch>.context_length`, ...).
 
 use candle_core::quantized::gguf_file::Value;
-use serde_json::Value as Json;
 
 use super::file::ALIGNMENT;
 use crate::error::{Error, ModelError};
 use crate::model::HfConfig;
+use crate::model::rope::RopeScaling;
 use crate::profile::Profile;
 
 /// `GGML_QNT_VERSION`: the block layouts candle and current llama.cpp share.
@@ -53,21 +53,49 @@ pub fn metadata(
         (key("rope.freq_base"), Value::F32(config.rope_theta as f32)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(config.rms_norm_eps as f32)),
     ];
-    // rope_scaling (YaRN or linear context extension), as the converter writes it.
-    if let Some(scaling) = config.raw.get("rope_scaling").and_then(Json::as_object) {
-        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Json::as_str);
-        if let (Some(kind @ ("yarn" | "linear")), Some(factor)) =
-            (kind, scaling.get("factor").and_then(Json::as_f64))
-        {
-            out.push((key("rope.scaling.type"), Value::String(kind.into())));
-            out.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
-            if let Some(original) = scaling.get("original_max_position_embeddings").and_then(Json::as_u64) {
-                let original = usize::try_from(original).unwrap_or(usize::MAX);
-                out.push((
-                    key("rope.scaling.original_context_length"),
-                    u32_of("original_max_position_embeddings", original)?,
-                ));
+    // rope_scaling (YaRN or linear context extension), as the converter writes it. llama.cpp's
+    // metadata holds YaRN's factor and original context only: other YaRN settings are refused.
+    match &config.rope_scaling {
+        RopeScaling::Default => {}
+        RopeScaling::Linear { factor } => {
+            out.push((key("rope.scaling.type"), Value::String("linear".into())));
+            out.push((key("rope.scaling.factor"), Value::F32(*factor as f32)));
+        }
+        yarn @ RopeScaling::Yarn {
+            original_max_position_embeddings,
+            attention_factor,
+            beta_fast,
+            beta_slow,
+            mscale,
+            mscale_all_dim,
+            truncate,
+            ..
+        } => {
+            let set = [
+                ("attention_factor", attention_factor.is_some()),
+                ("beta_fast", beta_fast.is_some_and(|b| b != 32.0)),
+                ("beta_slow", beta_slow.is_some_and(|b| b != 1.0)),
+                ("mscale", mscale.is_some()),
+                ("mscale_all_dim", mscale_all_dim.is_some()),
+                ("truncate", *truncate == Some(false)),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, given)| *given) {
+                return Err(ModelError::UnsupportedConfig {
+                    path: config.path.clone(),
+                    key: format!("rope_scaling.{name}"),
+                    value: "set".into(),
+                    supported: "for GGUF: YaRN with factor and original_max_position_embeddings only (llama.cpp's rope.scaling keys); export safetensors or ONNX for this model".into(),
+                }
+                .into());
             }
+            let factor = yarn.yarn_effective_factor(config.max_position_embeddings).unwrap_or(1.0);
+            out.push((key("rope.scaling.type"), Value::String("yarn".into())));
+            out.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
+            let original = original_max_position_embeddings.unwrap_or(config.max_position_embeddings);
+            out.push((
+                key("rope.scaling.original_context_length"),
+                u32_of("original_max_position_embeddings", original)?,
+            ));
         }
     }
     Ok(out)

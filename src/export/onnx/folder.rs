@@ -15,7 +15,6 @@ use super::data::{InitializerSink, PlannedInitializer};
 use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
 use super::fused::build_fused_decoder;
 use super::genai::genai_config;
-use super::rope::rope_tables;
 use super::weights::{Storage, WeightForm, WeightWriter, plan_initializers, scheme_label};
 use crate::config::{ExportDtype, Target};
 use crate::error::{Error, RuntimeError};
@@ -362,7 +361,7 @@ fn write_onnx_folder_as(
             plan.tensors.push(copy);
         }
     }
-    let (cos, sin) = rope_tables(config);
+    let (cos, sin) = config.rope().tables(config.max_position_embeddings);
     // The fused RotaryEmbedding takes half-width tables (the two halves are equal).
     let table_cols = if options.target == Target::Ort { config.head_dim / 2 } else { config.head_dim };
     let (cos, sin) =

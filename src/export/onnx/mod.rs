@@ -7,7 +7,6 @@ pub mod decoder;
 pub mod folder;
 pub mod fused;
 pub mod genai;
-pub mod rope;
 pub mod weights;
 
 pub use folder::{OnnxOptions, OnnxPrecision, OnnxReport, write_onnx_folder};
