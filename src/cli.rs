@@ -401,7 +401,8 @@ pub struct RunArgs {
     /// whether it runs or is skipped) and write nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Redo every stage, even those whose inputs are unchanged
+    /// Redo every stage, even those whose inputs are unchanged, and replace an export folder
+    /// this tool did not write (never the base or the adapter)
     #[arg(long)]
     pub force: bool,
     /// Peak memory the plan may need (overrides `max-memory`; default: the available RAM)
@@ -441,6 +442,10 @@ pub struct MergeArgs {
     /// Split the weights into shards no larger than this, e.g. 5GB or 512MiB
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<crate::config::ByteSize>,
+    /// Replace --out even if this tool did not write it (its contents are deleted); the base
+    /// and the adapter are never replaced
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Dtypes a safetensors folder can hold.
@@ -477,6 +482,9 @@ pub struct CleanArgs {
     /// Also remove the finished exports declared in the configuration, and report.json/.md
     #[arg(long)]
     pub exports: bool,
+    /// With --exports: remove a declared export's folder even if this tool did not write it
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -331,8 +331,8 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// The run as a whole: another run holds the out-dir, the plan does not fit, the user stopped it.
 #[derive(Debug, Error)]
 pub enum PipelineError {
-    #[error("another run (pid {pid}) is using this out-dir: {} exists", lock.display())]
-    Locked { lock: PathBuf, pid: u32 },
+    #[error("another run holds this out-dir's lock ({}): {holder}", lock.display())]
+    Locked { lock: PathBuf, holder: String },
     #[error(
         "not enough disk space in {}: the plan writes about {} there, {} is free",
         dir.display(),
@@ -346,17 +346,18 @@ pub enum PipelineError {
         crate::config::size::human_bytes(*limit)
     )]
     Memory { stage: String, needed: u64, limit: u64, suggestion: String },
-    #[error("stopped by {signal} during `{stage}`; its partial outputs were removed")]
-    Interrupted { signal: &'static str, stage: String },
+    #[error("stopped by {signal} during `{stage}`{}; its partial outputs were removed", at.as_ref().map_or(String::new(), |t| format!(" before tensor `{t}`")))]
+    Interrupted { signal: &'static str, stage: String, at: Option<String> },
+    #[error("refusing to replace {}: it {message}", dir.display())]
+    Destination { dir: PathBuf, message: String, help: String },
 }
 
 impl PipelineError {
     pub fn help(&self) -> String {
         match self {
-            PipelineError::Locked { lock, .. } => format!(
-                "wait for that run to finish, or use another out-dir; if no such process runs, delete {}",
-                lock.display()
-            ),
+            PipelineError::Locked { .. } => {
+                "wait for that run to finish, or use another out-dir (the lock is the operating system's: it is released the moment that process ends)".into()
+            }
             PipelineError::DiskSpace { largest, .. } => {
                 let names: Vec<_> = largest
                     .iter()
@@ -371,6 +372,7 @@ impl PipelineError {
             PipelineError::Interrupted { .. } => {
                 "run the same command again: finished stages are kept and skipped".into()
             }
+            PipelineError::Destination { help, .. } => help.clone(),
         }
     }
 

@@ -24,6 +24,14 @@ pub fn run(ctx: &Context, args: &CleanArgs) -> Result<(), Error> {
         }
         let mut targets = vec![out_dir.join(super::run::RUN_FILE)];
         if args.exports {
+            let mut protected = crate::export::destination::protected_inputs(&config.base.value, None);
+            if let Some(adapter) = &config.adapter.value {
+                protected.push(("the adapter", adapter.as_path()));
+            }
+            for export in &config.exports {
+                let dir = out_dir.join(&export.value.name);
+                crate::export::destination::check_destination(&dir, &protected, args.force)?;
+            }
             targets.extend(config.exports.iter().map(|e| out_dir.join(&e.value.name)));
             targets.extend(["report.json", "report.md"].map(|f| out_dir.join(f)));
         }

@@ -45,6 +45,8 @@ pub fn run(ctx: &Context, args: &MergeArgs) -> Result<(), Error> {
         max_shard_size: args.max_shard_size.map(|s| s.0),
         allow_non_finite: config.allow_non_finite.value,
     };
+    let protected = crate::export::destination::protected_inputs(&base.dir, detection.as_ref());
+    crate::export::destination::check_destination(&out, &protected, args.force)?;
     let report = write_merged_folder(&base, detection.as_ref(), &options, &out)?;
     let summary = summary(&report);
     if ctx.json {

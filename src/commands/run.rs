@@ -160,6 +160,11 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     }
     // Before the lock: a refused plan writes nothing at all.
     preflight::check(&plan, config.max_memory.value.map(|b| b.0))?;
+    let protected = crate::export::destination::protected_inputs(&base.dir, detection.as_ref());
+    for export in &config.exports {
+        let dir = config.out_dir.value.join(&export.value.name);
+        crate::export::destination::check_destination(&dir, &protected, flags.force)?;
+    }
     interrupt::install();
     let out_dir = config.out_dir.value.clone();
     let state = StateDir::new(&out_dir);

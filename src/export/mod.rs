@@ -1,5 +1,6 @@
 //! Writers, one per output format.
 
+pub mod destination;
 pub mod gguf;
 pub mod manifest;
 pub mod onnx;

@@ -233,9 +233,15 @@ fn is_transient(error: &Error) -> bool {
 /// Runs `load` again after a transient failure: an I/O error that may pass, or any failure
 /// while a file under `dirs` is still changing (being written or copied). A failure on files
 /// that stay as they are is permanent and returned at once.
-fn with_retries<T>(
+fn with_retries<T>(retries: u32, dirs: &[&Path], load: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    with_retries_waiting(retries, dirs, &mut std::thread::sleep, load)
+}
+
+/// [`with_retries`] with the wait between attempts given (tests drive it instead of a clock).
+fn with_retries_waiting<T>(
     retries: u32,
     dirs: &[&Path],
+    wait: &mut dyn FnMut(Duration),
     mut load: impl FnMut() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut delay = Duration::from_millis(100);
@@ -251,7 +257,7 @@ fn with_retries<T>(
         }
         let transient = is_transient(&error);
         // A file that changes while we wait is being written: worth another try.
-        std::thread::sleep(delay);
+        wait(delay);
         let changing = snapshot(dirs) != before;
         if !(changing || transient) {
             return Err(error);
@@ -801,4 +807,41 @@ fn group_info(plan: &LoadPlan) -> Vec<GroupInfo> {
         *g.formats.entry(p.label()).or_default() += 1;
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incomplete(path: &Path) -> Error {
+        Error::Model(ModelError::Safetensors { path: path.to_path_buf(), message: "incomplete".into() })
+    }
+
+    #[test]
+    fn a_file_that_grows_between_attempts_is_retried_and_one_that_stays_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        std::fs::write(&file, b"half").unwrap();
+        let load = || {
+            let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+            if len >= 7 { Ok(len) } else { Err(incomplete(&file)) }
+        };
+        // The "copy in progress" adds a byte during each wait: no clock, no race.
+        let mut waits = Vec::new();
+        let mut grow = |d: Duration| {
+            waits.push(d);
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes.push(b'+');
+            std::fs::write(&file, bytes).unwrap();
+        };
+        assert_eq!(with_retries_waiting(6, &[dir.path()], &mut grow, load).ok(), Some(7));
+        assert_eq!(waits, [100, 200, 400].map(Duration::from_millis));
+
+        // A file cut short that nobody writes: one look for change, then the error, never retried.
+        std::fs::write(&file, b"cut").unwrap();
+        let mut looked = 0;
+        let err = with_retries_waiting(6, &[dir.path()], &mut |_| looked += 1, load).err().unwrap();
+        assert_eq!(looked, 1);
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
 }

@@ -167,7 +167,7 @@ fn merged_rows(
 pub fn execute_rows(plan: &MergePlan, inputs: &MergeInputs<'_>, rows: RowsFn<'_>) -> Result<(), Error> {
     let mut values = Vec::new();
     for t in &plan.tensors {
-        crate::pipeline::interrupt::check()?;
+        crate::pipeline::interrupt::check_before(Some(&t.name))?;
         crate::pipeline::fault::point("export-tensor");
         merged_rows(inputs, t, &mut values, &mut |first, v| rows(t, first, v))?;
     }
@@ -185,7 +185,7 @@ pub fn execute(
     let mut values = Vec::new();
     let mut encoded = Vec::new();
     for t in &plan.tensors {
-        crate::pipeline::interrupt::check()?;
+        crate::pipeline::interrupt::check_before(Some(&t.name))?;
         crate::pipeline::fault::point("merge-tensor");
         let dtype = dtype_for(t);
         let (file, info) = inputs.source(&t.origin);

@@ -1,7 +1,9 @@
 //! Named fault points for the resume tests: `MODEL_EXPORT_FAULT=<name>` (or `<name>:<n>` for
 //! the n-th time the point is reached) makes the process SIGKILL itself there, which is the only
 //! reliable way to stop a real run at an exact moment. With `MODEL_EXPORT_FAULT_SIGNAL=INT` the
-//! point sends SIGINT instead and the run goes on to its next safe point, as after Ctrl-C.
+//! point sends SIGINT instead and the run goes on to its next safe point, as after Ctrl-C; with
+//! `MODEL_EXPORT_FAULT_SIGNAL=STOP` the process stops itself (SIGSTOP) there, holding whatever it
+//! holds (the out-dir lock), until the test kills or continues it.
 //! Without the variables a point costs one initialized-once check.
 
 use std::sync::OnceLock;
@@ -16,6 +18,7 @@ struct Fault {
     seen: AtomicUsize,
     interrupt: bool,
     error: bool,
+    stop: bool,
 }
 
 fn armed() -> Option<&'static Fault> {
@@ -28,8 +31,8 @@ fn armed() -> Option<&'static Fault> {
                 None => (spec, 1),
             };
             let signal = std::env::var(FAULT_SIGNAL_ENV).unwrap_or_default();
-            let (interrupt, error) = (signal == "INT", signal == "ERROR");
-            Some(Fault { name, nth, seen: AtomicUsize::new(0), interrupt, error })
+            let (interrupt, error, stop) = (signal == "INT", signal == "ERROR", signal == "STOP");
+            Some(Fault { name, nth, seen: AtomicUsize::new(0), interrupt, error, stop })
         })
         .as_ref()
 }
@@ -51,6 +54,15 @@ pub fn is_armed(name: &str) -> bool {
 pub fn point(name: &str) {
     let Some(fault) = armed().filter(|f| !f.error) else { return };
     if fault.name == name && fault.seen.fetch_add(1, Ordering::SeqCst) + 1 == fault.nth {
+        #[cfg(unix)]
+        if fault.stop {
+            tracing::warn!("fault point {name}: stopping the process ({FAULT_ENV})");
+            // SAFETY: stopping our own process; it resumes (or is killed) from outside.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
+            }
+            return;
+        }
         #[cfg(unix)]
         if fault.interrupt {
             tracing::warn!("fault point {name}: sending SIGINT ({FAULT_ENV})");

@@ -41,10 +41,15 @@ pub fn enter(stage: &str) {
 
 /// `Err(Interrupted)` once SIGINT or SIGTERM arrived.
 pub fn check() -> Result<(), PipelineError> {
+    check_before(None)
+}
+
+/// [`check`] at a safe point before `tensor`, which the message names.
+pub fn check_before(tensor: Option<&str>) -> Result<(), PipelineError> {
     let Some((signal, _)) = FLAGS.get().into_iter().flatten().find(|(_, flag)| flag.load(Ordering::Relaxed))
     else {
         return Ok(());
     };
     let stage = STAGE.lock().map(|s| s.clone()).unwrap_or_default();
-    Err(PipelineError::Interrupted { signal, stage })
+    Err(PipelineError::Interrupted { signal, stage, at: tensor.map(str::to_string) })
 }

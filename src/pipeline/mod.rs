@@ -57,6 +57,8 @@ struct ValidateInputs<'a> {
     chat_template: bool,
     /// Where ONNX Runtime was found: installing it changes what validation can run.
     onnxruntime: Option<String>,
+    /// How validation judges: a result recorded by an older method is redone.
+    method: &'static str,
 }
 
 /// Builds the plan: every stage with its inputs' digest, estimates, and whether it must run.
@@ -135,6 +137,7 @@ pub fn build_plan(
             max_new_tokens: v.max_new_tokens.value,
             chat_template: v.chat_template.value,
             onnxruntime: onnxruntime.clone(),
+            method: crate::validate::METHOD,
         });
         let id = validate_stage_id(&spec.name);
         stages.push(Stage {

@@ -30,6 +30,10 @@ use metrics::{compare_logits, first_divergence};
 use report::{EngineResult, ExportValidation, MergeCheck, Verdict};
 use tolerance::Tolerance;
 
+/// What a recorded validation result was judged by; changing the reference or the tolerances
+/// changes it, so a re-run validates again instead of reporting an old verdict.
+pub const METHOD: &str = "unmerged reference; scale-relative tolerances; verdicts (2)";
+
 /// The reference run every export is compared with.
 pub struct Reference {
     pub batch: Batch,

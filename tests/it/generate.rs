@@ -272,35 +272,16 @@ fn copy_folder(from: &Path, to: &Path) {
 }
 
 #[test]
-fn a_file_still_being_written_is_retried_and_a_broken_one_is_not() {
+fn a_broken_file_is_reported_with_its_name() {
+    // The retry logic itself (a file growing between attempts, one that stays) is tested in
+    // src/loader/mod.rs with the waits driven by the test instead of a clock.
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     copy_folder(&fixture("reference/qwen3-tiny-merged"), &model_dir);
     let weights = model_dir.join("model.safetensors");
     let full = std::fs::read(&weights).unwrap();
-    // A copy in progress: half the file now, the rest in pieces every 30 ms (well inside the
-    // loader's 100 ms look for change, even on a loaded machine).
-    std::fs::write(&weights, &full[..full.len() / 2]).unwrap();
-    let writer = {
-        let (weights, full) = (weights.clone(), full.clone());
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new().append(true).open(&weights).unwrap();
-            for piece in full[full.len() / 2..].chunks(full.len() / 24 + 1) {
-                std::thread::sleep(std::time::Duration::from_millis(30));
-                file.write_all(piece).unwrap();
-            }
-        })
-    };
-    let model = Model::load(&LoadOptions { retries: 6, ..LoadOptions::new(&model_dir) });
-    writer.join().unwrap();
-    assert!(model.is_ok(), "{:?}", model.err());
-
-    // A file cut short that nobody is writing: reported at once with the file, never retried.
     std::fs::write(&weights, &full[..full.len() - 100]).unwrap();
-    let started = std::time::Instant::now();
     let err = Model::load(&LoadOptions::new(&model_dir)).err().unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_millis(1000), "{:?}", started.elapsed());
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod config;
 mod demo;
+mod destinations;
 mod detect;
 mod generate;
 mod gguf;

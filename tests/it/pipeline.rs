@@ -175,24 +175,64 @@ fn a_run_killed_at_any_named_moment_resumes_to_identical_artifacts() {
     }
 }
 
-#[test]
-fn a_second_run_is_refused_while_the_first_holds_the_out_dir() {
-    let project = Project::new(TABLES);
-    let state = project.path().join("exports/.state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut holder = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-    std::fs::write(state.join("lock"), format!("{}\n", holder.id())).unwrap();
-    let refused = project.run(&["run"]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(refused.stderr.contains(&format!("another run (pid {})", holder.id())), "{}", refused.stderr);
-    assert!(!project.path().join("exports/onnx-f32").exists());
+/// The state letter of a process (`T` when stopped), from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
 
-    // The holder is gone now: its lock is stale and taken over.
+#[test]
+fn two_runs_started_together_one_runs_the_other_is_refused_and_a_killed_holder_frees_the_lock() {
+    let project = Project::new(TABLES);
+    // Both stop themselves at their first merged tensor (after taking the lock, if they get it).
+    let start = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-model-export"));
+        cmd.current_dir(project.path())
+            .args(["run", "-j", "1"])
+            .env("MODEL_EXPORT_FAULT", "merge-tensor")
+            .env("MODEL_EXPORT_FAULT_SIGNAL", "STOP")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let mut runs = [start(), start()];
+    // Exactly one exits (refused); the other is stopped holding the lock. The overall bound only
+    // keeps a broken build from hanging the suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let (refused, holder) = loop {
+        if let Some(status) = runs[0].try_wait().unwrap() {
+            break (0, status);
+        }
+        if let Some(status) = runs[1].try_wait().unwrap() {
+            break (1, status);
+        }
+        assert!(std::time::Instant::now() < deadline, "neither run was refused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let (refused, status) = (refused, holder);
+    let holder = 1 - refused;
+    let holder_pid = runs[holder].id();
+    while process_state(holder_pid) != Some('T') {
+        assert!(runs[holder].try_wait().unwrap().is_none(), "the holder exited instead of holding the lock");
+        assert!(std::time::Instant::now() < deadline, "the holder never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(runs[refused].stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another run holds this out-dir's lock"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {holder_pid}, started at unix time")), "{stderr}");
+    assert!(stderr.contains("run -j 1"), "the message names the holder's command: {stderr}");
+
+    // SIGKILL the holder: the kernel frees its lock at once, whatever its lock file says.
+    runs[holder].kill().unwrap();
+    runs[holder].wait().unwrap();
+    let state = project.path().join("exports/.state");
+    assert!(state.join("lock").exists(), "a killed holder leaves its lock file behind");
     let taken = project.run(&["run"]);
     assert_eq!(taken.code, 0, "{}", taken.stderr);
-    assert!(!state.join("lock").exists(), "the lock is released at the end");
+    assert!(!state.join("lock").exists(), "the lock file is removed at the end");
 }
 
 #[test]
@@ -270,11 +310,23 @@ fn clean_removes_the_state_and_keeps_finished_exports_unless_asked() {
 fn ctrl_c_stops_at_a_safe_point_removes_the_partial_export_and_says_how_to_resume() {
     let project = Project::new(TABLES);
     let stopped = project.run_env(
-        &["run"],
+        &["run", "-j", "1"],
         &[("MODEL_EXPORT_FAULT", "export-tensor:5"), ("MODEL_EXPORT_FAULT_SIGNAL", "INT")],
     );
     assert_eq!(stopped.code, 130, "{}", stopped.stderr);
-    assert!(stopped.stderr.contains("stopped by SIGINT during `export:onnx-f32`"), "{}", stopped.stderr);
+    // The signal is raised on the thread at the 5th tensor: the very next safe point stops,
+    // before the 6th tensor of the export (in the merged folder's plan order).
+    let merged =
+        model_export::model::ModelFolder::open(&project.path().join("exports/.state/merged"), None).unwrap();
+    let plan = model_export::merge::plan_merge(&merged, None).unwrap();
+    let sixth = &plan.tensors[5].name;
+    assert!(
+        stopped
+            .stderr
+            .contains(&format!("stopped by SIGINT during `export:onnx-f32` before tensor `{sixth}`")),
+        "{}",
+        stopped.stderr
+    );
     assert!(stopped.stderr.contains("run the same command again"), "{}", stopped.stderr);
     let out = project.path().join("exports");
     assert!(!out.join("onnx-f32").exists());
