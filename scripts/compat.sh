@@ -3,15 +3,16 @@
 # fixtures (and of a synthetic model wide enough for llama.cpp's k-quant blocks) are read by
 # the `safetensors` package and transformers' config classes, by the `gguf` package llama.cpp
 # publishes, and run in onnxruntime-genai; scripts/compat.py holds the checks.
-# Run by scripts/test.sh. Its Python packages go into a venv (target/compat-venv); where they
-# cannot be installed the checks are skipped, except under CI=true, where that fails.
+# Run by scripts/test.sh. Its Python packages go into a venv (target/compat-venv, pinned with
+# their dependencies by scripts/python/constraints.txt); where they cannot be installed the
+# checks are skipped, except under CI=true, where that fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${COMPAT_VENV:-target/compat-venv}"
 packages=(gguf==0.19.0 safetensors==0.8.0 transformers==5.23.0 onnxruntime-genai==0.18.0)
-if ! { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } ||
-    ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${packages[@]}"; then
+source scripts/python/venv.sh
+if ! make_venv "$venv" "${packages[@]}"; then
     if [ "${CI:-}" = "true" ]; then
         echo "compat: cannot install ${packages[*]} (CI=true requires the checks)" >&2
         exit 1

@@ -6,10 +6,16 @@ cd "$(dirname "$0")/.."
 
 # ONNX Runtime's shared library comes from its PyPI wheel (the project loads it at run time,
 # see src/runtime/ort_engine.rs); the `onnx` package is an independent checker of our graphs.
-# Pinned: ort 2.0.0-rc.15 needs ONNX Runtime 1.31 or newer.
-echo "== python packages"
-python3 -m pip install --quiet --disable-pip-version-check --no-deps onnxruntime==1.32.0
-python3 -m pip install --quiet --disable-pip-version-check onnx==1.23.2
+# Both go into a venv (target/test-venv; $PYTHON picks the interpreter), pinned with every
+# transitive dependency by scripts/python/constraints.txt. ort 2.0.0-rc.15 needs ONNX Runtime
+# 1.31 or newer.
+echo "== python packages (target/test-venv)"
+source scripts/python/venv.sh
+venv="$PWD/target/test-venv"
+make_venv "$venv" onnxruntime==1.32.0 onnx==1.23.2
+# The tests find ONNX Runtime and `python3 -c "import onnx"` through the venv.
+export VIRTUAL_ENV="$venv"
+export PATH="$venv/bin:$PATH"
 
 echo "== format"
 cargo fmt --all -- --check

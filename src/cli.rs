@@ -168,7 +168,7 @@ pub enum Command {
             checked against --max-memory (default: available RAM) before anything is allocated. Prompts run \
             as one left-padded batch with the KV cache; the defaults (sampling, eos ids) come from \
             generation_config.json. With one prompt, text streams as it is generated.",
-        after_help = "Examples:\n  cargo model-export generate --prompt \"Hello\" --greedy\n  cargo model-export generate exports/merged --chat --prompt \"What is LoRA?\" --quantization q4_k\n  cargo model-export generate models/Qwen3-0.6B --adapter runs/sft --prompt \"Hi\" --seed 7 --stop \"\\n\\n\"\n  cargo model-export generate --export onnx-int4 --prompt \"Hi\" --max-new-tokens 32 --message-format json\n  cargo model-export generate exports/gguf-q4_k --chat --prompt \"Hi\""
+        after_help = "Examples:\n  cargo model-export generate --prompt \"Hello\" --greedy\n  cargo model-export generate exports/merged --chat --prompt \"What is LoRA?\" --quantization q4_k\n  cargo model-export generate --base models/Qwen3-0.6B --adapter runs/sft --prompt \"Hi\" --seed 7 --stop \"\\n\\n\"\n  cargo model-export generate --export onnx-int4 --prompt \"Hi\" --max-new-tokens 32 --message-format json\n  cargo model-export generate exports/gguf-q4_k --chat --prompt \"Hi\""
     )]
     Generate(GenerateArgs),
     /// Measure load time, prefill and decode speed and peak memory of each export in each engine
@@ -291,14 +291,18 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A model folder, merged export, ONNX or GGUF export, or .gguf file (default: the project's base + adapter)
+    /// The model to load: a model folder, merged export, ONNX or GGUF export, or .gguf file
+    /// (default: the project's base + adapter). The same as the positional MODEL
+    #[arg(long, value_name = "DIR", conflicts_with = "model")]
+    pub base: Option<PathBuf>,
+    /// The same as --base (kept as a positional argument)
     #[arg(value_name = "MODEL")]
     pub model: Option<PathBuf>,
-    /// Merge this adapter folder or training run into MODEL (or the configured base) in memory
+    /// Merge this adapter folder or training run into --base (or the configured base) in memory
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// Load <out-dir>/NAME, an export declared in the project
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["model", "adapter"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["base", "model", "adapter"])]
     pub export: Option<String>,
     /// A prompt (repeat for a batch)
     #[arg(long = "prompt", value_name = "TEXT", required = true)]
@@ -377,7 +381,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
     /// Threads for ONNX Runtime (default: all cores)
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
 
@@ -401,6 +405,10 @@ pub struct RunArgs {
     /// whether it runs or is skipped) and write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Re-hash every output of the stages that would be skipped (normally a file is re-hashed
+    /// only when its size or modification time changed); one whose bytes changed is redone
+    #[arg(long)]
+    pub verify: bool,
     /// Redo every stage, even those whose inputs are unchanged, and replace an export folder
     /// this tool did not write (never the base or the adapter)
     #[arg(long)]
@@ -500,4 +508,70 @@ pub fn normalize_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
         args.remove(1);
     }
     args
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Spellings of a concept that has one name here (`--base`, `--adapter`, `--out-dir`,
+    /// `--out`, `--threads`, `--prompt`): none may appear as a flag of any subcommand.
+    const SYNONYMS: &[(&str, &str)] = &[
+        ("model", "base"),
+        ("base-model", "base"),
+        ("model-dir", "base"),
+        ("lora", "adapter"),
+        ("adapter-dir", "adapter"),
+        ("run-dir", "adapter"),
+        ("output", "out"),
+        ("output-dir", "out-dir"),
+        ("outdir", "out-dir"),
+        ("num-threads", "threads"),
+        ("n-threads", "threads"),
+        ("prompts", "prompt"),
+    ];
+
+    #[test]
+    fn every_subcommand_names_the_same_concept_the_same_way() {
+        let cli = Cli::command();
+        // flag -> (value name, takes a value) per subcommand: one meaning per flag everywhere.
+        let mut seen: BTreeMap<String, (String, Option<String>, bool)> = BTreeMap::new();
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name().to_string();
+            let flags: Vec<String> =
+                sub.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if let Some((_, better)) = SYNONYMS.iter().find(|(s, _)| *s == long) {
+                    panic!("`{name} --{long}`: this tool calls it --{better}");
+                }
+                let value = arg
+                    .get_value_names()
+                    .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "));
+                let takes = arg.get_num_args().is_some_and(|n| n.takes_values());
+                match seen.get(long) {
+                    Some((first, v, t)) => assert!(
+                        (v, *t) == (&value, takes),
+                        "--{long} means different things in `{first}` ({v:?}) and `{name}` ({value:?})"
+                    ),
+                    None => {
+                        seen.insert(long.to_string(), (name.clone(), value, takes));
+                    }
+                }
+            }
+            // A subcommand that reads a base + adapter takes both as --base and --adapter.
+            if flags.iter().any(|f| f == "adapter") {
+                assert!(flags.iter().any(|f| f == "base"), "`{name}` takes --adapter but not --base");
+            }
+        }
+        for needed in ["merge", "run", "validate", "bench", "generate", "detect", "clean", "export"] {
+            let Some(sub) = cli.find_subcommand(needed) else { continue };
+            let has = |flag: &str| sub.get_arguments().any(|a| a.get_long() == Some(flag));
+            assert!(has("base") && has("adapter"), "`{needed}` must take --base and --adapter");
+        }
+    }
 }

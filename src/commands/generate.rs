@@ -31,7 +31,7 @@ fn parse_dtype(text: &str) -> Result<DType, LoadError> {
 
 /// What to load: MODEL (with --adapter), --export NAME, or the project's base + adapter.
 fn source(ctx: &Context, args: &GenerateArgs) -> Result<Source, Error> {
-    if let Some(model) = &args.model {
+    if let Some(model) = args.base.as_ref().or(args.model.as_ref()) {
         return Ok(match &args.adapter {
             Some(adapter) => Source::WithAdapter { base: model.clone(), adapter: adapter.clone() },
             None => Source::Folder(model.clone()),

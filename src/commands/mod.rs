@@ -79,6 +79,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 force: args.force,
                 no_fallback: args.no_fallback,
                 allow_unverified: args.allow_unverified,
+                verify: args.verify,
             };
             run::run(&ctx, &overrides, flags)
         }

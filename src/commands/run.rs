@@ -139,6 +139,7 @@ pub struct RunFlags {
     pub force: bool,
     pub no_fallback: bool,
     pub allow_unverified: bool,
+    pub verify: bool,
 }
 
 pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), Error> {
@@ -151,7 +152,13 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection.as_ref(), &base.dir);
     crate::validate::check_tokenizer(&tokenizer_dir)?;
     crate::validate::markdown::check(config.report_template.value.as_deref())?;
-    let plan = build_plan(&config, &base, detection.as_ref(), flags.force, !flags.no_validate)?;
+    let options = crate::pipeline::PlanOptions {
+        force: flags.force,
+        validate: !flags.no_validate,
+        rehash: flags.verify,
+        check: !flags.skip_check,
+    };
+    let plan = build_plan(&config, &base, detection.as_ref(), options)?;
     if flags.dry_run {
         return print_plan(ctx, &plan);
     }

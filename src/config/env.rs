@@ -122,3 +122,9 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
         export: None,
     })
 }
+
+/// Whether this is a CI run: `CI=true` exactly (what GitHub Actions, GitLab and others set), the
+/// one rule for "every engine and check is required".
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}

@@ -15,7 +15,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// Reports about an export, written after it is installed: not part of the artifact.
 pub const REPORT_FILES: &[&str] = &["validation.json", "validation.md"];
 
-fn is_artifact(name: &str) -> bool {
+pub fn is_artifact(name: &str) -> bool {
     name != MANIFEST && !REPORT_FILES.contains(&name)
 }
 

@@ -46,6 +46,12 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 
 impl Write for HashingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // `MODEL_EXPORT_FAULT=disk-full` with `MODEL_EXPORT_FAULT_SIGNAL=ERROR`: a full disk
+        // wherever no small filesystem can be mounted for the test.
+        #[cfg(unix)]
+        if crate::pipeline::fault::fails("disk-full") {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         let (file, hasher) = (&mut self.file, &mut self.hasher);
         if buf.len() >= 1 << 20 {
             let (written, ()) = rayon::join(|| file.write_all(buf), || hasher.update(buf));

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod fault;
 pub mod interrupt;
 pub mod lock;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod preflight;
@@ -23,8 +24,8 @@ use crate::model::ModelFolder;
 
 use digest::{FileIdentity, digest, folder_identity};
 use plan::{
-    Action, BASE_MEMORY, Plan, Stage, StageKind, bytes_per_weight, export_stage_id, merge_stage_id,
-    report_stage_id, validate_stage_id,
+    Action, Plan, Stage, StageKind, bytes_per_weight, export_stage_id, merge_stage_id, report_stage_id,
+    validate_stage_id,
 };
 use state::StateDir;
 
@@ -61,20 +62,35 @@ struct ValidateInputs<'a> {
     method: &'static str,
 }
 
+/// What the plan is asked to do besides the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// Redo every stage.
+    pub force: bool,
+    /// Validate the exports (validate and report stages).
+    pub validate: bool,
+    /// Re-hash every output of a stage that would be skipped (`run --verify`).
+    pub rehash: bool,
+    /// Exports are loaded back into their engines before they are installed.
+    pub check: bool,
+}
+
 /// Builds the plan: every stage with its inputs' digest, estimates, and whether it must run.
 pub fn build_plan(
     config: &Config,
     base: &ModelFolder,
     detection: Option<&Detection>,
-    force: bool,
-    validate: bool,
+    options: PlanOptions,
 ) -> Result<Plan, Error> {
+    let PlanOptions { force, validate, rehash, check } = options;
     let out_dir = config.out_dir.value.clone();
     let state = StateDir::new(&out_dir);
     let parameters = base.parameter_count();
     let largest_f32 = base.tensors().map(|(_, t)| t.numel() as u64 * 4).max().unwrap_or(0);
-    let streaming_memory = BASE_MEMORY + 3 * largest_f32;
-    let action = |id: &str, inputs: &str| match (force, state.must_run(id, inputs)) {
+    let streaming_memory = memory::streaming(largest_f32);
+    // A quantized GGUF embedding is expanded to f16 for the lookup.
+    let embedding_f16 = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64 * 2);
+    let action = |id: &str, inputs: &str| match (force, state.must_run(id, inputs, rehash)) {
         (true, _) => Action::Run { reason: "--force".into() },
         (false, Some(reason)) => Action::Run { reason: reason.into() },
         (false, None) => Action::Skip,
@@ -108,6 +124,7 @@ pub fn build_plan(
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
     let onnxruntime = crate::runtime::ort_engine::find_onnxruntime().map(|p| p.display().to_string());
     let mut validations = Vec::new();
+    let mut any_validation_runs = false;
     for export in &config.exports {
         let spec = &export.value;
         let dir = out_dir.join(&spec.name);
@@ -122,7 +139,7 @@ pub fn build_plan(
             reads: vec![weights_from.clone()],
             writes: vec![dir.clone()],
             estimated_bytes_written: bytes,
-            estimated_peak_memory: streaming_memory,
+            estimated_peak_memory: memory::export(spec, bytes, largest_f32, check),
             inputs_digest: inputs.clone(),
         });
         if !validate {
@@ -140,16 +157,22 @@ pub fn build_plan(
             method: crate::validate::METHOD,
         });
         let id = validate_stage_id(&spec.name);
+        // A redone export replaces its folder, validation reports included: validate it again.
+        let export_runs = stages.last().is_some_and(Stage::runs);
+        let validate_action = match action(&id, &validation) {
+            Action::Skip if export_runs => Action::Run { reason: "its export is redone".into() },
+            other => other,
+        };
+        any_validation_runs |= matches!(validate_action, Action::Run { .. });
         stages.push(Stage {
-            action: action(&id, &validation),
+            action: validate_action,
             id,
             kind: StageKind::Validate,
             export: Some(spec.name.clone()),
             reads: vec![dir.clone(), weights_from.clone()],
             writes: vec![dir.join("validation.json"), dir.join("validation.md")],
             estimated_bytes_written: 1 << 20,
-            // The f32 reference in candle, plus the export loaded in an engine.
-            estimated_peak_memory: BASE_MEMORY + parameters * 4 + bytes,
+            estimated_peak_memory: memory::validation(spec, bytes, parameters, embedding_f16),
             inputs_digest: validation.clone(),
         });
         validations.push(validation);
@@ -157,8 +180,14 @@ pub fn build_plan(
     if validate && !config.exports.is_empty() {
         let inputs = digest(&validations);
         let id = report_stage_id();
+        let report_action = match action(&id, &inputs) {
+            Action::Skip if any_validation_runs => {
+                Action::Run { reason: "an export is validated again".into() }
+            }
+            other => other,
+        };
         stages.push(Stage {
-            action: action(&id, &inputs),
+            action: report_action,
             id,
             kind: StageKind::Report,
             export: None,
@@ -169,7 +198,7 @@ pub fn build_plan(
                 .collect(),
             writes: vec![out_dir.join("report.json"), out_dir.join("report.md")],
             estimated_bytes_written: 1 << 20,
-            estimated_peak_memory: BASE_MEMORY,
+            estimated_peak_memory: memory::BASE_MEMORY,
             inputs_digest: inputs,
         });
     }

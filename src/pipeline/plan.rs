@@ -8,9 +8,6 @@ use serde::Serialize;
 
 use crate::config::schema::{ExportDtype, ExportSpec, Format};
 
-/// Memory every stage needs besides its tensors: the binary, allocator, buffers, thread pools.
-pub const BASE_MEMORY: u64 = 128 << 20;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageKind {

@@ -1,13 +1,16 @@
 //! `<out-dir>/.state/stages/<stage>.json`: written when a stage finishes, after its outputs are
 //! in place. A re-run skips the stage when the digest of its inputs is unchanged and its
 //! outputs still verify; a record that is missing (the run was killed before it) redoes it.
+//! Outputs verify cheaply by the size and modification time of every file; a file whose size or
+//! mtime changed is re-hashed (the stage reruns only if its bytes differ), and `run --verify`
+//! re-hashes every file whatever its stamp says.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::export::manifest::{Check, MANIFEST, verify};
+use crate::export::manifest::{Check, MANIFEST, is_artifact, verify};
 use crate::fsutil::write_json;
 
 use super::digest::file_sha256;
@@ -25,26 +28,73 @@ pub struct StageRecord {
 pub struct Output {
     pub path: PathBuf,
     pub sha256: String,
+    /// Size and mtime of every file of the output, as the stage left them.
+    #[serde(default)]
+    pub stamps: Vec<Stamp>,
+}
+
+/// A file's size and modification time (nanoseconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Relative to the output folder (empty for an output that is a file).
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: u64,
+}
+
+fn stamp(path: &Path, relative: PathBuf) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime_ns = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some(Stamp { path: relative, size: meta.len(), mtime_ns: u64::try_from(mtime_ns).ok()? })
+}
+
+/// Stamps of the files of folder `dir` that its manifest covers (not the validation reports
+/// written beside them later), sorted by name.
+fn folder_stamps(dir: &Path) -> Option<Vec<Stamp>> {
+    let mut stamps = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if path.is_file() && (is_artifact(&name) || name == MANIFEST) {
+            stamps.push(stamp(&path, PathBuf::from(name))?);
+        }
+    }
+    stamps.sort_by(|a, b| a.path.cmp(&b.path));
+    Some(stamps)
 }
 
 impl Output {
     /// An export folder, identified by its manifest (which lists every file's hash).
     pub fn folder(dir: &Path) -> Option<Output> {
-        Some(Output { path: dir.to_path_buf(), sha256: file_sha256(&dir.join(MANIFEST))? })
+        Some(Output {
+            path: dir.to_path_buf(),
+            sha256: file_sha256(&dir.join(MANIFEST))?,
+            stamps: folder_stamps(dir)?,
+        })
     }
 
     pub fn file(path: &Path) -> Option<Output> {
-        Some(Output { path: path.to_path_buf(), sha256: file_sha256(path)? })
+        Some(Output {
+            path: path.to_path_buf(),
+            sha256: file_sha256(path)?,
+            stamps: vec![stamp(path, PathBuf::new())?],
+        })
     }
 
-    /// Still what the stage wrote: same manifest (and the files it lists, by size), or same bytes.
-    fn verifies(&self) -> bool {
-        if self.path.is_dir() {
-            file_sha256(&self.path.join(MANIFEST)).as_ref() == Some(&self.sha256)
-                && verify(&self.path, Check::Sizes).is_ok()
-        } else {
-            file_sha256(&self.path).as_ref() == Some(&self.sha256)
+    /// Still what the stage wrote: same manifest and files of the same sizes and mtimes (else,
+    /// or with `rehash`, every byte against the manifest's SHA-256), or a file of the same bytes.
+    fn verifies(&self, rehash: bool) -> bool {
+        if !self.path.is_dir() {
+            return file_sha256(&self.path).as_ref() == Some(&self.sha256);
         }
+        if file_sha256(&self.path.join(MANIFEST)).as_ref() != Some(&self.sha256) {
+            return false;
+        }
+        let unchanged = !self.stamps.is_empty() && folder_stamps(&self.path).as_ref() == Some(&self.stamps);
+        if unchanged && !rehash {
+            return verify(&self.path, Check::Sizes).is_ok();
+        }
+        verify(&self.path, Check::Full).is_ok()
     }
 }
 
@@ -84,8 +134,9 @@ impl StateDir {
         self.dir.join("stages").join(format!("{stage}.json"))
     }
 
-    /// Why `stage` must run, or `None` when its record matches `inputs` and its outputs verify.
-    pub fn must_run(&self, stage: &str, inputs: &str) -> Option<&'static str> {
+    /// Why `stage` must run, or `None` when its record matches `inputs` and its outputs verify
+    /// (re-hashing every byte with `rehash`, as `run --verify` asks).
+    pub fn must_run(&self, stage: &str, inputs: &str, rehash: bool) -> Option<&'static str> {
         let Some(record) = std::fs::read(self.record_path(stage))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<StageRecord>(&bytes).ok())
@@ -94,7 +145,7 @@ impl StateDir {
         };
         if record.inputs != inputs {
             Some("its inputs changed")
-        } else if !record.outputs.iter().all(Output::verifies) {
+        } else if !record.outputs.iter().all(|o| o.verifies(rehash)) {
             Some("its outputs changed or are missing")
         } else {
             None

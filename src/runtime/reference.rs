@@ -180,6 +180,8 @@ impl ReferenceModel {
             let Some((file, info)) = folder.tensor(name) else { return Ok(None) };
             let mut values = Vec::new();
             file.read_f32(info, &mut values)?;
+            // The f32 copy is what the model keeps: drop the mapped pages from the RSS.
+            file.release(info, 0, info.byte_len());
             Ok(Some((values, info.shape.clone())))
         })
     }

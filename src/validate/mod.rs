@@ -99,36 +99,59 @@ fn stop_ids(base: &ModelFolder) -> (Vec<i64>, i64) {
     (eos, pad)
 }
 
-/// The merged model's weights in f32 by name: the folder's own (a merge already written), or
-/// merged in memory from the base and `inputs.adapter` (nothing is written).
+/// The merged model in f32: the folder's own weights (a merge already written), or merged in
+/// memory from the base and `inputs.adapter` (nothing is written). Each tensor is decoded as its
+/// bytes stream out of the merge and handed to the model without another copy, so the peak is
+/// one f32 copy of the model.
 fn load_merged(inputs: &ExportInputs<'_>) -> Result<ReferenceModel, Error> {
     let Some(adapter) = inputs.adapter else { return Ok(ReferenceModel::load(inputs.weights)?) };
     let plan = plan_merge(inputs.weights, Some(adapter))?;
     let mut weights: HashMap<String, (Vec<f32>, Vec<usize>)> = HashMap::new();
-    let mut bytes = Vec::new();
+    let mut tensors = plan.tensors.iter();
+    let mut current: Option<(&crate::merge::plan::PlannedTensor, Vec<f32>, usize)> = None;
+    let mut pending: Vec<u8> = Vec::new();
     let hidden = indicatif::ProgressBar::hidden();
     execute(
         &plan,
         &MergeInputs { base: inputs.weights, adapter: Some(adapter), allow_non_finite: true },
         &|_| TensorDtype::F32,
-        &mut |b| {
-            bytes.extend_from_slice(b);
+        &mut |mut bytes| {
+            while !bytes.is_empty() {
+                if current.is_none() {
+                    let Some(t) = tensors.next() else { break };
+                    let n: usize = t.shape.iter().product();
+                    current = Some((t, Vec::with_capacity(n), n));
+                }
+                let Some((_, values, n)) = current.as_mut() else { break };
+                // f32 values may straddle two writes: keep the odd bytes until the next one.
+                let wanted = (*n - values.len()) * 4 - pending.len();
+                let (now, rest) = bytes.split_at(wanted.min(bytes.len()));
+                pending.extend_from_slice(now);
+                let whole = pending.len() / 4 * 4;
+                values.extend(
+                    pending[..whole].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
+                pending.drain(..whole);
+                bytes = rest;
+                if values.len() == *n
+                    && let Some((t, values, _)) = current.take()
+                {
+                    weights.insert(t.name.clone(), (values, t.shape.clone()));
+                }
+            }
             Ok(())
         },
         &hidden,
     )?;
-    let mut offset = 0;
-    for t in &plan.tensors {
-        let n: usize = t.shape.iter().product();
-        let values = bytes[offset..offset + 4 * n]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        weights.insert(t.name.clone(), (values, t.shape.clone()));
-        offset += 4 * n;
-    }
-    drop(bytes);
-    Ok(ReferenceModel::load_with(inputs.weights, &|name| Ok(weights.get(name).cloned()))?)
+    let device = candle_core::Device::Cpu;
+    Ok(ReferenceModel::assemble(inputs.weights, &device, &mut |name| {
+        let Some((values, shape)) = weights.remove(name) else { return Ok(None) };
+        Ok(Some(crate::runtime::reference::Weight::Dense(candle_core::Tensor::from_vec(
+            values,
+            shape.as_slice(),
+            &device,
+        )?)))
+    })?)
 }
 
 fn logits_of(model: &ReferenceModel, batch: &Batch) -> Result<(Vec<f32>, usize), Error> {
@@ -299,7 +322,7 @@ pub fn validate_export(
                 }
             },
             Engine::Ort if !ort_engine::available() => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                if crate::config::env::ci() {
                     return Err(RuntimeError::OrtUnavailable {
                         message: "CI=true requires every engine".into(),
                     }

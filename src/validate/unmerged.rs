@@ -229,6 +229,8 @@ pub fn load_unmerged(base: &ModelFolder, adapter_dir: Option<&Path>) -> Result<R
         let Some((file, info)) = base.tensor(name) else { return Ok(None) };
         let mut values = Vec::new();
         file.read_f32(info, &mut values).map_err(RuntimeError::from)?;
+        // The f32 copy is what the model keeps: drop the mapped pages from this process's RSS.
+        file.release(info, 0, info.byte_len());
         Ok(Some(Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).map_err(RuntimeError::from)?))
     };
     let mut used: Vec<String> = Vec::new();

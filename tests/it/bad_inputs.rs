@@ -343,14 +343,34 @@ fn disk_full_mid_write_fails_cleanly() {
     );
     let disk = project.path().join("small-disk");
     std::fs::create_dir(&disk).unwrap();
-    // 300 KiB: the f32 merge (about 400 KiB) cannot fit.
-    let mounted = std::process::Command::new("mount")
+    // Everywhere: the streaming writer fails with ENOSPC at its first write (a fault point), and
+    // nothing half-written may stay.
+    let injected = project
+        .run_env(&["run"], &[("MODEL_EXPORT_FAULT", "disk-full"), ("MODEL_EXPORT_FAULT_SIGNAL", "ERROR")]);
+    assert_eq!(injected.code, 1, "{}", injected.stderr);
+    assert!(injected.stderr.contains("No space left on device"), "{}", injected.stderr);
+    assert!(!injected.stderr.contains("panicked"), "{}", injected.stderr);
+    let mut left: Vec<String> = Vec::new();
+    for dir in [disk.clone(), disk.join(".state")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            left.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    left.retain(|name| name != ".state");
+    assert!(left.is_empty(), "{left:?}");
+    // And on a real full filesystem: 300 KiB, where the f32 merge (about 400 KiB) cannot fit.
+    let mount = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=300k", "tmpfs"])
         .arg(&disk)
-        .output()
-        .is_ok_and(|o| o.status.success());
+        .output();
+    let mounted = mount.as_ref().is_ok_and(|o| o.status.success());
     if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        let why = mount.map_or_else(|e| e.to_string(), |o| String::from_utf8_lossy(&o.stderr).into_owned());
+        // Said, not silent: the injected ENOSPC above covered the same path.
+        eprintln!(
+            "the real tmpfs part did not run: cannot mount a tmpfs here ({}); the injected disk-full did",
+            why.trim()
+        );
         return;
     }
     let _guard = Mounted(disk.clone());

@@ -1,6 +1,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Whether this is a CI run: `CI=true`, the one rule the suite and the tool share.
+pub fn ci() -> bool {
+    model_export::config::env::ci()
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -63,7 +63,7 @@ fn greedy_generation_reproduces_transformers_from_every_source() {
 #[test]
 fn greedy_generation_from_the_f32_onnx_export_runs_through_onnx_runtime() {
     if !model_export::runtime::ort_engine::available() {
-        assert!(std::env::var("CI").is_err(), "ONNX Runtime is required under CI=true");
+        assert!(!crate::common::ci(), "ONNX Runtime is required under CI=true");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -317,5 +317,22 @@ fn the_generate_command_streams_one_prompt_and_reports_a_batch_as_json() {
     );
     assert_eq!(one.code, 0, "{}", one.stderr);
     assert_eq!(one.stdout, format!("{}\n", report["results"][0]["text"].as_str().unwrap()));
+    // --base is the same as the positional MODEL (every subcommand names the model so).
+    let flag = run_in(
+        dir.path(),
+        &[
+            "generate",
+            "--base",
+            merged.to_str().unwrap(),
+            "--greedy",
+            "--max-new-tokens",
+            &n,
+            "--prompt",
+            &prompts[0],
+        ],
+        &[],
+    );
+    assert_eq!(flag.code, 0, "{}", flag.stderr);
+    assert_eq!(flag.stdout, one.stdout);
     assert!(one.stderr.contains(&format!("{new_tokens} new tokens in")), "{}", one.stderr);
 }

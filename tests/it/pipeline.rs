@@ -357,7 +357,7 @@ fn exports_written_at_once_are_byte_identical_to_a_sequential_run() {
 /// Whether ONNX Runtime can run here (the suite requires it under CI=true).
 fn ort_here() -> bool {
     let available = model_export::runtime::ort_engine::available();
-    assert!(available || std::env::var("CI").is_err(), "ONNX Runtime is required under CI=true");
+    assert!(available || !crate::common::ci(), "ONNX Runtime is required under CI=true");
     available
 }
 
@@ -499,4 +499,48 @@ format = "safetensors"
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("(transient); retrying in 50 ms (1/3)"), "{}", out.stderr);
     assert_eq!(artifacts(&flaky), artifacts(&clean));
+}
+
+#[test]
+fn a_changed_export_is_caught_by_its_stamp_or_by_verify_and_redone() {
+    let project = Project::new(TABLES);
+    assert_eq!(project.run(&["run", "-q"]).code, 0);
+    let weights = project.path().join("exports/st-f16/model.safetensors");
+    let pristine = std::fs::read(&weights).unwrap();
+    // One byte flipped in the last tensor's data, same size, modification time put back.
+    let flip = |restore_mtime: bool| {
+        let mtime = std::fs::metadata(&weights).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&weights, &bytes).unwrap();
+        if restore_mtime {
+            std::fs::File::options().write(true).open(&weights).unwrap().set_modified(mtime).unwrap();
+        }
+    };
+    flip(true);
+    let quick = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(quick.code, 0, "{}", quick.stderr);
+    assert_eq!(stage_outcomes(&quick)["export:st-f16"], "skipped", "same size and mtime: not re-hashed");
+    let verified = project.run(&["run", "--verify", "--message-format", "json"]);
+    assert_eq!(verified.code, 0, "{}", verified.stderr);
+    assert_eq!(stage_outcomes(&verified)["export:st-f16"], "ran", "--verify re-hashes every output");
+    assert_eq!(stage_outcomes(&verified)["export:onnx-f32"], "skipped");
+    assert_eq!(std::fs::read(&weights).unwrap(), pristine, "the export was written again");
+
+    // A change that moves the mtime is caught without --verify.
+    flip(false);
+    let touched = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(touched.code, 0, "{}", touched.stderr);
+    assert_eq!(stage_outcomes(&touched)["export:st-f16"], "ran");
+    assert_eq!(std::fs::read(&weights).unwrap(), pristine);
+    // Touching without changing a byte re-hashes, finds the bytes intact, and skips.
+    std::fs::File::options()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let same = project.run(&["run", "--message-format", "json"]);
+    assert_eq!(stage_outcomes(&same)["export:st-f16"], "skipped");
 }
