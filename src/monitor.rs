@@ -100,3 +100,16 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
+
+/// Hands memory the stage freed back to the operating system. glibc keeps freed blocks in
+/// per-thread arenas (ONNX Runtime's and rayon's threads allocate in their own), where the next
+/// stage's main-thread allocations cannot reuse them: without this, a run's RSS is the sum of
+/// its stages' peaks instead of the largest (measured on the Qwen3-0.6B shape: 6.45 GiB against
+/// a largest stage of 3.9 GiB).
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

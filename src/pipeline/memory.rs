@@ -1,6 +1,6 @@
 //! Peak-memory estimates of the stages, from measurements (docs/pipeline.md, "Memory"): peak RSS
-//! of `run` and `validate` on the Qwen3-0.6B shape (596M parameters, bf16) with a rank-16 run,
-//! debug build, this machine. Streaming stages hold blocks of rows, not tensors; validation
+//! of each stage of `run` on the Qwen3-0.6B shape (596M parameters, bf16) with a rank-16 run,
+//! release build, this machine (`cargo bench --bench memory_estimates`). Streaming stages hold blocks of rows, not tensors; validation
 //! holds one f32 copy of the model (the reference, released before the export is loaded) or the
 //! export in its engine, whichever is larger.
 
@@ -8,23 +8,23 @@ use crate::config::schema::{ExportSpec, Format};
 use crate::merge::execute::BLOCK_ELEMENTS;
 
 /// The process itself: binary, allocator, tokenizer, thread pools (the streaming stages of the
-/// 0.6B shape peak at 78-91 MiB, of which three blocks of rows are 48 MiB).
-pub const BASE_MEMORY: u64 = 48 << 20;
+/// 0.6B shape peak at 71-83 MiB in a release build, of which three blocks of rows are 48 MiB).
+pub const BASE_MEMORY: u64 = 32 << 20;
 
 /// A stage that streams tensors in blocks of rows: the f32 block, its encoded copy, the
-/// writer's buffer (measured: merge 91 MiB, safetensors export 78 MiB; estimated 96 MiB).
+/// writer's buffer (release build: merge 83 MiB, safetensors export 71 MiB; estimated 80 MiB).
 pub fn streaming(largest_tensor_f32: u64) -> u64 {
     BASE_MEMORY + 3 * largest_tensor_f32.min(4 * BLOCK_ELEMENTS as u64)
 }
 
 /// The reference: 4 bytes per parameter, plus activations, logits and the KV cache of the
-/// prompts (about 10%; measured 2.59 GiB validating a safetensors export of 596M parameters).
+/// prompts (about 10%; measured 2.6-2.9 GiB validating a safetensors export of 596M parameters).
 pub fn reference(parameters: u64) -> u64 {
     parameters * 4 * 11 / 10
 }
 
 /// An export loaded in the engines that run it: candle reads safetensors in f32; ONNX Runtime and
-/// tract hold about 1.75x the file (measured 3.83-3.90 GiB for a 2.2 GiB f32 graph); GGUF keeps
+/// tract hold about 1.75x the file (measured 3.87-3.96 GiB for a 2.2 GiB f32 graph); GGUF keeps
 /// its blocks plus an f16 copy of a quantized embedding (`embedding_f16`).
 pub fn engine(spec: &ExportSpec, bytes: u64, parameters: u64, embedding_f16: u64) -> u64 {
     match spec.format {

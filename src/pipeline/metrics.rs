@@ -40,6 +40,7 @@ impl StageTimer {
     }
 
     pub fn finish(self, ran: bool, out_dir: &Path) -> StageMetrics {
+        crate::monitor::return_freed_memory();
         let (read, written) = io_bytes();
         StageMetrics {
             stage: self.stage,
