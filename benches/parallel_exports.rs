@@ -27,22 +27,14 @@ fn main() {
     let data = support::data_dir();
     let (base_dir, run) = support::bench_model(&data, "qwen3-0.6b", None);
     let work = tempfile::tempdir_in(&data).unwrap();
-    let project = work.path().join("project");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    std::fs::write(project.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        project.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"bench\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n\
-             [package.metadata.model-export]\nbase = {:?}\nadapter = {:?}\nout-dir = \"out\"\n\n\
-             [[package.metadata.model-export.export]]\nname = \"onnx-f32\"\nformat = \"onnx\"\n\n\
-             [[package.metadata.model-export.export]]\nname = \"onnx-f16\"\nformat = \"onnx\"\ndtype = \"f16\"\n\n\
-             [[package.metadata.model-export.export]]\nname = \"st-bf16\"\nformat = \"safetensors\"\ndtype = \"bf16\"\n",
-            base_dir.display().to_string(),
-            run.display().to_string()
-        ),
-    )
-    .unwrap();
+    let project = support::write_project(
+        &work.path().join("project"),
+        &base_dir,
+        &run,
+        "[[package.metadata.model-export.export]]\nname = \"onnx-f32\"\nformat = \"onnx\"\n\n\
+         [[package.metadata.model-export.export]]\nname = \"onnx-f16\"\nformat = \"onnx\"\ndtype = \"f16\"\n\n\
+         [[package.metadata.model-export.export]]\nname = \"st-bf16\"\nformat = \"safetensors\"\ndtype = \"bf16\"\n",
+    );
     let out = project.join("out");
     let mut timings: [Vec<support::Measured>; 2] = [Vec::new(), Vec::new()];
     let mut written: [Vec<String>; 2] = [Vec::new(), Vec::new()];

@@ -51,3 +51,28 @@ pub fn bench_model(
     }
     (base, run)
 }
+
+/// A cargo project at `dir` whose metadata table takes `base`, `run` and out-dir `out`, followed
+/// by `tables` (the exports, validation settings); returns the project folder.
+// Not every bench writes a project.
+#[allow(dead_code)]
+pub fn write_project(
+    dir: &std::path::Path,
+    base: &std::path::Path,
+    run: &std::path::Path,
+    tables: &str,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"bench\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n\
+             [package.metadata.model-export]\nbase = {:?}\nadapter = {:?}\nout-dir = \"out\"\n\n{tables}",
+            base.display().to_string(),
+            run.display().to_string()
+        ),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
