@@ -642,7 +642,7 @@ pub fn print_summary(results: &[ExportResult], report: Option<&crate::validate::
                 let failed: Vec<_> = v
                     .engines
                     .iter()
-                    .filter(|e| e.skipped.is_none() && !e.passed)
+                    .filter(|e| e.failed())
                     .map(|e| format!("{}: {}", e.engine, e.failures.join("; ")))
                     .collect();
                 format!("FAIL ({})", failed.join(" | "))

@@ -171,10 +171,7 @@ pub fn verdict(config: &Config, report: &ValidationReport, allow_unverified: boo
         .iter()
         .filter(|e| e.verdict == Verdict::Failed)
         .flat_map(|e| {
-            e.engines
-                .iter()
-                .filter(|r| r.skipped.is_none() && !r.passed)
-                .map(move |r| format!("{} in {}", e.export, r.engine))
+            e.engines.iter().filter(|r| r.failed()).map(move |r| format!("{} in {}", e.export, r.engine))
         })
         .collect();
     if let Some(m) = report.merge.as_ref().filter(|m| !m.passed) {

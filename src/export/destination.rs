@@ -78,10 +78,11 @@ pub fn check_destination(out: &Path, protected: &[Protected<'_>], force: bool) -
             "remove or rename it, or choose another destination".into(),
         ));
     }
-    if written_by_us(out) || force {
-        if force && !written_by_us(out) {
-            tracing::warn!("replacing {} (not written by this tool) because of --force", out.display());
-        }
+    if written_by_us(out) {
+        return Ok(());
+    }
+    if force {
+        tracing::warn!("replacing {} (not written by this tool) because of --force", out.display());
         return Ok(());
     }
     let mut entries: Vec<String> = std::fs::read_dir(out)

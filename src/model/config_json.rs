@@ -156,9 +156,7 @@ impl HfConfig {
         };
         Ok((config, profile))
     }
-}
 
-impl HfConfig {
     /// What the RoPE tables are computed from.
     pub fn rope(&self) -> RopeSpec<'_> {
         RopeSpec {

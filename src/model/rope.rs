@@ -131,15 +131,27 @@ impl RopeSpec<'_> {
         let mut cos = Vec::with_capacity(positions * self.dim);
         let mut sin = Vec::with_capacity(positions * self.dim);
         for p in 0..positions {
-            for _ in 0..2 {
-                for f in &inv_freq {
-                    let angle = p as f32 * f;
-                    cos.push(angle.cos() * attention);
-                    sin.push(angle.sin() * attention);
-                }
-            }
+            push_position(p as f32, &inv_freq, attention, &mut cos, &mut sin);
         }
         (cos, sin)
+    }
+}
+
+/// Appends one position's cos and sin rows ([2 · inv_freq.len()] each), as transformers'
+/// rotary embedding computes them: `emb = cat(freqs, freqs)`, `cos(emb) * attention_factor`.
+pub fn push_position(
+    position: f32,
+    inv_freq: &[f32],
+    attention: f32,
+    cos: &mut Vec<f32>,
+    sin: &mut Vec<f32>,
+) {
+    for _ in 0..2 {
+        for f in inv_freq {
+            let angle = position * f;
+            cos.push(angle.cos() * attention);
+            sin.push(angle.sin() * attention);
+        }
     }
 }
 

@@ -81,7 +81,7 @@ impl GgufFile {
             None => number("embedding_length")? / number("attention.head_count")?.max(1),
         };
         // What transformers' config would say, so the model is checked like any other.
-        let config = json!({
+        let mut config = json!({
             "model_type": profile.model_types[0],
             "architectures": profile.architectures,
             "vocab_size": vocab_size,
@@ -99,7 +99,6 @@ impl GgufFile {
             "eos_token_id": token_id("tokenizer.ggml.eos_token_id"),
             "pad_token_id": token_id("tokenizer.ggml.padding_token_id"),
         });
-        let mut config = config;
         // rope.scaling.* back into transformers' rope_scaling (as the writer maps it).
         let text =
             |key: &str| content.metadata.get(&format!("{arch}.{key}")).and_then(|v| v.to_string().ok());

@@ -308,17 +308,14 @@ impl ReferenceModel {
         let d = self.head_dim;
         let mut cos = Vec::with_capacity(b * s * d);
         let mut sin = Vec::with_capacity(b * s * d);
-        for row in positions {
-            for &p in row {
-                // transformers' emb = cat(freqs, freqs).
-                for _ in 0..2 {
-                    for f in &self.inv_freq {
-                        let angle = p as f32 * f;
-                        cos.push(angle.cos() * self.rope_attention);
-                        sin.push(angle.sin() * self.rope_attention);
-                    }
-                }
-            }
+        for &p in positions.iter().flatten() {
+            crate::model::rope::push_position(
+                p as f32,
+                &self.inv_freq,
+                self.rope_attention,
+                &mut cos,
+                &mut sin,
+            );
         }
         let shape = (b, 1, s, d);
         Ok((Tensor::from_vec(cos, shape, &self.device)?, Tensor::from_vec(sin, shape, &self.device)?))

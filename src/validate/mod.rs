@@ -18,7 +18,7 @@ use crate::config::{Engine, ExportDtype, ExportSpec, Format, Target};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::export::ExportInputs;
 use crate::export::onnx::folder::QUANT_REPORT_FILE;
-use crate::merge::{MergeInputs, execute, plan_merge};
+use crate::merge::{MergeInputs, execute_rows, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
 use crate::quant::QuantReport;
 use crate::runtime::chat::{ChatTemplate, Message};
@@ -100,48 +100,23 @@ fn stop_ids(base: &ModelFolder) -> (Vec<i64>, i64) {
 }
 
 /// The merged model in f32: the folder's own weights (a merge already written), or merged in
-/// memory from the base and `inputs.adapter` (nothing is written). Each tensor is decoded as its
-/// bytes stream out of the merge and handed to the model without another copy, so the peak is
-/// one f32 copy of the model.
+/// memory from the base and `inputs.adapter` (nothing is written). The merge's f32 rows are
+/// gathered per tensor and handed to the model without another copy, so the peak is one f32
+/// copy of the model.
 fn load_merged(inputs: &ExportInputs<'_>) -> Result<ReferenceModel, Error> {
     let Some(adapter) = inputs.adapter else { return Ok(ReferenceModel::load(inputs.weights)?) };
     let plan = plan_merge(inputs.weights, Some(adapter))?;
     let mut weights: HashMap<String, (Vec<f32>, Vec<usize>)> = HashMap::new();
-    let mut tensors = plan.tensors.iter();
-    let mut current: Option<(&crate::merge::plan::PlannedTensor, Vec<f32>, usize)> = None;
-    let mut pending: Vec<u8> = Vec::new();
-    let hidden = indicatif::ProgressBar::hidden();
-    execute(
+    execute_rows(
         &plan,
         &MergeInputs { base: inputs.weights, adapter: Some(adapter), allow_non_finite: true },
-        &|_| TensorDtype::F32,
-        &mut |mut bytes| {
-            while !bytes.is_empty() {
-                if current.is_none() {
-                    let Some(t) = tensors.next() else { break };
-                    let n: usize = t.shape.iter().product();
-                    current = Some((t, Vec::with_capacity(n), n));
-                }
-                let Some((_, values, n)) = current.as_mut() else { break };
-                // f32 values may straddle two writes: keep the odd bytes until the next one.
-                let wanted = (*n - values.len()) * 4 - pending.len();
-                let (now, rest) = bytes.split_at(wanted.min(bytes.len()));
-                pending.extend_from_slice(now);
-                let whole = pending.len() / 4 * 4;
-                values.extend(
-                    pending[..whole].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                );
-                pending.drain(..whole);
-                bytes = rest;
-                if values.len() == *n
-                    && let Some((t, values, _)) = current.take()
-                {
-                    weights.insert(t.name.clone(), (values, t.shape.clone()));
-                }
-            }
+        &mut |t, _, rows| {
+            let (values, _) = weights
+                .entry(t.name.clone())
+                .or_insert_with(|| (Vec::with_capacity(t.shape.iter().product()), t.shape.clone()));
+            values.extend_from_slice(rows);
             Ok(())
         },
-        &hidden,
     )?;
     let device = candle_core::Device::Cpu;
     Ok(ReferenceModel::assemble(inputs.weights, &device, &mut |name| {
@@ -183,8 +158,8 @@ pub fn build_reference(
     };
     let batch = Batch::left_padded(&tokenize(&tokenizer_dir, &texts)?, pad);
     let options = GreedyOptions { max_new_tokens, eos_token_ids: eos, pad_token_id: pad };
-    let adapter_dir = unmerged::adapter_dir(detection);
-    let model = unmerged::load_unmerged(base, adapter_dir.as_deref())?;
+    let adapter_dir = detection.map(|d| d.adapter.dir.as_path());
+    let model = unmerged::load_unmerged(base, adapter_dir)?;
     let (logits, vocab) = logits_of(&model, &batch)?;
     let greedy_ids = greedy(&mut ReferenceEngine::new(&model), &batch, &options)?;
     drop(model);

@@ -22,6 +22,13 @@ pub struct EngineResult {
     pub failures: Vec<String>,
 }
 
+impl EngineResult {
+    /// The engine ran and the export missed a tolerance in it.
+    pub fn failed(&self) -> bool {
+        self.skipped.is_none() && !self.passed
+    }
+}
+
 /// An export's outcome: every engine that ran passed (and at least one ran), one failed, or
 /// none measured it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,21 +42,12 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn of(results: &[EngineResult]) -> Self {
-        let ran: Vec<_> = results.iter().filter(|r| r.skipped.is_none()).collect();
-        if ran.iter().any(|r| !r.passed) {
+        if results.iter().any(EngineResult::failed) {
             Verdict::Failed
-        } else if ran.is_empty() {
+        } else if results.iter().all(|r| r.skipped.is_some()) {
             Verdict::Unverified
         } else {
             Verdict::Passed
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Passed => "pass",
-            Verdict::Failed => "FAIL",
-            Verdict::Unverified => "unverified",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! shows up as a difference between an export and this model instead of agreeing with itself.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -304,9 +304,4 @@ pub fn load_unmerged(base: &ModelFolder, adapter_dir: Option<&Path>) -> Result<R
         }
     }
     Ok(model)
-}
-
-/// The adapter folder a detection chose, if any.
-pub fn adapter_dir(detection: Option<&crate::checkpoint::Detection>) -> Option<PathBuf> {
-    detection.map(|d| d.adapter.dir.clone())
 }
