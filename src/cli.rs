@@ -135,11 +135,12 @@ pub enum Command {
     Merge(MergeArgs),
     /// Run every export declared in [package.metadata.model-export]
     #[command(
-        long_about = "Run every [[package.metadata.model-export.export]] entry as a pipeline of stages: merge the \
-            newest valid checkpoint once (f32, <out-dir>/.state/merged), write each export to <out-dir>/<name>/ \
-            (safetensors f32/f16/bf16; ONNX f32/f16/int8/int4 with KV cache, portable or ort target, loaded back \
-            in tract and ONNX Runtime before it is installed), validate each against the candle reference, and \
-            write report.md. Disk space and memory are checked before anything is written. Finished stages are \
+        long_about = "Run every [[package.metadata.model-export.export]] entry as a pipeline of stages: write each \
+            export to <out-dir>/<name>/ straight from the base with the newest valid checkpoint merged block by \
+            block (no merged copy on disk; safetensors f32/f16/bf16; ONNX f32/f16/int8/int4 with KV cache, \
+            portable or ort target, loaded back in tract and ONNX Runtime before it is installed; GGUF), \
+            validate each against the candle reference (streamed layer by layer, computed once and cached in \
+            <out-dir>/.state), one engine at a time, and write report.md. Disk space and memory are checked before anything is written. Finished stages are \
             recorded under <out-dir>/.state: a re-run skips what is unchanged and redoes what changed, also \
             after a kill; Ctrl-C stops at a safe point. One run per out-dir at a time.",
         after_help = "Examples:\n  cargo model-export run\n  cargo model-export run --dry-run\n  cargo model-export run --force --max-memory 8GiB\n  cargo model-export run --out-dir /tmp/exports --message-format json"

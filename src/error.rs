@@ -21,7 +21,7 @@ pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Runtime(RuntimeError),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
     #[error("validation failed for {}", failed.join(", "))]
@@ -285,6 +285,10 @@ pub enum RuntimeError {
     Input { message: String },
     #[error("{message}")]
     Unsupported { message: String },
+    /// A streamed model's weight source failed (reading the adapter, merging, a stop request):
+    /// the source's own error, handed back whole.
+    #[error(transparent)]
+    Source(Box<Error>),
     #[error("ONNX Runtime is not available: {message}")]
     OrtUnavailable { message: String },
     #[error("{engine}: {message}")]
@@ -302,6 +306,7 @@ impl RuntimeError {
                 "this is a bug in the engine code: please report it with the model's config.json".into()
             }
             RuntimeError::Model(e) => e.help(),
+            RuntimeError::Source(e) => e.help(),
             RuntimeError::MissingTensor { .. } => {
                 "the folder does not hold a complete model: export or merge it again".into()
             }
@@ -321,6 +326,15 @@ impl RuntimeError {
             RuntimeError::Engine { .. } => {
                 "the engine rejected the model; the message names the node. Please report it with the export's config.json".into()
             }
+        }
+    }
+}
+
+impl From<RuntimeError> for Error {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Source(inner) => *inner,
+            other => Error::Runtime(other),
         }
     }
 }

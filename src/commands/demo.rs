@@ -102,8 +102,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<(), Error> {
     })?;
     let (base, detection) = super::detect::detect_configured(&config)?;
     let summary = summarize_model(&base);
-    let merged = super::run::merge_once(&config, &base, Some(&detection))?;
-    let inputs = super::run::export_inputs(&base, Some(&detection), merged.as_ref());
+    let inputs = crate::export::ExportInputs::from_base(&base, Some(&detection));
     let exports = super::run::run_exports(&config, &inputs, false)?;
     let report = super::validate::validate_exports(&config, &inputs)?;
     if ctx.json {

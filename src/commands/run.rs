@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use super::Context;
 use super::output::{print_json, table};
-use crate::checkpoint::Detection;
 use crate::config::size::human_bytes;
 use crate::config::{Config, EmbeddingsMode, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
@@ -15,19 +14,16 @@ use crate::export::manifest::read_manifest;
 use crate::export::onnx::folder::QUANT_REPORT_FILE;
 use crate::export::onnx::folder::{Fallback, QuantOptions};
 use crate::export::onnx::{OnnxOptions, OnnxPrecision, write_onnx_folder};
-use crate::export::safetensors::{MergeOptions, write_merged_folder, write_safetensors_folder};
+use crate::export::safetensors::{MergeOptions, write_safetensors_folder};
 use crate::fsutil::write_json;
-use crate::model::ModelFolder;
 use crate::model::TensorDtype;
 use crate::pipeline::lock::RunLock;
 use crate::pipeline::metrics::{StageMetrics, StageTimer};
-use crate::pipeline::plan::{
-    Action, Plan, Stage, export_stage_id, merge_stage_id, report_stage_id, validate_stage_id,
-};
+use crate::pipeline::plan::{Action, Plan, Stage, export_stage_id, report_stage_id, validate_stage_id};
 use crate::pipeline::state::{Output, StateDir};
-use crate::pipeline::{build_plan, fault, interrupt, merged_dir, preflight};
-use crate::validate::build_reference;
+use crate::pipeline::{build_plan, fault, interrupt, preflight};
 use crate::validate::report::{ValidationReport, Verdict};
+use crate::validate::{build_reference, cache};
 
 #[derive(Serialize)]
 pub struct ExportResult {
@@ -182,24 +178,10 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
     let temp_dir = state.temp_dir_guard();
 
     let mut metrics = Vec::new();
-    let merged = match plan.stage(&merge_stage_id()) {
-        Some(stage) => {
-            let timer = StageTimer::start(&stage.id, &out_dir);
-            if stage.runs() {
-                begin(&state, stage)?;
-                merge_once(&config, &base, detection.as_ref())?;
-                state.record(&stage.id, &stage.inputs_digest, outputs(&[merged_dir(&out_dir)]))?;
-            } else {
-                say_skipped(stage);
-            }
-            metrics.push(timer.finish(stage.runs(), &out_dir));
-            Some(ModelFolder::open(&merged_dir(&out_dir), Some(base.profile))?)
-        }
-        None => None,
-    };
+    // Each export streams from the base with the adapter merged block by block.
     let inputs = ExportInputs {
         temp_root: Some(temp_dir.path()),
-        ..export_inputs(&base, detection.as_ref(), merged.as_ref())
+        ..ExportInputs::from_base(&base, detection.as_ref())
     };
 
     let results = export_stages(&config, &inputs, &plan, &state, flags, &mut metrics)?;
@@ -376,12 +358,26 @@ fn validate_stages(
             begin(state, stage)?;
             let reference = match &mut reference {
                 Some(built) => &*built,
-                slot @ None => slot.insert(build_reference(
-                    inputs,
-                    &v.prompts.value,
-                    v.chat_template.value,
-                    v.max_new_tokens.value as usize,
-                )?),
+                slot @ None => slot.insert(match cache::load(state.path(), &plan.reference_digest) {
+                    Some(cached) => {
+                        tracing::info!(
+                            "reference: the run cached in {} (same weights and prompts)",
+                            state.path().display()
+                        );
+                        cached
+                    }
+                    None => {
+                        fault::point("reference");
+                        let built = build_reference(
+                            inputs,
+                            &v.prompts.value,
+                            v.chat_template.value,
+                            v.max_new_tokens.value as usize,
+                        )?;
+                        cache::save(state.path(), &plan.reference_digest, &built)?;
+                        built
+                    }
+                }),
             };
             let result = super::validate::validate_into(config, inputs, reference, spec, &dir, threads)?;
             state.record(&stage.id, &stage.inputs_digest, outputs(&stage.writes))?;
@@ -470,40 +466,6 @@ fn print_stages(metrics: &[StageMetrics]) {
         ]);
     }
     println!("\nstages\n{t}");
-}
-
-/// Merges the adapter once, in f32, into `<out-dir>/.state/merged`: every export and the
-/// validation reference then read that one merge (exports convert it; nothing is merged twice).
-pub fn merge_once(
-    config: &Config,
-    base: &ModelFolder,
-    detection: Option<&Detection>,
-) -> Result<Option<ModelFolder>, Error> {
-    let Some(detection) = detection else { return Ok(None) };
-    if config.exports.is_empty() {
-        return Ok(None);
-    }
-    let dir = merged_dir(&config.out_dir.value);
-    let options = MergeOptions {
-        dtype: Some(TensorDtype::F32),
-        max_shard_size: None,
-        allow_non_finite: config.allow_non_finite.value,
-    };
-    write_merged_folder(base, Some(detection), &options, &dir)?;
-    tracing::info!("merged {} once into {}", detection.chosen.display(), dir.display());
-    Ok(Some(ModelFolder::open(&dir, Some(base.profile))?))
-}
-
-/// The exports' inputs: the one merge when there is one, else the base itself.
-pub fn export_inputs<'a>(
-    base: &'a ModelFolder,
-    detection: Option<&'a Detection>,
-    merged: Option<&'a ModelFolder>,
-) -> ExportInputs<'a> {
-    match merged {
-        Some(weights) => ExportInputs { weights, adapter: None, base, detection, temp_root: None },
-        None => ExportInputs::from_base(base, detection),
-    }
 }
 
 /// Writes every declared export from `inputs`, refusing unsupported entries before anything is written.

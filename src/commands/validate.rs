@@ -58,7 +58,9 @@ pub fn validate_into(
     threads: usize,
 ) -> Result<ExportValidation, Error> {
     let v = &config.validate;
-    let result = validate_export(reference, inputs.base, spec, dir, &v.engines.value, threads)?;
+    let memory_limit =
+        config.max_memory.value.map(|b| b.0).or_else(crate::pipeline::preflight::available_memory);
+    let result = validate_export(reference, inputs.base, spec, dir, &v.engines.value, threads, memory_limit)?;
     let single = ValidationReport::new(
         reference_name(&inputs.base.dir, inputs.detection),
         reference.merge.clone(),

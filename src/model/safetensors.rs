@@ -111,7 +111,22 @@ impl SafetensorsFile {
 
     /// The tensor's values widened to f32; refuses non-float tensors with the tensor named.
     pub fn read_f32(&self, info: &TensorInfo, out: &mut Vec<f32>) -> Result<(), ModelError> {
-        if decode_f32(info.dtype, self.bytes(info), out) {
+        // Large tensors are decoded on every core: a streamed 7B model upcasts all its weights
+        // on each forward pass.
+        const PARALLEL_FROM: usize = 1 << 20;
+        let bytes = self.bytes(info);
+        let width = info.dtype.size_in_bytes();
+        let float = matches!(info.dtype, TensorDtype::F32 | TensorDtype::F16 | TensorDtype::BF16);
+        if float && bytes.len() / width >= PARALLEL_FROM {
+            use rayon::prelude::*;
+            out.clear();
+            out.resize(bytes.len() / width, 0.0);
+            out.par_chunks_mut(1 << 16).zip(bytes.par_chunks(width << 16)).for_each(|(dst, src)| {
+                crate::model::dtype::decode_into(info.dtype, src, dst);
+            });
+            return Ok(());
+        }
+        if decode_f32(info.dtype, bytes, out) {
             Ok(())
         } else {
             Err(ModelError::Tensor {

@@ -1,4 +1,4 @@
-//! What each stage cost: wall time, the process's peak RSS when it ended, bytes read and
+//! What each stage cost: wall time, its peak RSS (the peak is reset when it starts), bytes read and
 //! written (from /proc/self/io, so page-cache hits do not count as reads), and the free disk
 //! of out-dir's filesystem before and after.
 
@@ -31,6 +31,7 @@ pub struct StageTimer {
 
 impl StageTimer {
     pub fn start(stage: &str, out_dir: &Path) -> Self {
+        crate::monitor::reset_peak_rss();
         StageTimer {
             stage: stage.to_string(),
             started: Instant::now(),

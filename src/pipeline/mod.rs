@@ -24,15 +24,9 @@ use crate::model::ModelFolder;
 
 use digest::{FileIdentity, digest, folder_identity};
 use plan::{
-    Action, Plan, Stage, StageKind, bytes_per_weight, export_stage_id, merge_stage_id, report_stage_id,
-    validate_stage_id,
+    Action, Plan, Stage, StageKind, bytes_per_weight, export_stage_id, report_stage_id, validate_stage_id,
 };
 use state::StateDir;
-
-/// Where the one f32 merge lives.
-pub fn merged_dir(out_dir: &Path) -> std::path::PathBuf {
-    out_dir.join(".state").join("merged")
-}
 
 #[derive(Serialize)]
 struct MergeInputs<'a> {
@@ -49,17 +43,22 @@ struct ExportInputs<'a> {
 }
 
 #[derive(Serialize)]
+struct ReferenceInputs<'a> {
+    weights: &'a str,
+    prompts: &'a [String],
+    max_new_tokens: u32,
+    chat_template: bool,
+    /// How validation judges: a result recorded by an older method is redone.
+    method: &'static str,
+}
+
+#[derive(Serialize)]
 struct ValidateInputs<'a> {
     export: &'a str,
     reference: &'a str,
-    prompts: &'a [String],
     engines: &'a [crate::config::schema::Engine],
-    max_new_tokens: u32,
-    chat_template: bool,
     /// Where ONNX Runtime was found: installing it changes what validation can run.
     onnxruntime: Option<String>,
-    /// How validation judges: a result recorded by an older method is redone.
-    method: &'static str,
 }
 
 /// What the plan is asked to do besides the configuration.
@@ -87,9 +86,6 @@ pub fn build_plan(
     let state = StateDir::new(&out_dir);
     let parameters = base.parameter_count();
     let largest_f32 = base.tensors().map(|(_, t)| t.numel() as u64 * 4).max().unwrap_or(0);
-    let streaming_memory = memory::streaming(largest_f32);
-    // A quantized GGUF embedding is expanded to f16 for the lookup.
-    let embedding_f16 = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64 * 2);
     let action = |id: &str, inputs: &str| match (force, state.must_run(id, inputs, rehash)) {
         (true, _) => Action::Run { reason: "--force".into() },
         (false, Some(reason)) => Action::Run { reason: reason.into() },
@@ -97,30 +93,30 @@ pub fn build_plan(
     };
     let mut stages = Vec::new();
     let base_identity = folder_identity(&base.dir)?;
-    let weights_digest = match detection {
-        Some(d) if !config.exports.is_empty() => {
-            let inputs = digest(&MergeInputs {
-                base: base_identity.clone(),
-                adapter: Some((d.chosen.as_path(), folder_identity(&d.chosen)?)),
-                dtype: "f32",
-            });
-            let id = merge_stage_id();
-            stages.push(Stage {
-                action: action(&id, &inputs),
-                id,
-                kind: StageKind::Merge,
-                export: None,
-                reads: vec![base.dir.clone(), d.chosen.clone()],
-                writes: vec![merged_dir(&out_dir)],
-                estimated_bytes_written: parameters * 4,
-                estimated_peak_memory: streaming_memory,
-                inputs_digest: inputs.clone(),
-            });
-            inputs
-        }
-        _ => digest(&MergeInputs { base: base_identity, adapter: None, dtype: "base" }),
-    };
-    let weights_from = if detection.is_some() { merged_dir(&out_dir) } else { base.dir.clone() };
+    // Exports stream from the base with the adapter merged block by block (no merged copy on
+    // disk): their weights are the base and the chosen checkpoint.
+    let weights_digest = digest(&MergeInputs {
+        base: base_identity,
+        adapter: match detection {
+            Some(d) => Some((d.chosen.as_path(), folder_identity(&d.chosen)?)),
+            None => None,
+        },
+        dtype: if detection.is_some() { "f32" } else { "base" },
+    });
+    let mut weights_from = vec![base.dir.clone()];
+    weights_from.extend(detection.map(|d| d.chosen.clone()));
+    let v = &config.validate;
+    let reference_digest = digest(&ReferenceInputs {
+        weights: &weights_digest,
+        prompts: &v.prompts.value,
+        max_new_tokens: v.max_new_tokens.value,
+        chat_template: v.chat_template.value,
+        method: crate::validate::METHOD,
+    });
+    let parts = memory::ModelParts::of(base);
+    let prompts = v.prompts.value.len();
+    let reference_memory = memory::reference(&parts, prompts);
+    let memory_limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
     let onnxruntime = crate::runtime::ort_engine::find_onnxruntime().map(|p| p.display().to_string());
     let mut validations = Vec::new();
@@ -136,7 +132,7 @@ pub fn build_plan(
             id,
             kind: StageKind::Export,
             export: Some(spec.name.clone()),
-            reads: vec![weights_from.clone()],
+            reads: weights_from.clone(),
             writes: vec![dir.clone()],
             estimated_bytes_written: bytes,
             estimated_peak_memory: memory::export(spec, bytes, largest_f32, check),
@@ -145,16 +141,11 @@ pub fn build_plan(
         if !validate {
             continue;
         }
-        let v = &config.validate;
         let validation = digest(&ValidateInputs {
             export: &inputs,
-            reference: &weights_digest,
-            prompts: &v.prompts.value,
+            reference: &reference_digest,
             engines: &v.engines.value,
-            max_new_tokens: v.max_new_tokens.value,
-            chat_template: v.chat_template.value,
             onnxruntime: onnxruntime.clone(),
-            method: crate::validate::METHOD,
         });
         let id = validate_stage_id(&spec.name);
         // A redone export replaces its folder, validation reports included: validate it again.
@@ -169,10 +160,14 @@ pub fn build_plan(
             id,
             kind: StageKind::Validate,
             export: Some(spec.name.clone()),
-            reads: vec![dir.clone(), weights_from.clone()],
+            reads: std::iter::once(dir.clone()).chain(weights_from.iter().cloned()).collect(),
             writes: vec![dir.join("validation.json"), dir.join("validation.md")],
             estimated_bytes_written: 1 << 20,
-            estimated_peak_memory: memory::validation(spec, bytes, parameters, embedding_f16),
+            estimated_peak_memory: memory::validation(
+                reference_memory,
+                &memory::engines(spec, &v.engines.value, bytes, &parts, prompts),
+                memory_limit,
+            ),
             inputs_digest: validation.clone(),
         });
         validations.push(validation);
@@ -202,5 +197,5 @@ pub fn build_plan(
             inputs_digest: inputs,
         });
     }
-    Ok(Plan { out_dir, parameters, stages })
+    Ok(Plan { out_dir, parameters, stages, reference_digest })
 }

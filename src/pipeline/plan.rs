@@ -1,4 +1,4 @@
-//! The plan of a run: its stages in order (merge → per export: write → validate → report), what
+//! The plan of a run: its stages in order (per export: write → validate; then the report), what
 //! each reads and writes, an estimate of the bytes it writes and of its peak memory, and whether
 //! it runs or is skipped (its inputs' digest matches a finished record whose outputs verify).
 
@@ -11,7 +11,6 @@ use crate::config::schema::{ExportDtype, ExportSpec, Format};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageKind {
-    Merge,
     Export,
     Validate,
     Report,
@@ -51,6 +50,8 @@ pub struct Plan {
     pub out_dir: PathBuf,
     pub parameters: u64,
     pub stages: Vec<Stage>,
+    /// What the validation reference is computed from (its cache in `.state` is keyed by it).
+    pub reference_digest: String,
 }
 
 impl Plan {
@@ -67,10 +68,6 @@ impl Plan {
     pub fn peak(&self) -> Option<&Stage> {
         self.stages.iter().filter(|s| s.runs()).max_by_key(|s| s.estimated_peak_memory)
     }
-}
-
-pub fn merge_stage_id() -> String {
-    "merge".into()
 }
 
 pub fn export_stage_id(name: &str) -> String {

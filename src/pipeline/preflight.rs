@@ -32,8 +32,9 @@ pub fn check(plan: &Plan, max_memory: Option<u64>) -> Result<(), Error> {
     let over = plan.peak().zip(limit).filter(|(stage, limit)| stage.estimated_peak_memory > *limit);
     if let Some((stage, limit)) = over {
         let suggestion = match stage.kind {
-            StageKind::Validate => "validation holds the f32 reference and the export in memory: run with \
-                --no-validate here and `cargo model-export validate` on a larger machine, or raise max-memory"
+            StageKind::Validate => "the reference runs one layer (or the embedding, or the head) at a time in \
+                f32: run with --no-validate here and `cargo model-export validate` on a larger machine, or raise \
+                max-memory"
                 .to_string(),
             _ => {
                 "raise max-memory (e.g. MODEL_EXPORT_MAX_MEMORY=16GiB) if the machine has the RAM, or close \

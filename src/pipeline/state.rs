@@ -178,6 +178,13 @@ impl StateDir {
             removed.push(entry.path());
         }
         self.remove_temp_dir()?;
+        // Earlier runs merged once into `.state/merged` (an f32 copy, 2x the model): exports now
+        // stream from the base, so it only takes disk.
+        let merged = self.dir.join("merged");
+        if merged.is_dir() {
+            std::fs::remove_dir_all(&merged).map_err(|e| Error::write(&merged, e))?;
+            removed.push(merged);
+        }
         for dir in [out_dir, self.dir.as_path()] {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for entry in entries.flatten() {

@@ -15,4 +15,4 @@ pub mod tract_engine;
 pub use batch::Batch;
 pub use engine::{DecoderEngine, Logits};
 pub use generate::{GreedyOptions, greedy};
-pub use reference::{KvCache, ReferenceEngine, ReferenceModel};
+pub use reference::{KvCache, ReferenceEngine, ReferenceModel, StreamedModel};

@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::batch::Batch;
 use crate::error::RuntimeError;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::model::{HfConfig, ModelFolder};
 use crate::profile::{LayerTensor, Profile};
@@ -101,6 +101,42 @@ struct Layer {
     down: Linear,
 }
 
+/// The embedding table (f32, or f16/bf16 when loaded so; rows are looked up, then cast) and an
+/// embedding LoRA applied on lookup (the unmerged reference only).
+pub struct Embedding {
+    table: Tensor,
+    lora: Option<LoraBranch>,
+}
+
+impl Embedding {
+    /// Rows of `ids` ([n]) in f32: [n, hidden].
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.table.index_select(ids, 0)?.to_dtype(DType::F32)?;
+        Ok(match &self.lora {
+            // peft: embedding(ids, Aᵀ) @ Bᵀ · s
+            Some(lora) => {
+                let rows = lora.a.t()?.contiguous()?.index_select(ids, 0)?;
+                (x + (rows.matmul(&lora.b.t()?)? * lora.scale)?)?
+            }
+            None => x,
+        })
+    }
+}
+
+/// The final norm and the output projection.
+pub struct Head {
+    norm: Tensor,
+    lm_head: Weight,
+}
+
+/// Where the model's weights are while it runs: all in memory, or read from their source for
+/// each forward pass and released part by part.
+trait Parts {
+    fn embedding<R>(&self, run: impl FnOnce(&Embedding) -> Result<R>) -> Result<R>;
+    fn layer<R>(&self, index: usize, run: impl FnOnce(&Layer) -> Result<R>) -> Result<R>;
+    fn head<R>(&self, run: impl FnOnce(&Head) -> Result<R>) -> Result<R>;
+}
+
 /// Keys and values of every layer for the tokens seen so far: [batch, kv_heads, past, head_dim].
 #[derive(Default)]
 pub struct KvCache {
@@ -119,14 +155,11 @@ pub type WeightSource<'a> = dyn Fn(&str) -> Result<Option<(Vec<f32>, Vec<usize>)
 /// A weight by name as the model will hold it (taken: each is asked for once), or `None`.
 pub type TakeWeight<'a> = dyn FnMut(&str) -> Result<Option<Weight>> + 'a;
 
-pub struct ReferenceModel {
-    /// The embedding table (f32, or f16/bf16 when loaded so); rows are looked up, then cast.
-    embed: Tensor,
-    /// An embedding LoRA applied on lookup (the unmerged reference only).
-    embed_lora: Option<LoraBranch>,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Weight,
+/// A weight by name, read again each time it is asked for (a streamed model's source).
+pub type ReadWeight<'a> = dyn Fn(&str) -> Result<Option<Weight>> + 'a;
+
+/// What the forward needs of config.json, whatever holds the weights.
+struct Arch {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -134,8 +167,30 @@ pub struct ReferenceModel {
     inv_freq: Vec<f32>,
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     rope_attention: f32,
-    pub vocab_size: usize,
+    vocab_size: usize,
     device: Device,
+}
+
+/// A model whose weights are all in memory (the loader's, quantized or not).
+pub struct ReferenceModel {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    head: Head,
+    arch: Arch,
+    pub vocab_size: usize,
+}
+
+/// A model read layer by layer from its source on every forward pass: each part's weights are
+/// read (and upcast), used for the whole batch and released before the next, so it holds one
+/// layer, the embedding or the head at a time, plus activations and the KV cache.
+pub struct StreamedModel<'a> {
+    source: Box<ReadWeight<'a>>,
+    profile: &'static Profile,
+    origin: PathBuf,
+    layers: usize,
+    tie_word_embeddings: bool,
+    arch: Arch,
+    pub vocab_size: usize,
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -173,120 +228,104 @@ fn matrix(take: &mut TakeWeight<'_>, name: &str, device: &Device) -> Result<Opti
     })
 }
 
-impl ReferenceModel {
-    /// Loads every weight of `folder` as f32 on the CPU.
-    pub fn load(folder: &ModelFolder) -> Result<Self> {
-        Self::load_with(folder, &|name| {
-            let Some((file, info)) = folder.tensor(name) else { return Ok(None) };
-            let mut values = Vec::new();
-            file.read_f32(info, &mut values)?;
-            // The f32 copy is what the model keeps: drop the mapped pages from the RSS.
-            file.release(info, 0, info.byte_len());
-            Ok(Some((values, info.shape.clone())))
+/// How a model's parts are named and asked for.
+struct Assembly<'p> {
+    profile: &'p Profile,
+    tie_word_embeddings: bool,
+    origin: &'p Path,
+    device: &'p Device,
+}
+
+impl Assembly<'_> {
+    fn missing(&self, name: &str) -> RuntimeError {
+        RuntimeError::MissingTensor { path: self.origin.to_path_buf(), tensor: name.to_string() }
+    }
+
+    fn named(&self, layer: usize, r: LayerTensor) -> Result<String> {
+        self.profile.layer_tensor(layer, r).ok_or_else(|| RuntimeError::Unsupported {
+            message: format!("the {} profile has no {r:?} tensor", self.profile.name),
         })
     }
 
-    /// Loads the architecture of `folder` with weights from `weights` (name -> f32 values and
-    /// shape), e.g. a merge computed in memory.
-    pub fn load_with(folder: &ModelFolder, weights: &WeightSource<'_>) -> Result<Self> {
-        let device = Device::Cpu;
-        Self::assemble(folder, &device, &mut |name| {
-            let Some((values, shape)) = weights(name)? else { return Ok(None) };
-            Ok(Some(Weight::Dense(Tensor::from_vec(values, shape.as_slice(), &device)?)))
-        })
-    }
-
-    /// Builds the model of `folder`'s architecture from weights handed over one by one (dense
-    /// or quantized), on `device`. Norms, biases and the embedding table must be dense.
-    pub fn assemble(folder: &ModelFolder, device: &Device, take: &mut TakeWeight<'_>) -> Result<Self> {
-        Self::assemble_from(folder.profile, &folder.config, &folder.dir, device, take)
-    }
-
-    /// Like [`ReferenceModel::assemble`] for a model described by `profile` and `config`
-    /// rather than a folder (a GGUF file); `origin` names it in errors.
-    pub fn assemble_from(
-        profile: &Profile,
-        c: &HfConfig,
-        origin: &Path,
-        device: &Device,
-        take: &mut TakeWeight<'_>,
-    ) -> Result<Self> {
-        let missing =
-            |name: &str| RuntimeError::MissingTensor { path: origin.to_path_buf(), tensor: name.to_string() };
-        let named = |layer: usize, r: LayerTensor| -> Result<String> {
-            profile.layer_tensor(layer, r).ok_or_else(|| RuntimeError::Unsupported {
-                message: format!("the {} profile has no {r:?} tensor", profile.name),
-            })
-        };
-        // Optional per-layer vectors (q/k norms, biases): absent from the profile or the file.
-        let vector = |take: &mut TakeWeight<'_>, layer: usize, r: LayerTensor| -> Result<Option<Tensor>> {
-            match profile.layer_tensor(layer, r) {
-                Some(n) => Ok(dense(take, &n, device)?.map(|t| t.to_dtype(DType::F32)).transpose()?),
-                None => Ok(None),
-            }
-        };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let required = |take: &mut TakeWeight<'_>, r: LayerTensor| -> Result<Tensor> {
-                let n = named(i, r)?;
-                Ok(dense(take, &n, device)?.ok_or_else(|| missing(&n))?.to_dtype(DType::F32)?)
-            };
-            let input_norm = required(take, LayerTensor::InputNorm)?;
-            let post_norm = required(take, LayerTensor::PostAttentionNorm)?;
-            let q_norm = vector(take, i, LayerTensor::QNorm)?;
-            let k_norm = vector(take, i, LayerTensor::KNorm)?;
-            let linear =
-                |take: &mut TakeWeight<'_>, r: LayerTensor, bias: Option<LayerTensor>| -> Result<Linear> {
-                    let n = named(i, r)?;
-                    let weight = matrix(take, &n, device)?.ok_or_else(|| missing(&n))?;
-                    let bias = match bias {
-                        Some(b) => vector(take, i, b)?,
-                        None => None,
-                    };
-                    Ok(Linear { weight, bias })
-                };
-            layers.push(Layer {
-                input_norm,
-                q: linear(take, LayerTensor::QProj, Some(LayerTensor::QBias))?,
-                k: linear(take, LayerTensor::KProj, Some(LayerTensor::KBias))?,
-                v: linear(take, LayerTensor::VProj, Some(LayerTensor::VBias))?,
-                o: linear(take, LayerTensor::OProj, None)?,
-                q_norm,
-                k_norm,
-                post_norm,
-                gate: linear(take, LayerTensor::GateProj, None)?,
-                up: linear(take, LayerTensor::UpProj, None)?,
-                down: linear(take, LayerTensor::DownProj, None)?,
-            });
+    /// Optional per-layer vectors (q/k norms, biases): absent from the profile or the file.
+    fn vector(&self, take: &mut TakeWeight<'_>, layer: usize, r: LayerTensor) -> Result<Option<Tensor>> {
+        match self.profile.layer_tensor(layer, r) {
+            Some(n) => Ok(dense(take, &n, self.device)?.map(|t| t.to_dtype(DType::F32)).transpose()?),
+            None => Ok(None),
         }
-        let (embed, embed_lora) = match take(profile.tensors.embed)? {
-            Some(Weight::Adapted { base, lora }) => (base.to_device(device)?, Some(lora)),
-            Some(Weight::Dense(t)) => (t.to_device(device)?, None),
-            Some(Weight::Quantized(_)) => {
-                return Err(RuntimeError::Unsupported {
-                    message: format!(
-                        "tensor `{}` must be dense (the embedding is looked up)",
-                        profile.tensors.embed
-                    ),
-                });
+    }
+
+    fn layer(&self, take: &mut TakeWeight<'_>, i: usize) -> Result<Layer> {
+        let required = |take: &mut TakeWeight<'_>, r: LayerTensor| -> Result<Tensor> {
+            let n = self.named(i, r)?;
+            Ok(dense(take, &n, self.device)?.ok_or_else(|| self.missing(&n))?.to_dtype(DType::F32)?)
+        };
+        let input_norm = required(take, LayerTensor::InputNorm)?;
+        let post_norm = required(take, LayerTensor::PostAttentionNorm)?;
+        let q_norm = self.vector(take, i, LayerTensor::QNorm)?;
+        let k_norm = self.vector(take, i, LayerTensor::KNorm)?;
+        let linear =
+            |take: &mut TakeWeight<'_>, r: LayerTensor, bias: Option<LayerTensor>| -> Result<Linear> {
+                let n = self.named(i, r)?;
+                let weight = matrix(take, &n, self.device)?.ok_or_else(|| self.missing(&n))?;
+                let bias = match bias {
+                    Some(b) => self.vector(take, i, b)?,
+                    None => None,
+                };
+                Ok(Linear { weight, bias })
+            };
+        Ok(Layer {
+            input_norm,
+            q: linear(take, LayerTensor::QProj, Some(LayerTensor::QBias))?,
+            k: linear(take, LayerTensor::KProj, Some(LayerTensor::KBias))?,
+            v: linear(take, LayerTensor::VProj, Some(LayerTensor::VBias))?,
+            o: linear(take, LayerTensor::OProj, None)?,
+            q_norm,
+            k_norm,
+            post_norm,
+            gate: linear(take, LayerTensor::GateProj, None)?,
+            up: linear(take, LayerTensor::UpProj, None)?,
+            down: linear(take, LayerTensor::DownProj, None)?,
+        })
+    }
+
+    fn embedding(&self, take: &mut TakeWeight<'_>) -> Result<Embedding> {
+        let name = self.profile.tensors.embed;
+        match take(name)? {
+            Some(Weight::Adapted { base, lora }) => {
+                Ok(Embedding { table: base.to_device(self.device)?, lora: Some(lora) })
             }
-            None => return Err(missing(profile.tensors.embed)),
-        };
-        let lm_head = match matrix(take, profile.tensors.lm_head, device)? {
+            Some(Weight::Dense(t)) => Ok(Embedding { table: t.to_device(self.device)?, lora: None }),
+            Some(Weight::Quantized(_)) => Err(RuntimeError::Unsupported {
+                message: format!("tensor `{name}` must be dense (the embedding is looked up)"),
+            }),
+            None => Err(self.missing(name)),
+        }
+    }
+
+    /// The head; a tied model without its own head weight reads the embedding's table.
+    fn head(
+        &self,
+        take: &mut TakeWeight<'_>,
+        embedding: &mut dyn FnMut(&mut TakeWeight<'_>) -> Result<Tensor>,
+    ) -> Result<Head> {
+        let tensors = &self.profile.tensors;
+        let lm_head = match matrix(take, tensors.lm_head, self.device)? {
             Some(head) => head,
-            None if c.tie_word_embeddings => Weight::Dense(embed.clone()),
-            None => return Err(missing(profile.tensors.lm_head)),
+            None if self.tie_word_embeddings => Weight::Dense(embedding(take)?),
+            None => return Err(self.missing(tensors.lm_head)),
         };
-        let norm = dense(take, profile.tensors.final_norm, device)?
-            .ok_or_else(|| missing(profile.tensors.final_norm))?
+        let norm = dense(take, tensors.final_norm, self.device)?
+            .ok_or_else(|| self.missing(tensors.final_norm))?
             .to_dtype(DType::F32)?;
+        Ok(Head { norm, lm_head })
+    }
+}
+
+impl Arch {
+    fn new(c: &HfConfig, device: &Device) -> Self {
         let (inv_freq, rope_attention) = c.rope().inv_freq_and_attention_factor();
-        Ok(ReferenceModel {
-            embed,
-            embed_lora,
-            layers,
-            norm,
-            lm_head,
+        Arch {
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -295,11 +334,7 @@ impl ReferenceModel {
             rope_attention,
             vocab_size: c.vocab_size,
             device: device.clone(),
-        })
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
+        }
     }
 
     /// cos and sin for `positions` ([batch, seq]): [batch, 1, seq, head_dim].
@@ -336,18 +371,17 @@ impl ReferenceModel {
         Ok(Tensor::from_vec(values, (attention_mask.len(), 1, seq, total), &self.device)?)
     }
 
-    /// Logits for every position of `batch` ([batch, seq, vocab]), extending `cache`.
-    pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_positions(batch, cache, false)
-    }
-
-    /// Logits of the last position of each row only ([batch, 1, vocab]), extending `cache`:
-    /// what generation needs, without a [batch, seq, vocab] tensor for a long prompt.
-    pub fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_positions(batch, cache, true)
-    }
-
-    fn forward_positions(&self, batch: &Batch, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+    /// Logits for every position of `batch` ([batch, seq, vocab]), or of the last one only
+    /// ([batch, 1, vocab]), extending `cache`. The parts are asked for in order: embedding,
+    /// layers, head.
+    fn forward(
+        &self,
+        parts: &impl Parts,
+        layer_count: usize,
+        batch: &Batch,
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let (b, s) = batch.dims();
         let past = cache.past_len();
         if batch.attention_mask.iter().any(|m| m.len() != past + s) {
@@ -362,80 +396,254 @@ impl ReferenceModel {
             });
         }
         let ids = Tensor::from_vec(ids, b * s, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
-        if let Some(lora) = &self.embed_lora {
-            // peft: embedding(ids, Aᵀ) @ Bᵀ · s
-            let rows = lora.a.t()?.contiguous()?.index_select(&ids, 0)?;
-            x = (x + (rows.matmul(&lora.b.t()?)? * lora.scale)?)?;
-        }
-        let mut x = x.reshape((b, s, ()))?;
+        let mut x = parts.embedding(|e| e.lookup(&ids))?.reshape((b, s, ()))?;
         let (cos, sin) = self.rope(&batch.position_ids)?;
         let mask = self.mask(&batch.attention_mask, past, s)?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
         let fresh = cache.layers.is_empty();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let normed = rms_norm(&x, &layer.input_norm, self.eps)?.reshape((b * s, ()))?;
-            let heads = |t: Tensor, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
-                let t = t.reshape((b, s, n, d))?;
-                let t = match norm {
-                    Some(w) => rms_norm(&t, w, self.eps)?,
-                    None => t,
+        for i in 0..layer_count {
+            x = parts.layer(i, |layer| {
+                let normed = rms_norm(&x, &layer.input_norm, self.eps)?.reshape((b * s, ()))?;
+                let heads = |t: Tensor, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
+                    let t = t.reshape((b, s, n, d))?;
+                    let t = match norm {
+                        Some(w) => rms_norm(&t, w, self.eps)?,
+                        None => t,
+                    };
+                    Ok(t.transpose(1, 2)?.contiguous()?)
                 };
-                Ok(t.transpose(1, 2)?.contiguous()?)
-            };
-            let q = heads(layer.q.forward(&normed)?, h, &layer.q_norm)?;
-            let k = heads(layer.k.forward(&normed)?, kvh, &layer.k_norm)?;
-            let v = heads(layer.v.forward(&normed)?, kvh, &None)?;
-            let q = (q.broadcast_mul(&cos)? + rotate_half(&q)?.broadcast_mul(&sin)?)?;
-            let k = (k.broadcast_mul(&cos)? + rotate_half(&k)?.broadcast_mul(&sin)?)?;
-            let (k, v) = if fresh {
-                (k, v)
-            } else {
-                let (pk, pv) = &cache.layers[i];
-                (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
-            };
-            if fresh {
-                cache.layers.push((k.clone(), v.clone()));
-            } else {
-                cache.layers[i] = (k.clone(), v.clone());
-            }
-            // GQA: query head n reads kv head n / (h / kvh), as transformers' repeat_kv does.
-            let rep = h / kvh;
-            let expand = |t: &Tensor| -> Result<Tensor> {
-                let (bb, _, t_len, dd) = t.dims4()?;
-                Ok(t.unsqueeze(2)?.expand((bb, kvh, rep, t_len, dd))?.reshape((bb, h, t_len, dd))?)
-            };
-            let (k, v) = (expand(&k)?, expand(&v)?);
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attn = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b * s, h * d))?;
-            x = (x + layer.o.forward(&attn)?.reshape((b, s, ()))?)?;
-            let normed = rms_norm(&x, &layer.post_norm, self.eps)?.reshape((b * s, ()))?;
-            let mlp =
-                layer.down.forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
-            x = (x + mlp.reshape((b, s, ()))?)?;
+                let q = heads(layer.q.forward(&normed)?, h, &layer.q_norm)?;
+                let k = heads(layer.k.forward(&normed)?, kvh, &layer.k_norm)?;
+                let v = heads(layer.v.forward(&normed)?, kvh, &None)?;
+                let q = (q.broadcast_mul(&cos)? + rotate_half(&q)?.broadcast_mul(&sin)?)?;
+                let k = (k.broadcast_mul(&cos)? + rotate_half(&k)?.broadcast_mul(&sin)?)?;
+                let (k, v) = if fresh {
+                    (k, v)
+                } else {
+                    let (pk, pv) = &cache.layers[i];
+                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                };
+                if fresh {
+                    cache.layers.push((k.clone(), v.clone()));
+                } else {
+                    cache.layers[i] = (k.clone(), v.clone());
+                }
+                // GQA: query head n reads kv head n / (h / kvh), as transformers' repeat_kv does.
+                let rep = h / kvh;
+                let expand = |t: &Tensor| -> Result<Tensor> {
+                    let (bb, _, t_len, dd) = t.dims4()?;
+                    Ok(t.unsqueeze(2)?.expand((bb, kvh, rep, t_len, dd))?.reshape((bb, h, t_len, dd))?)
+                };
+                let (k, v) = (expand(&k)?, expand(&v)?);
+                let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let attn = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b * s, h * d))?;
+                let x = (&x + layer.o.forward(&attn)?.reshape((b, s, ()))?)?;
+                let normed = rms_norm(&x, &layer.post_norm, self.eps)?.reshape((b * s, ()))?;
+                let mlp = layer
+                    .down
+                    .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
+                Ok((x + mlp.reshape((b, s, ()))?)?)
+            })?;
         }
         let (x, s) = if last_only { (x.narrow(1, s - 1, 1)?, 1) } else { (x, s) };
-        let x = rms_norm(&x, &self.norm, self.eps)?.reshape((b * s, ()))?;
-        let logits = self.lm_head.matmul_t(&x)?.reshape((b, s, self.vocab_size))?;
+        let logits = parts.head(|head| {
+            let x = rms_norm(&x, &head.norm, self.eps)?.reshape((b * s, ()))?;
+            Ok(head.lm_head.matmul_t(&x)?.reshape((b, s, self.vocab_size))?)
+        })?;
         Ok(logits.to_dtype(DType::F32)?)
     }
 }
 
+impl Parts for ReferenceModel {
+    fn embedding<R>(&self, run: impl FnOnce(&Embedding) -> Result<R>) -> Result<R> {
+        run(&self.embed)
+    }
+
+    fn layer<R>(&self, index: usize, run: impl FnOnce(&Layer) -> Result<R>) -> Result<R> {
+        run(&self.layers[index])
+    }
+
+    fn head<R>(&self, run: impl FnOnce(&Head) -> Result<R>) -> Result<R> {
+        run(&self.head)
+    }
+}
+
+impl ReferenceModel {
+    /// Loads every weight of `folder` as f32 on the CPU.
+    pub fn load(folder: &ModelFolder) -> Result<Self> {
+        Self::load_with(folder, &|name| read_f32_released(folder, name))
+    }
+
+    /// Loads the architecture of `folder` with weights from `weights` (name -> f32 values and
+    /// shape), e.g. a merge computed in memory.
+    pub fn load_with(folder: &ModelFolder, weights: &WeightSource<'_>) -> Result<Self> {
+        let device = Device::Cpu;
+        Self::assemble(folder, &device, &mut |name| {
+            let Some((values, shape)) = weights(name)? else { return Ok(None) };
+            Ok(Some(Weight::Dense(Tensor::from_vec(values, shape.as_slice(), &device)?)))
+        })
+    }
+
+    /// Builds the model of `folder`'s architecture from weights handed over one by one (dense
+    /// or quantized), on `device`. Norms, biases and the embedding table must be dense.
+    pub fn assemble(folder: &ModelFolder, device: &Device, take: &mut TakeWeight<'_>) -> Result<Self> {
+        Self::assemble_from(folder.profile, &folder.config, &folder.dir, device, take)
+    }
+
+    /// Like [`ReferenceModel::assemble`] for a model described by `profile` and `config`
+    /// rather than a folder (a GGUF file); `origin` names it in errors.
+    pub fn assemble_from(
+        profile: &Profile,
+        c: &HfConfig,
+        origin: &Path,
+        device: &Device,
+        take: &mut TakeWeight<'_>,
+    ) -> Result<Self> {
+        let assembly = Assembly { profile, tie_word_embeddings: c.tie_word_embeddings, origin, device };
+        let layers = (0..c.num_hidden_layers).map(|i| assembly.layer(take, i)).collect::<Result<Vec<_>>>()?;
+        let embed = assembly.embedding(take)?;
+        let table = embed.table.clone();
+        let head = assembly.head(take, &mut |_| Ok(table.clone()))?;
+        Ok(ReferenceModel { embed, layers, head, arch: Arch::new(c, device), vocab_size: c.vocab_size })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.arch.device
+    }
+
+    /// Logits for every position of `batch` ([batch, seq, vocab]), extending `cache`.
+    pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.arch.forward(self, self.layers.len(), batch, cache, false)
+    }
+
+    /// Logits of the last position of each row only ([batch, 1, vocab]), extending `cache`:
+    /// what generation needs, without a [batch, seq, vocab] tensor for a long prompt.
+    pub fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.arch.forward(self, self.layers.len(), batch, cache, true)
+    }
+}
+
+/// `name` of `folder` in f32, its mapped pages dropped from the RSS once copied.
+pub fn read_f32_released(folder: &ModelFolder, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+    let Some((file, info)) = folder.tensor(name) else { return Ok(None) };
+    let mut values = Vec::new();
+    file.read_f32(info, &mut values)?;
+    file.release(info, 0, info.byte_len());
+    Ok(Some((values, info.shape.clone())))
+}
+
+impl<'a> StreamedModel<'a> {
+    /// A model of `folder`'s architecture whose weights `source` reads on demand.
+    pub fn new(folder: &ModelFolder, source: Box<ReadWeight<'a>>) -> Self {
+        let c = &folder.config;
+        StreamedModel {
+            source,
+            profile: folder.profile,
+            origin: folder.dir.clone(),
+            layers: c.num_hidden_layers,
+            tie_word_embeddings: c.tie_word_embeddings,
+            arch: Arch::new(c, &Device::Cpu),
+            vocab_size: c.vocab_size,
+        }
+    }
+
+    /// `folder`'s own weights in f32, read layer by layer.
+    pub fn of_folder(folder: &'a ModelFolder) -> Self {
+        let device = Device::Cpu;
+        Self::new(
+            folder,
+            Box::new(move |name| {
+                let Some((values, shape)) = read_f32_released(folder, name)? else { return Ok(None) };
+                Ok(Some(Weight::Dense(Tensor::from_vec(values, shape.as_slice(), &device)?)))
+            }),
+        )
+    }
+
+    /// Every weight name the model asks its source for, in the order of a forward pass.
+    pub fn weight_names(profile: &Profile, layers: usize) -> Vec<String> {
+        let t = &profile.tensors;
+        let mut names = vec![t.embed.to_string()];
+        for layer in 0..layers {
+            names.extend(t.layer.iter().filter_map(|(role, _)| profile.layer_tensor(layer, *role)));
+        }
+        names.extend([t.lm_head.to_string(), t.final_norm.to_string()]);
+        names
+    }
+
+    fn assembly(&self) -> Assembly<'_> {
+        Assembly {
+            profile: self.profile,
+            tie_word_embeddings: self.tie_word_embeddings,
+            origin: &self.origin,
+            device: &self.arch.device,
+        }
+    }
+
+    pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.arch.forward(self, self.layers, batch, cache, false)
+    }
+
+    pub fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.arch.forward(self, self.layers, batch, cache, true)
+    }
+}
+
+impl Parts for StreamedModel<'_> {
+    fn embedding<R>(&self, run: impl FnOnce(&Embedding) -> Result<R>) -> Result<R> {
+        run(&self.assembly().embedding(&mut |name| (self.source)(name))?)
+    }
+
+    fn layer<R>(&self, index: usize, run: impl FnOnce(&Layer) -> Result<R>) -> Result<R> {
+        run(&self.assembly().layer(&mut |name| (self.source)(name), index)?)
+    }
+
+    fn head<R>(&self, run: impl FnOnce(&Head) -> Result<R>) -> Result<R> {
+        let assembly = self.assembly();
+        let head = assembly
+            .head(&mut |name| (self.source)(name), &mut |take| Ok(assembly.embedding(take)?.table))?;
+        run(&head)
+    }
+}
+
+/// A model as an engine keeps its own cache between steps.
+pub trait Forward {
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor>;
+    fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor>;
+}
+
+impl Forward for ReferenceModel {
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        ReferenceModel::forward(self, batch, cache)
+    }
+    fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        ReferenceModel::forward_last(self, batch, cache)
+    }
+}
+
+impl Forward for StreamedModel<'_> {
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        StreamedModel::forward(self, batch, cache)
+    }
+    fn forward_last(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        StreamedModel::forward_last(self, batch, cache)
+    }
+}
+
 /// The reference model as an engine: it keeps its own cache between steps.
-pub struct ReferenceEngine<'m> {
-    pub model: &'m ReferenceModel,
+pub struct ReferenceEngine<'m, M: Forward = ReferenceModel> {
+    pub model: &'m M,
     cache: KvCache,
 }
 
-impl<'m> ReferenceEngine<'m> {
-    pub fn new(model: &'m ReferenceModel) -> Self {
+impl<'m, M: Forward> ReferenceEngine<'m, M> {
+    pub fn new(model: &'m M) -> Self {
         Self { model, cache: KvCache::default() }
     }
 }
 
-impl super::engine::DecoderEngine for ReferenceEngine<'_> {
+impl<M: Forward> super::engine::DecoderEngine for ReferenceEngine<'_, M> {
     fn name(&self) -> &'static str {
         "candle"
     }

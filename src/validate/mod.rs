@@ -5,6 +5,7 @@
 //! configured prompts, and is compared on logits and on greedy tokens with the KV cache. The
 //! merged f32 model is measured against the reference too ("merged vs unmerged").
 
+pub mod cache;
 pub mod markdown;
 pub mod metrics;
 pub mod report;
@@ -14,18 +15,22 @@ pub mod unmerged;
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::config::size::human_bytes;
 use crate::config::{Engine, ExportDtype, ExportSpec, Format, Target};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::export::ExportInputs;
 use crate::export::onnx::folder::QUANT_REPORT_FILE;
+use crate::merge::plan::{MergePlan, PlannedTensor};
 use crate::merge::{MergeInputs, execute_rows, plan_merge};
 use crate::model::{ModelFolder, TensorDtype};
 use crate::quant::QuantReport;
 use crate::runtime::chat::{ChatTemplate, Message};
 use crate::runtime::gguf::GgufFile;
 use crate::runtime::ort_engine::{self, OrtEngine};
+use crate::runtime::reference::{Forward, Weight};
 use crate::runtime::tract_engine::{self, TractEngine};
-use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy};
+use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, StreamedModel, greedy};
+use candle_core::Tensor;
 use metrics::{compare_logits, first_divergence};
 use report::{EngineResult, ExportValidation, MergeCheck, Verdict};
 use tolerance::Tolerance;
@@ -99,37 +104,36 @@ fn stop_ids(base: &ModelFolder) -> (Vec<i64>, i64) {
     (eos, pad)
 }
 
-/// The merged model in f32: the folder's own weights (a merge already written), or merged in
-/// memory from the base and `inputs.adapter` (nothing is written). The merge's f32 rows are
-/// gathered per tensor and handed to the model without another copy, so the peak is one f32
-/// copy of the model.
-fn load_merged(inputs: &ExportInputs<'_>) -> Result<ReferenceModel, Error> {
-    let Some(adapter) = inputs.adapter else { return Ok(ReferenceModel::load(inputs.weights)?) };
-    let plan = plan_merge(inputs.weights, Some(adapter))?;
-    let mut weights: HashMap<String, (Vec<f32>, Vec<usize>)> = HashMap::new();
-    execute_rows(
-        &plan,
-        &MergeInputs { base: inputs.weights, adapter: Some(adapter), allow_non_finite: true },
-        &mut |t, _, rows| {
-            let (values, _) = weights
-                .entry(t.name.clone())
-                .or_insert_with(|| (Vec::with_capacity(t.shape.iter().product()), t.shape.clone()));
-            values.extend_from_slice(rows);
-            Ok(())
-        },
-    )?;
+/// The merged model in f32, read layer by layer: the folder's own weights (a merge already
+/// written), or each tensor merged from the base and `inputs.adapter` when its layer runs
+/// (nothing is written, and no more than one layer is merged at a time).
+fn load_merged<'a>(inputs: &ExportInputs<'a>) -> Result<StreamedModel<'a>, Error> {
+    let Some(adapter) = inputs.adapter else { return Ok(StreamedModel::of_folder(inputs.weights)) };
+    let weights = inputs.weights;
+    let plan = plan_merge(weights, Some(adapter))?;
+    let untied = plan.untied;
+    let tensors: HashMap<String, PlannedTensor> =
+        plan.tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
     let device = candle_core::Device::Cpu;
-    Ok(ReferenceModel::assemble(inputs.weights, &device, &mut |name| {
-        let Some((values, shape)) = weights.remove(name) else { return Ok(None) };
-        Ok(Some(crate::runtime::reference::Weight::Dense(candle_core::Tensor::from_vec(
-            values,
-            shape.as_slice(),
-            &device,
-        )?)))
-    })?)
+    let source = move |name: &str| -> Result<Option<Weight>, RuntimeError> {
+        let Some(t) = tensors.get(name) else { return Ok(None) };
+        let one = MergePlan { tensors: vec![t.clone()], untied };
+        let mut values = Vec::with_capacity(t.shape.iter().product());
+        execute_rows(
+            &one,
+            &MergeInputs { base: weights, adapter: Some(adapter), allow_non_finite: true },
+            &mut |_, _, rows| {
+                values.extend_from_slice(rows);
+                Ok(())
+            },
+        )
+        .map_err(|e| RuntimeError::Source(Box::new(e)))?;
+        Ok(Some(Weight::Dense(Tensor::from_vec(values, t.shape.as_slice(), &device)?)))
+    };
+    Ok(StreamedModel::new(weights, Box::new(source)))
 }
 
-fn logits_of(model: &ReferenceModel, batch: &Batch) -> Result<(Vec<f32>, usize), Error> {
+fn logits_of(model: &impl Forward, batch: &Batch) -> Result<(Vec<f32>, usize), Error> {
     let logits = model.forward(batch, &mut KvCache::default())?;
     let vocab = logits.dims3().map_err(RuntimeError::from)?.2;
     let logits = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(RuntimeError::from)?;
@@ -244,7 +248,9 @@ fn run_engine(
     })
 }
 
-/// Validates the export `spec` written at `dir` in each requested engine that runs it.
+/// Validates the export `spec` written at `dir` in each requested engine that runs it, one
+/// engine at a time; an engine whose estimate for this export exceeds `memory_limit` is not
+/// started, and says so with its figure.
 pub fn validate_export(
     reference: &Reference,
     base: &ModelFolder,
@@ -252,6 +258,7 @@ pub fn validate_export(
     dir: &Path,
     requested: &[Engine],
     threads: usize,
+    memory_limit: Option<u64>,
 ) -> Result<ExportValidation, Error> {
     let dtype = spec.dtype.unwrap_or(match base.storage_dtype() {
         TensorDtype::F16 => ExportDtype::F16,
@@ -265,6 +272,8 @@ pub fn validate_export(
         .ok()
         .and_then(|m| m.provenance.options["target"].as_str().and_then(|t| t.parse::<Target>().ok()));
     let target = written.or(spec.target).unwrap_or(Target::Portable);
+    let parts = crate::pipeline::memory::ModelParts::of(base);
+    let export_bytes = folder_bytes(dir);
     let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
     let mut results = Vec::new();
     for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
@@ -277,14 +286,30 @@ pub fn validate_export(
             passed: false,
             failures: Vec::new(),
         };
+        let needed =
+            crate::pipeline::memory::engine(spec, export_bytes, &parts, reference.batch.input_ids.len());
         let result = match engine {
+            _ if memory_limit.is_some_and(|limit| needed > limit) => {
+                let limit = memory_limit.unwrap_or_default();
+                tracing::warn!(
+                    "export `{}` is not run in {engine}: it needs about {} of memory",
+                    spec.name,
+                    human_bytes(needed)
+                );
+                skipped(format!(
+                    "needs about {} of memory in {engine}, more than max-memory ({}): validate it on a larger machine or raise max-memory",
+                    human_bytes(needed),
+                    human_bytes(limit)
+                ))
+            }
             Engine::Candle if spec.format == Format::Gguf => {
                 let path = dir.join(crate::export::gguf::GGUF_FILE);
                 let model = GgufFile::open(&path)?.load(&candle_core::Device::Cpu)?;
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
             }
             Engine::Candle => {
-                let model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
+                let folder = ModelFolder::open(dir, Some(base.profile))?;
+                let model = StreamedModel::of_folder(&folder);
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
             }
             Engine::Tract => match tract_unsupported {
@@ -357,6 +382,17 @@ pub fn validate_export(
         verdict,
         unverified,
     })
+}
+
+/// Bytes of the files in `dir` (an export folder is flat).
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// The export's quantization report without its per-tensor list (that stays in the file).

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::error::{CheckpointError, Error, RuntimeError};
 use crate::model::{ModelFolder, SafetensorsFile};
-use crate::runtime::ReferenceModel;
-use crate::runtime::reference::{LoraBranch, Weight};
+use crate::runtime::StreamedModel;
+use crate::runtime::reference::{LoraBranch, Weight, read_f32_released};
 
 const PREFIX: &str = "base_model.model.";
 
@@ -220,88 +220,81 @@ impl PeftAdapter {
     }
 }
 
-/// The base model of `base` with the adapter in `adapter_dir` applied unmerged (f32, CPU).
-pub fn load_unmerged(base: &ModelFolder, adapter_dir: Option<&Path>) -> Result<ReferenceModel, Error> {
+/// The base model of `base` with the adapter in `adapter_dir` applied unmerged (f32, CPU), read
+/// layer by layer on every forward pass (each weight upcast when its layer runs, then released).
+pub fn load_unmerged<'a>(
+    base: &'a ModelFolder,
+    adapter_dir: Option<&Path>,
+) -> Result<StreamedModel<'a>, Error> {
     let adapter = adapter_dir.map(PeftAdapter::read).transpose()?;
+    if let Some(adapter) = &adapter {
+        check_coverage(base, adapter)?;
+    }
     let embed_name = base.profile.tensors.embed;
     let head_name = base.profile.tensors.lm_head;
-    let read_base = |name: &str| -> Result<Option<Tensor>, Error> {
-        let Some((file, info)) = base.tensor(name) else { return Ok(None) };
-        let mut values = Vec::new();
-        file.read_f32(info, &mut values).map_err(RuntimeError::from)?;
-        // The f32 copy is what the model keeps: drop the mapped pages from this process's RSS.
-        file.release(info, 0, info.byte_len());
-        Ok(Some(Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).map_err(RuntimeError::from)?))
+    let read_base = move |name: &str| -> Result<Option<Tensor>, RuntimeError> {
+        let Some((values, shape)) = read_f32_released(base, name)? else { return Ok(None) };
+        Ok(Some(Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?))
     };
-    let mut used: Vec<String> = Vec::new();
-    let mut failure: Option<Error> = None;
-    let model = ReferenceModel::assemble(base, &Device::Cpu, &mut |name| {
-        let result = (|| -> Result<Option<Weight>, Error> {
-            let Some(adapter) = &adapter else { return Ok(read_base(name)?.map(Weight::Dense)) };
-            if let Some(saved) = adapter.saved.get(name) {
-                used.push(name.to_string());
-                return Ok(Some(Weight::Dense(adapter.tensor(saved)?)));
-            }
-            // A tied head is the embedding's base weight in peft's forward (lm_head shares the
-            // original parameter, whatever LoRA or modules_to_save did to the embedding), with
-            // the head's own LoRA if it has one.
-            let base_tensor = match read_base(name)? {
-                Some(t) => t,
-                None if name == head_name && base.config.tie_word_embeddings => {
-                    let embed_module = embed_name.strip_suffix(".weight").unwrap_or(embed_name);
-                    let head_module = head_name.strip_suffix(".weight").unwrap_or(head_name);
-                    let embed_changed =
-                        adapter.saved.contains_key(embed_name) || adapter.modules.contains_key(embed_module);
-                    if !embed_changed && !adapter.modules.contains_key(head_module) {
-                        return Ok(None); // the model shares the embedding table itself
-                    }
-                    match read_base(embed_name)? {
-                        Some(t) => t,
-                        None => return Ok(None),
-                    }
-                }
-                None => return Ok(None),
-            };
-            let module = name.strip_suffix(".weight").unwrap_or(name);
-            match adapter.modules.get(module) {
-                Some(lora) => {
-                    used.push(module.to_string());
-                    let lora = adapter.branch(module, lora, &base_tensor)?;
-                    Ok(Some(Weight::Adapted { base: base_tensor, lora }))
-                }
-                None => Ok(Some(Weight::Dense(base_tensor))),
-            }
-        })();
-        result.map_err(|e| {
-            let message = e.to_string();
-            failure = Some(e);
-            RuntimeError::Unsupported { message }
-        })
-    });
-    let model = match (model, failure) {
-        (Ok(m), _) => m,
-        (Err(_), Some(e)) => return Err(e),
-        (Err(e), None) => return Err(e.into()),
-    };
-    // Every adapted or saved module must have reached the model: one that did not (a bias, a
-    // module of another architecture) would otherwise be dropped without a word.
-    if let Some(adapter) = &adapter {
-        let unused: Vec<&String> = adapter
-            .modules
-            .keys()
-            .chain(adapter.saved.keys())
-            .filter(|m| !used.iter().any(|u| u == *m))
-            .collect();
-        if let Some(first) = unused.first() {
-            return Err(adapter_error(
-                adapter.file.path(),
-                format!(
-                    "`{first}` ({} module(s) in all) is not a weight the {} reference runs",
-                    unused.len(),
-                    base.profile.name
-                ),
-            ));
+    let source = move |name: &str| -> Result<Option<Weight>, RuntimeError> {
+        crate::pipeline::interrupt::check_before(Some(name)).map_err(|e| source_error(e.into()))?;
+        let Some(adapter) = &adapter else { return Ok(read_base(name)?.map(Weight::Dense)) };
+        if let Some(saved) = adapter.saved.get(name) {
+            return Ok(Some(Weight::Dense(adapter.tensor(saved).map_err(source_error)?)));
         }
+        // A tied head is the embedding's base weight in peft's forward (lm_head shares the
+        // original parameter, whatever LoRA or modules_to_save did to the embedding), with
+        // the head's own LoRA if it has one.
+        let base_tensor = match read_base(name)? {
+            Some(t) => t,
+            None if name == head_name && base.config.tie_word_embeddings => {
+                let embed_module = embed_name.strip_suffix(".weight").unwrap_or(embed_name);
+                let head_module = head_name.strip_suffix(".weight").unwrap_or(head_name);
+                let embed_changed =
+                    adapter.saved.contains_key(embed_name) || adapter.modules.contains_key(embed_module);
+                if !embed_changed && !adapter.modules.contains_key(head_module) {
+                    return Ok(None); // the model shares the embedding table itself
+                }
+                match read_base(embed_name)? {
+                    Some(t) => t,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
+        };
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        match adapter.modules.get(module) {
+            Some(lora) => {
+                let lora = adapter.branch(module, lora, &base_tensor).map_err(source_error)?;
+                Ok(Some(Weight::Adapted { base: base_tensor, lora }))
+            }
+            None => Ok(Some(Weight::Dense(base_tensor))),
+        }
+    };
+    Ok(StreamedModel::new(base, Box::new(source)))
+}
+
+fn source_error(e: Error) -> RuntimeError {
+    RuntimeError::Source(Box::new(e))
+}
+
+/// Every adapted or saved module must reach the model: one that does not (a bias, a module of
+/// another architecture) would otherwise be dropped without a word.
+fn check_coverage(base: &ModelFolder, adapter: &PeftAdapter) -> Result<(), Error> {
+    let names = StreamedModel::weight_names(base.profile, base.config.num_hidden_layers);
+    let reached =
+        |module: &str| names.iter().any(|n| n == module || n.strip_suffix(".weight") == Some(module));
+    let unused: Vec<&String> =
+        adapter.modules.keys().chain(adapter.saved.keys()).filter(|m| !reached(m)).collect();
+    match unused.first() {
+        None => Ok(()),
+        Some(first) => Err(adapter_error(
+            adapter.file.path(),
+            format!(
+                "`{first}` ({} module(s) in all) is not a weight the {} reference runs",
+                unused.len(),
+                base.profile.name
+            ),
+        )),
     }
-    Ok(model)
 }

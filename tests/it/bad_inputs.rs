@@ -358,7 +358,7 @@ fn disk_full_mid_write_fails_cleanly() {
     }
     left.retain(|name| name != ".state");
     assert!(left.is_empty(), "{left:?}");
-    // And on a real full filesystem: 300 KiB, where the f32 merge (about 400 KiB) cannot fit.
+    // And on a real full filesystem: 300 KiB, where the f32 ONNX export (about 400 KiB) cannot fit.
     let mount = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=300k", "tmpfs"])
         .arg(&disk)

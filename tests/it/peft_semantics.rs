@@ -83,19 +83,20 @@ fn merge_onto(dir: &Path, base: &str, adapter: &Path) -> Tensors {
 /// implementations of the same peft semantics that share no code must give the same logits.
 fn agrees_with_unmerged(dir: &Path, base: &str, adapter: &Path) {
     use model_export::model::ModelFolder;
+    use model_export::runtime::reference::Forward;
     use model_export::runtime::{KvCache, ReferenceModel};
     let g = crate::reference::golden(base);
-    let logits = |m: &ReferenceModel| {
-        m.forward(&g.batch, &mut KvCache::default()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    };
+    fn logits(m: &impl Forward, batch: &model_export::runtime::Batch) -> Vec<f32> {
+        m.forward(batch, &mut KvCache::default()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
     let folder = ModelFolder::open(&fixture(base), None).unwrap();
     let unmerged = model_export::validate::unmerged::load_unmerged(&folder, Some(adapter)).unwrap();
     let merged = ReferenceModel::load(&ModelFolder::open(&dir.join("merged"), None).unwrap()).unwrap();
-    let (reference, ours) = (logits(&unmerged), logits(&merged));
+    let (reference, ours) = (logits(&unmerged, &g.batch), logits(&merged, &g.batch));
     let error = crate::reference::relative_error(&ours, &reference, &g.batch, g.vocab);
     assert!(error <= 1e-5, "{}: merged vs unmerged {error} (relative)", adapter.display());
     // And the adapter matters: the base alone is far from both.
-    let plain = logits(&ReferenceModel::load(&folder).unwrap());
+    let plain = logits(&ReferenceModel::load(&folder).unwrap(), &g.batch);
     let moved = crate::reference::relative_error(&plain, &reference, &g.batch, g.vocab);
     assert!(moved > 1e-3, "{}: the adapter changes nothing ({moved})", adapter.display());
 }

@@ -96,7 +96,7 @@ fn unchanged_rerun_skips_every_stage_and_a_dtype_change_redoes_only_that_export(
     let again = project.run(&["run", "--message-format", "json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     let outcomes = stage_outcomes(&again);
-    assert_eq!(outcomes.len(), 8, "{outcomes:?}");
+    assert_eq!(outcomes.len(), 7, "{outcomes:?}");
     assert!(outcomes.values().all(|o| o == "skipped"), "{outcomes:?}");
     assert_eq!(artifacts(&project), before);
     // The summary still describes the skipped exports and their validation.
@@ -140,9 +140,9 @@ fn a_run_killed_at_any_named_moment_resumes_to_identical_artifacts() {
     let expected = artifacts(&reference);
     assert!(expected.contains_key("onnx-f32/model.onnx_data"), "{expected:?}");
 
-    // During the merge, while writing ONNX external data, between exports, during validation,
-    // and between report.json and report.md.
-    for fault in ["merge-tensor:3", "export-tensor:5", "between-exports:2", "validated:1", "report:1"] {
+    // While writing ONNX external data, while the safetensors export merges and writes, between
+    // exports, during validation, and between report.json and report.md.
+    for fault in ["export-tensor:5", "merge-tensor:3", "between-exports:2", "validated:1", "report:1"] {
         let project = Project::new(TABLES);
         let killed = project.run_env(&["run"], &[("MODEL_EXPORT_FAULT", fault)]);
         assert_eq!(killed.code, -1, "{fault}: the run was not killed\n{}", killed.stderr);
@@ -164,13 +164,14 @@ fn a_run_killed_at_any_named_moment_resumes_to_identical_artifacts() {
         assert!(leftovers(&project.path().join("exports")).is_empty(), "{fault}: temporaries left");
         let outcomes = stage_outcomes(&resumed);
         match fault {
-            "merge-tensor:3" => assert!(outcomes.values().all(|o| o == "ran")),
+            "export-tensor:5" => assert!(outcomes.values().all(|o| o == "ran")),
             "report:1" => {
                 let ran: Vec<_> =
                     outcomes.iter().filter(|(_, o)| *o == "ran").map(|(s, _)| s.as_str()).collect();
                 assert_eq!(ran, ["report"], "{fault}");
             }
-            _ => assert_eq!(outcomes["merge"], "skipped", "{fault}"),
+            // The first export was finished before the kill: it is not written again.
+            _ => assert_eq!(outcomes["export:onnx-f32"], "skipped", "{fault}"),
         }
     }
 }
@@ -262,7 +263,6 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     assert_eq!(
         stages,
         [
-            "merge",
             "export:onnx-f32",
             "validate:onnx-f32",
             "export:st-f16",
@@ -272,15 +272,19 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
             "report"
         ]
     );
-    // qwen3-tiny holds 98,688 parameters (tied head stored once): 4 bytes each in f32.
+    // qwen3-tiny holds 98,688 parameters (tied head stored once): 4 bytes each in f32, and no
+    // merged copy is written (exports stream from the base and the adapter).
     assert_eq!(plan["parameters"], 98_688);
     assert_eq!(plan["stages"][0]["estimated_bytes_written"], 98_688 * 4);
     assert_eq!(plan["stages"][0]["action"], "run");
+    let reads = plan["stages"][0]["reads"].as_array().unwrap();
+    assert!(reads[0].as_str().unwrap().ends_with("qwen3-tiny"), "{reads:?}");
+    assert!(reads[1].as_str().unwrap().contains("qwen3-tiny-run"), "{reads:?}");
     assert!(!project.path().join("exports").exists());
 
     assert_eq!(project.run(&["run"]).code, 0);
     let done = project.run(&["run", "--dry-run"]);
-    assert!(done.stdout.contains("plan: 0 of 8 stages run"), "{}", done.stdout);
+    assert!(done.stdout.contains("plan: 0 of 7 stages run"), "{}", done.stdout);
 }
 
 #[test]
@@ -290,9 +294,12 @@ fn clean_removes_the_state_and_keeps_finished_exports_unless_asked() {
     let out = project.path().join("exports");
     std::fs::create_dir_all(out.join(".onnx-f32.partial-x1")).unwrap();
 
+    // The state holds the records and the cached reference run (the logits of the prompts).
+    let cached = std::fs::metadata(out.join(".state/reference.bin")).unwrap().len();
+    assert!(cached > 10_000, "{cached}");
     let cleaned = project.run(&["clean", "--message-format", "json"]);
     assert_eq!(cleaned.code, 0, "{}", cleaned.stderr);
-    assert!(cleaned.json()["bytes_freed"].as_u64().unwrap() > 390_000, "{}", cleaned.stdout);
+    assert!(cleaned.json()["bytes_freed"].as_u64().unwrap() > cached, "{}", cleaned.stdout);
     assert!(!out.join(".state").exists() && !out.join(".onnx-f32.partial-x1").exists());
     assert!(!out.join("run.json").exists());
     for export in ["onnx-f32", "st-f16", "onnx-int8"] {
@@ -315,10 +322,11 @@ fn ctrl_c_stops_at_a_safe_point_removes_the_partial_export_and_says_how_to_resum
     );
     assert_eq!(stopped.code, 130, "{}", stopped.stderr);
     // The signal is raised on the thread at the 5th tensor: the very next safe point stops,
-    // before the 6th tensor of the export (in the merged folder's plan order).
-    let merged =
-        model_export::model::ModelFolder::open(&project.path().join("exports/.state/merged"), None).unwrap();
-    let plan = model_export::merge::plan_merge(&merged, None).unwrap();
+    // before the 6th tensor of the export (in the merge plan's order).
+    let base = model_export::model::ModelFolder::open(&crate::common::fixture("qwen3-tiny"), None).unwrap();
+    let detection =
+        model_export::checkpoint::detect(&crate::common::fixture("qwen3-tiny-run"), Some(&base)).unwrap();
+    let plan = model_export::merge::plan_merge(&base, Some(&detection.adapter)).unwrap();
     let sixth = &plan.tensors[5].name;
     assert!(
         stopped
@@ -334,7 +342,6 @@ fn ctrl_c_stops_at_a_safe_point_removes_the_partial_export_and_says_how_to_resum
 
     let resumed = project.run(&["run", "--message-format", "json"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
-    assert_eq!(stage_outcomes(&resumed)["merge"], "skipped");
     assert_eq!(stage_outcomes(&resumed)["export:onnx-f32"], "ran");
 }
 
@@ -543,4 +550,36 @@ fn a_changed_export_is_caught_by_its_stamp_or_by_verify_and_redone() {
         .unwrap();
     let same = project.run(&["run", "--message-format", "json"]);
     assert_eq!(stage_outcomes(&same)["export:st-f16"], "skipped");
+}
+
+#[test]
+fn the_reference_is_computed_once_and_reused_when_an_export_is_validated_again() {
+    let project = Project::new(TABLES);
+    assert_eq!(project.run(&["run"]).code, 0);
+    let cache = project.path().join("exports/.state/reference.bin");
+    assert!(cache.is_file(), "the reference run is cached");
+    // One export changes: it is written and validated again, against the cached reference (a
+    // run that computed the reference would be killed at the `reference` fault point).
+    std::fs::write(
+        project.path().join("Cargo.toml"),
+        std::fs::read_to_string(project.path().join("Cargo.toml"))
+            .unwrap()
+            .replace("dtype = \"f16\"", "dtype = \"bf16\""),
+    )
+    .unwrap();
+    let again = project.run_env(&["run", "--message-format", "json"], &[("MODEL_EXPORT_FAULT", "reference")]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let outcomes = stage_outcomes(&again);
+    assert_eq!(outcomes["validate:st-f16"], "ran");
+    assert_eq!(outcomes["validate:onnx-f32"], "skipped");
+    assert!(again.json()["validation"]["exports"][1]["passed"].as_bool().unwrap(), "{}", again.stdout);
+    // Other prompts are another reference: computed again (and the fault point is reached).
+    std::fs::write(
+        project.path().join("Cargo.toml"),
+        std::fs::read_to_string(project.path().join("Cargo.toml")).unwrap()
+            + "\n[package.metadata.model-export.validate]\nprompts = [\"Other words\"]\n",
+    )
+    .unwrap();
+    let other = project.run_env(&["run"], &[("MODEL_EXPORT_FAULT", "reference")]);
+    assert_eq!(other.code, -1, "a new reference is computed: {}", other.stderr);
 }

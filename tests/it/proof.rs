@@ -9,6 +9,7 @@ use model_export::config::Target;
 use model_export::model::ModelFolder;
 use model_export::runtime::gguf::GgufFile;
 use model_export::runtime::ort_engine::{self, OrtEngine};
+use model_export::runtime::reference::Forward;
 use model_export::runtime::tract_engine::TractEngine;
 use model_export::runtime::{
     Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, ReferenceModel, greedy,
@@ -26,7 +27,7 @@ fn relative(ours: &[f32], golden: &[f32], batch: &Batch, vocab: usize) -> f64 {
     compare_logits(ours, golden, batch, vocab, 1e-3).relative_error
 }
 
-fn logits_of(model: &ReferenceModel, batch: &Batch) -> Vec<f32> {
+fn logits_of(model: &impl Forward, batch: &Batch) -> Vec<f32> {
     let logits = model.forward(batch, &mut KvCache::default()).unwrap();
     logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
