@@ -156,6 +156,39 @@ fn main() {
         println!("{} ({}): {} — {}", e["export"], e["verdict"], engines.join("; "), e["failures"]);
     }
     println!("merge check: {}", report["merge"]);
+
+    // The same exports validated again within 8 GiB (the reference comes from .state): engines
+    // that cannot hold an export in that budget are refused by name, the others measure it.
+    let started = std::time::Instant::now();
+    let child = binary(&project)
+        .args(["validate", "-q"])
+        .env("MODEL_EXPORT_MAX_MEMORY", "8GiB")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let budgeted = measure_child(child, started);
+    println!(
+        "\n`validate` with max-memory = 8GiB (cached reference): {:.1} s, peak RSS {:.2} GiB",
+        budgeted.wall.as_secs_f64(),
+        budgeted.peak_rss_bytes as f64 / GIB
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.join("out/report.json")).unwrap()).unwrap();
+    for e in report["exports"].as_array().unwrap() {
+        for r in e["engines"].as_array().unwrap() {
+            println!(
+                "  {} in {}: {}",
+                e["export"],
+                r["engine"],
+                match &r["skipped"] {
+                    serde_json::Value::String(why) => format!("skipped: {why}"),
+                    _ =>
+                        format!("measured, cosine {:.5}", r["logits"]["cosine"].as_f64().unwrap_or(f64::NAN)),
+                }
+            );
+        }
+    }
 }
 
 /// `measure` for a spawned child whose output is already routed.

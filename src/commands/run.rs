@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Context;
 use super::output::{print_json, table};
 use crate::config::size::human_bytes;
-use crate::config::{Config, EmbeddingsMode, ExportDtype, ExportSpec, Format, Overrides, Target};
+use crate::config::{Config, EmbeddingsMode, Engine, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
 use crate::export::gguf::{GgufOptions, write_gguf_folder};
@@ -90,10 +90,6 @@ fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError
     }
 }
 
-/// Models with fewer parameters keep the output head in f16 under `embeddings = "auto"`: the
-/// head is a large share of a small model and its error reaches the logits directly.
-const QUANTIZED_HEAD_FROM: u64 = 1_000_000_000;
-
 /// The ONNX writer's options for an export entry.
 pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> OnnxOptions {
     let precision = match spec.dtype {
@@ -106,7 +102,7 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
     let head = match o.embeddings.unwrap_or(EmbeddingsMode::Auto) {
         EmbeddingsMode::F16 => false,
         EmbeddingsMode::Quantized => true,
-        EmbeddingsMode::Auto => parameters >= QUANTIZED_HEAD_FROM,
+        EmbeddingsMode::Auto => parameters >= crate::pipeline::plan::QUANTIZED_HEAD_FROM,
     };
     OnnxOptions {
         precision,
@@ -121,6 +117,7 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
         external_data: o.external_data,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         check: !skip_check,
+        check_skip: Vec::new(),
         allow_non_finite: false,
         fallback: true,
     }
@@ -301,7 +298,11 @@ fn export_stage(
     let result = if stage.runs() {
         begin(state, stage)?;
         state.forget(&validate_stage_id(&spec.name))?;
-        let result = write_export(config, inputs, spec, flags.skip_check, !flags.no_fallback)?;
+        for note in &stage.notes {
+            tracing::warn!("export `{}`: {note}", spec.name);
+        }
+        let result =
+            write_export(config, inputs, spec, flags.skip_check, &stage.check_skip, !flags.no_fallback)?;
         state.record(&stage.id, &stage.inputs_digest, outputs(std::slice::from_ref(&result.dir)))?;
         result
     } else {
@@ -438,6 +439,11 @@ fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), Error> {
         ]);
     }
     println!("{t}");
+    for s in plan.stages.iter().filter(|s| s.runs()) {
+        for note in &s.notes {
+            println!("{}: {note}", s.id);
+        }
+    }
     println!(
         "\nplan: {} of {} stages run, about {} to write in {}; nothing was written (--dry-run)",
         plan.stages.iter().filter(|s| s.runs()).count(),
@@ -480,7 +486,7 @@ pub fn run_exports(
     config
         .exports
         .iter()
-        .map(|export| write_export(config, inputs, &export.value, skip_check, true))
+        .map(|export| write_export(config, inputs, &export.value, skip_check, &[], true))
         .collect()
 }
 
@@ -490,6 +496,7 @@ pub fn write_export(
     inputs: &ExportInputs<'_>,
     spec: &ExportSpec,
     skip_check: bool,
+    check_skip: &[(Engine, String)],
     fallback: bool,
 ) -> Result<ExportResult, Error> {
     let out = config.out_dir.value.join(&spec.name);
@@ -508,6 +515,7 @@ pub fn write_export(
             let options = OnnxOptions {
                 allow_non_finite: config.allow_non_finite.value,
                 fallback,
+                check_skip: check_skip.to_vec(),
                 ..onnx_options(spec, inputs.weights.parameter_count(), skip_check)
             };
             let report = write_onnx_folder(inputs, &options, &out)?;

@@ -34,8 +34,24 @@ pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<Va
         finished_export_dir(config, &export.value.name)?;
     }
     let v = &config.validate;
-    let reference =
-        build_reference(inputs, &v.prompts.value, v.chat_template.value, v.max_new_tokens.value as usize)?;
+    // The reference `run` cached for the same weights and prompts, else computed (and cached).
+    let state = config.out_dir.value.join(".state");
+    let key = crate::pipeline::reference_key(config, base, detection)?;
+    let reference = match crate::validate::cache::load(&state, &key) {
+        Some(cached) => cached,
+        None => {
+            let built = build_reference(
+                inputs,
+                &v.prompts.value,
+                v.chat_template.value,
+                v.max_new_tokens.value as usize,
+            )?;
+            if state.is_dir() {
+                crate::validate::cache::save(&state, &key, &built)?;
+            }
+            built
+        }
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut exports = Vec::new();
     for export in &config.exports {

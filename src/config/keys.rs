@@ -184,7 +184,7 @@ pub const KEYS: &[KeyDoc] = &[
         default: "the RAM available when `run` starts",
         accepted: size,
         example: "\"8GiB\"",
-        meaning: "Peak memory the plan may need: `run` refuses a plan whose largest stage estimate exceeds it, before writing. Flag run --max-memory, env MODEL_EXPORT_MAX_MEMORY.",
+        meaning: "Peak memory the plan may need: `run` refuses a plan whose export stages or reference exceed it, before writing; an engine that would need more to hold one export is not started (that export is `unverified` unless another engine measured it), and an ONNX export too large to load back is installed without that check. Flag run --max-memory, env MODEL_EXPORT_MAX_MEMORY.",
     },
     KeyDoc {
         section: Section::Top,

@@ -109,6 +109,29 @@ impl SafetensorsFile {
         }
     }
 
+    /// Like [`SafetensorsFile::read_f32`], releasing the mapped pages block by block as they are
+    /// decoded: the resident peak is the f32 copy plus one block, not plus the whole tensor's bytes.
+    pub fn read_f32_released(&self, info: &TensorInfo, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        const BLOCK_ELEMENTS: usize = 4 << 20;
+        let width = info.dtype.size_in_bytes();
+        if !matches!(info.dtype, TensorDtype::F32 | TensorDtype::F16 | TensorDtype::BF16) {
+            return self.read_f32(info, out);
+        }
+        let bytes = self.bytes(info);
+        out.clear();
+        out.resize(bytes.len() / width, 0.0);
+        for (i, (dst, src)) in
+            out.chunks_mut(BLOCK_ELEMENTS).zip(bytes.chunks(BLOCK_ELEMENTS * width)).enumerate()
+        {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(1 << 16).zip(src.par_chunks(width << 16)).for_each(|(d, s)| {
+                crate::model::dtype::decode_into(info.dtype, s, d);
+            });
+            self.release(info, i * BLOCK_ELEMENTS * width, src.len());
+        }
+        Ok(())
+    }
+
     /// The tensor's values widened to f32; refuses non-float tensors with the tensor named.
     pub fn read_f32(&self, info: &TensorInfo, out: &mut Vec<f32>) -> Result<(), ModelError> {
         // Large tensors are decoded on every core: a streamed 7B model upcasts all its weights

@@ -4,7 +4,7 @@
 //! shape (`cargo bench --bench pipeline_7b`). Streaming stages hold blocks of rows, not tensors;
 //! validation streams the reference layer by layer, then holds one export in one engine at a time.
 
-use crate::config::schema::{Engine, ExportSpec, Format};
+use crate::config::schema::{Engine, ExportDtype, ExportSpec, Format};
 use crate::merge::execute::BLOCK_ELEMENTS;
 
 /// The process itself: binary, allocator, tokenizer, thread pools (the streaming stages of the
@@ -12,9 +12,11 @@ use crate::merge::execute::BLOCK_ELEMENTS;
 pub const BASE_MEMORY: u64 = 32 << 20;
 
 /// A stage that streams tensors in blocks of rows: the f32 block, its encoded copy, the
-/// writer's buffer (release build: merge 83 MiB, safetensors export 71 MiB; estimated 80 MiB).
-pub fn streaming(largest_tensor_f32: u64) -> u64 {
-    BASE_MEMORY + 3 * largest_tensor_f32.min(4 * BLOCK_ELEMENTS as u64)
+/// writer's buffer (release build: merge 83 MiB, safetensors export 71 MiB; estimated 80 MiB),
+/// and the adapter's mapped file, which is read whole tensor by tensor and kept mapped (77 MiB
+/// for a rank-16 all-linear run of a 7B).
+pub fn streaming(largest_tensor_f32: u64, adapter_bytes: u64) -> u64 {
+    BASE_MEMORY + 3 * largest_tensor_f32.min(4 * BLOCK_ELEMENTS as u64) + adapter_bytes
 }
 
 /// The sizes that decide a streamed model's memory: its largest part in f32 (the embedding, one
@@ -23,13 +25,13 @@ pub fn streaming(largest_tensor_f32: u64) -> u64 {
 pub struct ModelParts {
     pub parameters: u64,
     pub largest_part_f32: u64,
-    /// The embedding in f16 (a quantized GGUF embedding is expanded to f16 for the lookup).
-    pub embedding_f16: u64,
     pub vocab: u64,
+    /// The adapter's weights file (0 without one).
+    pub adapter_bytes: u64,
 }
 
 impl ModelParts {
-    pub fn of(base: &crate::model::ModelFolder) -> Self {
+    pub fn of(base: &crate::model::ModelFolder, adapter_bytes: u64) -> Self {
         let mut layers: Vec<u64> = vec![0; base.config.num_hidden_layers];
         let mut largest = 0u64;
         for (_, t) in base.tensors() {
@@ -40,12 +42,11 @@ impl ModelParts {
                 None => largest = largest.max(bytes),
             }
         }
-        let embedding = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64);
         ModelParts {
             parameters: base.parameter_count(),
             largest_part_f32: layers.into_iter().fold(largest, u64::max),
-            embedding_f16: embedding * 2,
             vocab: base.config.vocab_size as u64,
+            adapter_bytes,
         }
     }
 }
@@ -54,11 +55,15 @@ impl ModelParts {
 const TOKENS_PER_PROMPT: u64 = 64;
 
 /// A model streamed layer by layer in f32 (the reference; candle on a safetensors export): the
-/// part being run, the mapped pages of the tensor being read (released after), the logits of the
-/// batch in candle, as a vector and as the cached reference (3 copies), and activations.
+/// part being run (the tensor being read is released block by block as it is upcast), the
+/// logits of the batch in candle, as a vector and as the cached reference (3 copies), the
+/// adapter's mapped file, and activations.
 pub fn streamed(parts: &ModelParts, prompts: usize) -> u64 {
-    let logits = prompts as u64 * TOKENS_PER_PROMPT * parts.vocab * 4;
-    BASE_MEMORY + parts.largest_part_f32 * 5 / 4 + 3 * logits
+    BASE_MEMORY + parts.largest_part_f32 * 21 / 20 + 3 * logits_bytes(parts, prompts) + parts.adapter_bytes
+}
+
+fn logits_bytes(parts: &ModelParts, prompts: usize) -> u64 {
+    prompts as u64 * TOKENS_PER_PROMPT * parts.vocab * 4
 }
 
 /// The unmerged reference: a streamed model (then the merged one, measured against it, the same way).
@@ -66,16 +71,35 @@ pub fn reference(parts: &ModelParts, prompts: usize) -> u64 {
     streamed(parts, prompts)
 }
 
-/// An export loaded in one engine: candle streams safetensors like the reference; ONNX Runtime
-/// and tract hold about 1.75x the file (measured 3.87-3.96 GiB for a 2.2 GiB f32 graph); GGUF
-/// keeps its blocks plus an f16 copy of a quantized embedding.
-pub fn engine(spec: &ExportSpec, bytes: u64, parts: &ModelParts, prompts: usize) -> u64 {
-    BASE_MEMORY
-        + match spec.format {
-            Format::Safetensors => streamed(parts, prompts) - BASE_MEMORY,
-            Format::Onnx => bytes * 7 / 4,
-            Format::Gguf => bytes + parts.embedding_f16,
+/// Resident memory per byte of an ONNX file in an engine (measured: ONNX Runtime 1.75x for an
+/// f32 graph of the 0.6B shape and 0.82x for the int4 `ort` export of the 7B shape, where it
+/// maps MatMulNBits blocks as stored; tract 1.75x for f32, 3.03x for int4, which it unpacks
+/// into its own Q4_0 blocks, zero-point terms and packed panels).
+fn onnx_factor(spec: &ExportSpec, engine: Engine) -> f64 {
+    match (spec.dtype, engine) {
+        (Some(ExportDtype::Int4), Engine::Ort) => 0.85,
+        (Some(ExportDtype::Int4), _) => 3.1,
+        _ => 1.75,
+    }
+}
+
+/// An export loaded in one engine: candle streams safetensors like the reference, and GGUF one
+/// layer of blocks at a time (the embedding stays in its blocks, rows expanded on lookup);
+/// ONNX engines hold the file as measured.
+pub fn engine(spec: &ExportSpec, engine: Engine, bytes: u64, parts: &ModelParts, prompts: usize) -> u64 {
+    let logits = 3 * logits_bytes(parts, prompts);
+    match spec.format {
+        Format::Safetensors => streamed(parts, prompts),
+        Format::Onnx => BASE_MEMORY + (bytes as f64 * onnx_factor(spec, engine)) as u64 + logits,
+        Format::Gguf => {
+            // The largest part's blocks (the head, stored with more bits than the average: q6_k
+            // in a Q4_K_M file, hence 1.3x) and candle's repacked copy of them, about as large
+            // (measured 1.24 GiB for the 7B shape's q4_k file).
+            let bytes_per_weight = 1.3 * bytes as f64 / parts.parameters.max(1) as f64;
+            let largest_blocks = (parts.largest_part_f32 as f64 / 4.0 * bytes_per_weight) as u64;
+            BASE_MEMORY + 2 * largest_blocks + logits
         }
+    }
 }
 
 /// Each requested engine that runs `spec` with its estimate.
@@ -89,7 +113,7 @@ pub fn engines(
     crate::validate::engines_for(spec.format)
         .iter()
         .filter(|e| requested.contains(e))
-        .map(|&e| (e, engine(spec, bytes, parts, prompts)))
+        .map(|&e| (e, engine(spec, e, bytes, parts, prompts)))
         .collect()
 }
 
@@ -100,13 +124,30 @@ pub fn validation(reference: u64, engines: &[(Engine, u64)], limit: Option<u64>)
 }
 
 /// Writing an export: streaming, plus for ONNX the graph held as one protobuf when its weights
-/// are inline (up to 256 MiB) and the export-time check, which loads it in the engines.
-pub fn export(spec: &ExportSpec, bytes: u64, largest_tensor_f32: u64, check: bool) -> u64 {
-    let stream = streaming(largest_tensor_f32);
+/// are inline (up to 256 MiB) and the export-time check, which loads it in each of `checked_in`
+/// in turn.
+pub fn export(
+    spec: &ExportSpec,
+    bytes: u64,
+    largest_tensor_f32: u64,
+    adapter_bytes: u64,
+    checked_in: &[Engine],
+) -> u64 {
+    let stream = streaming(largest_tensor_f32, adapter_bytes);
     if spec.format != Format::Onnx {
         return stream;
     }
-    let inline = if spec.options.external_data == Some(true) || bytes > 256 << 20 { 0 } else { bytes };
-    let checked = if check { bytes * 7 / 4 } else { 0 };
-    stream + inline + checked
+    stream
+        + onnx_inline(spec, bytes)
+        + checked_in.iter().map(|&e| onnx_check(spec, bytes, e)).max().unwrap_or(0)
+}
+
+/// The graph held as one protobuf while it is written, when its weights are inline.
+fn onnx_inline(spec: &ExportSpec, bytes: u64) -> u64 {
+    if spec.options.external_data == Some(true) || bytes > 256 << 20 { 0 } else { bytes }
+}
+
+/// The export-time check's load of the written file in `engine`.
+pub fn onnx_check(spec: &ExportSpec, bytes: u64, engine: Engine) -> u64 {
+    (bytes as f64 * onnx_factor(spec, engine)) as u64
 }

@@ -19,12 +19,14 @@ use serde::Serialize;
 
 use crate::checkpoint::Detection;
 use crate::config::Config;
+use crate::config::schema::Engine;
+use crate::config::size::human_bytes;
 use crate::error::Error;
 use crate::model::ModelFolder;
 
 use digest::{FileIdentity, digest, folder_identity};
 use plan::{
-    Action, Plan, Stage, StageKind, bytes_per_weight, export_stage_id, report_stage_id, validate_stage_id,
+    Action, Plan, Stage, StageKind, export_bytes, export_stage_id, report_stage_id, validate_stage_id,
 };
 use state::StateDir;
 
@@ -61,6 +63,40 @@ struct ValidateInputs<'a> {
     onnxruntime: Option<String>,
 }
 
+/// The exports' weights: the base and the chosen checkpoint (exports stream from the base with
+/// the adapter merged block by block; there is no merged copy on disk).
+fn weights_digest(base: &ModelFolder, detection: Option<&Detection>) -> Result<String, Error> {
+    Ok(digest(&MergeInputs {
+        base: folder_identity(&base.dir)?,
+        adapter: match detection {
+            Some(d) => Some((d.chosen.as_path(), folder_identity(&d.chosen)?)),
+            None => None,
+        },
+        dtype: if detection.is_some() { "f32" } else { "base" },
+    }))
+}
+
+fn reference_digest(config: &Config, weights_digest: &str) -> String {
+    let v = &config.validate;
+    digest(&ReferenceInputs {
+        weights: weights_digest,
+        prompts: &v.prompts.value,
+        max_new_tokens: v.max_new_tokens.value,
+        chat_template: v.chat_template.value,
+        method: crate::validate::METHOD,
+    })
+}
+
+/// What the validation reference of `config` on these inputs is computed from: the key of its
+/// cache in `<out-dir>/.state`.
+pub fn reference_key(
+    config: &Config,
+    base: &ModelFolder,
+    detection: Option<&Detection>,
+) -> Result<String, Error> {
+    Ok(reference_digest(config, &weights_digest(base, detection)?))
+}
+
 /// What the plan is asked to do besides the configuration.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanOptions {
@@ -92,32 +128,20 @@ pub fn build_plan(
         (false, None) => Action::Skip,
     };
     let mut stages = Vec::new();
-    let base_identity = folder_identity(&base.dir)?;
-    // Exports stream from the base with the adapter merged block by block (no merged copy on
-    // disk): their weights are the base and the chosen checkpoint.
-    let weights_digest = digest(&MergeInputs {
-        base: base_identity,
-        adapter: match detection {
-            Some(d) => Some((d.chosen.as_path(), folder_identity(&d.chosen)?)),
-            None => None,
-        },
-        dtype: if detection.is_some() { "f32" } else { "base" },
-    });
+    let weights_digest = weights_digest(base, detection)?;
     let mut weights_from = vec![base.dir.clone()];
     weights_from.extend(detection.map(|d| d.chosen.clone()));
     let v = &config.validate;
-    let reference_digest = digest(&ReferenceInputs {
-        weights: &weights_digest,
-        prompts: &v.prompts.value,
-        max_new_tokens: v.max_new_tokens.value,
-        chat_template: v.chat_template.value,
-        method: crate::validate::METHOD,
-    });
-    let parts = memory::ModelParts::of(base);
+    let reference_digest = reference_digest(config, &weights_digest);
+    let adapter_bytes =
+        detection.map_or(0, |d| d.adapter.file.tensors().iter().map(|t| t.byte_len() as u64).sum());
+    let parts = memory::ModelParts::of(base, adapter_bytes);
     let prompts = v.prompts.value.len();
     let reference_memory = memory::reference(&parts, prompts);
     let memory_limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
+    let embedding_params = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64);
+    let separate_head = base.tensor(base.profile.tensors.lm_head).is_some();
     let onnxruntime = crate::runtime::ort_engine::find_onnxruntime().map(|p| p.display().to_string());
     let mut validations = Vec::new();
     let mut any_validation_runs = false;
@@ -126,7 +150,29 @@ pub fn build_plan(
         let dir = out_dir.join(&spec.name);
         let inputs = digest(&ExportInputs { weights: &weights_digest, spec });
         let id = export_stage_id(&spec.name);
-        let bytes = (parameters as f64 * bytes_per_weight(spec, base_bytes_per_weight)) as u64;
+        let bytes = export_bytes(spec, base_bytes_per_weight, parameters, embedding_params, separate_head);
+        // An engine that would not fit max-memory with the ONNX export loaded is left out of the
+        // export-time check, and said; validation refuses it by name as well.
+        let mut notes = Vec::new();
+        let mut check_skip = Vec::new();
+        let mut checked_in = Vec::new();
+        if check && spec.format == crate::config::schema::Format::Onnx {
+            for engine in [Engine::Tract, Engine::Ort] {
+                let needed = memory::export(spec, bytes, largest_f32, adapter_bytes, &[engine]);
+                match memory_limit.filter(|limit| needed > *limit) {
+                    Some(limit) => {
+                        let why = format!(
+                            "the load needs about {}, more than max-memory ({})",
+                            human_bytes(needed),
+                            human_bytes(limit)
+                        );
+                        notes.push(format!("not loaded back in {engine} before it is installed: {why}"));
+                        check_skip.push((engine, why));
+                    }
+                    None => checked_in.push(engine),
+                }
+            }
+        }
         stages.push(Stage {
             action: action(&id, &inputs),
             id,
@@ -135,8 +181,10 @@ pub fn build_plan(
             reads: weights_from.clone(),
             writes: vec![dir.clone()],
             estimated_bytes_written: bytes,
-            estimated_peak_memory: memory::export(spec, bytes, largest_f32, check),
+            estimated_peak_memory: memory::export(spec, bytes, largest_f32, adapter_bytes, &checked_in),
             inputs_digest: inputs.clone(),
+            check_skip,
+            notes,
         });
         if !validate {
             continue;
@@ -148,6 +196,7 @@ pub fn build_plan(
             onnxruntime: onnxruntime.clone(),
         });
         let id = validate_stage_id(&spec.name);
+        let engines = memory::engines(spec, &v.engines.value, bytes, &parts, prompts);
         // A redone export replaces its folder, validation reports included: validate it again.
         let export_runs = stages.last().is_some_and(Stage::runs);
         let validate_action = match action(&id, &validation) {
@@ -163,12 +212,20 @@ pub fn build_plan(
             reads: std::iter::once(dir.clone()).chain(weights_from.iter().cloned()).collect(),
             writes: vec![dir.join("validation.json"), dir.join("validation.md")],
             estimated_bytes_written: 1 << 20,
-            estimated_peak_memory: memory::validation(
-                reference_memory,
-                &memory::engines(spec, &v.engines.value, bytes, &parts, prompts),
-                memory_limit,
-            ),
+            estimated_peak_memory: memory::validation(reference_memory, &engines, memory_limit),
             inputs_digest: validation.clone(),
+            check_skip: Vec::new(),
+            notes: engines
+                .iter()
+                .filter(|(_, needed)| memory_limit.is_some_and(|limit| *needed > limit))
+                .map(|(engine, needed)| {
+                    format!(
+                        "not run in {engine}: that needs about {}, more than max-memory ({})",
+                        human_bytes(*needed),
+                        human_bytes(memory_limit.unwrap_or_default())
+                    )
+                })
+                .collect(),
         });
         validations.push(validation);
     }
@@ -195,6 +252,8 @@ pub fn build_plan(
             estimated_bytes_written: 1 << 20,
             estimated_peak_memory: memory::BASE_MEMORY,
             inputs_digest: inputs,
+            check_skip: Vec::new(),
+            notes: Vec::new(),
         });
     }
     Ok(Plan { out_dir, parameters, stages, reference_digest })

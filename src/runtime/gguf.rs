@@ -14,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device};
 use serde_json::json;
 
-use super::reference::{ReferenceModel, Weight};
+use super::reference::{ReferenceModel, StreamedModel, Weight};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::loader::quantization::block_bytes;
 use crate::model::HfConfig;
@@ -140,18 +140,40 @@ impl GgufFile {
     /// block-quantized matrices multiply as `QMatMul`; a quantized embedding table is expanded
     /// to f16 for the lookup (a tied head keeps multiplying in the blocks, as llama.cpp does).
     pub fn load(&self, device: &Device) -> Result<ReferenceModel, Error> {
-        let path = self.path.as_path();
-        let mut reader = open(path)?;
+        let source = self.weight_source(device, false)?;
+        Ok(ReferenceModel::assemble_from(self.profile, &self.config, &self.path, device, &mut |hf| {
+            source(hf)
+        })?)
+    }
+
+    /// The same model read one layer at a time on every forward pass (CPU): each layer's blocks
+    /// are read, multiplied (candle's kernels, with the repacked copy they make) and released,
+    /// so validation holds one layer, the f16 embedding or the head instead of the whole file.
+    pub fn streamed(&self) -> Result<StreamedModel<'_>, Error> {
+        let source = self.weight_source(&Device::Cpu, true)?;
+        Ok(StreamedModel::from_parts(self.profile, &self.config, &self.path, Box::new(source)))
+    }
+
+    /// A weight by its Hugging Face name, read from the file each time it is asked for.
+    /// `embedding_blocks`: a quantized embedding stays in its blocks (rows expanded on lookup)
+    /// instead of an f16 copy.
+    fn weight_source(
+        &self,
+        device: &Device,
+        embedding_blocks: bool,
+    ) -> Result<impl Fn(&str) -> Result<Option<Weight>, RuntimeError> + '_, Error> {
+        let reader = std::cell::RefCell::new(open(&self.path)?);
         let gguf_name: HashMap<String, String> =
             self.profile.gguf_names(self.config.num_hidden_layers).into_iter().collect();
         let names = &self.profile.tensors;
         let embed = self.profile.gguf.tensors.embed;
         let tied_quantized_head = self.config.tie_word_embeddings
             && self.content.tensor_infos.get(embed).is_some_and(|t| is_blocks(t.ggml_dtype));
-        let mut read = |name: &str| -> Result<QTensor, RuntimeError> {
-            Ok(self.content.tensor(&mut reader, name, device)?)
+        let device = device.clone();
+        let read = move |name: &str| -> Result<QTensor, RuntimeError> {
+            Ok(self.content.tensor(&mut *reader.borrow_mut(), name, &device)?)
         };
-        let model = ReferenceModel::assemble_from(self.profile, &self.config, path, device, &mut |hf| {
+        Ok(move |hf: &str| -> Result<Option<Weight>, RuntimeError> {
             if hf == names.lm_head && tied_quantized_head {
                 return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed)?)?)));
             }
@@ -159,15 +181,16 @@ impl GgufFile {
                 return Ok(None);
             };
             let q = read(name)?;
+            let device = q.device();
             Ok(Some(match q.dtype() {
-                GgmlDType::F32 => Weight::Dense(q.dequantize(device)?),
-                GgmlDType::F16 => Weight::Dense(q.dequantize_f16(device)?),
-                GgmlDType::BF16 => Weight::Dense(q.dequantize(device)?.to_dtype(DType::BF16)?),
-                _ if hf == names.embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(device)?),
+                GgmlDType::F32 => Weight::Dense(q.dequantize(&device)?),
+                GgmlDType::F16 => Weight::Dense(q.dequantize_f16(&device)?),
+                GgmlDType::BF16 => Weight::Dense(q.dequantize(&device)?.to_dtype(DType::BF16)?),
+                _ if hf == names.embed && embedding_blocks => Weight::Quantized(QMatMul::from_qtensor(q)?),
+                _ if hf == names.embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(&device)?),
                 _ => Weight::Quantized(QMatMul::from_qtensor(q)?),
             }))
-        })?;
-        Ok(model)
+        })
     }
 }
 

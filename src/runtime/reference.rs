@@ -104,14 +104,34 @@ struct Layer {
 /// The embedding table (f32, or f16/bf16 when loaded so; rows are looked up, then cast) and an
 /// embedding LoRA applied on lookup (the unmerged reference only).
 pub struct Embedding {
-    table: Tensor,
+    table: Table,
     lora: Option<LoraBranch>,
+}
+
+enum Table {
+    Dense(Tensor),
+    /// A GGUF file's blocks, of which only the looked-up rows are expanded (a streamed model's
+    /// embedding, instead of an f16 copy of the whole table on every pass).
+    Blocks(std::sync::Arc<candle_core::quantized::QTensor>),
+}
+
+impl Table {
+    fn as_head(&self) -> Weight {
+        match self {
+            Table::Dense(t) => Weight::Dense(t.clone()),
+            Table::Blocks(q) => Weight::Quantized(QMatMul::QTensor(q.clone())),
+        }
+    }
 }
 
 impl Embedding {
     /// Rows of `ids` ([n]) in f32: [n, hidden].
     fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
-        let x = self.table.index_select(ids, 0)?.to_dtype(DType::F32)?;
+        let x = match &self.table {
+            Table::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
+            // Rounded through f16 as the resident model's f16 copy of the table is.
+            Table::Blocks(q) => q.embedding(ids)?.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+        };
         Ok(match &self.lora {
             // peft: embedding(ids, Aᵀ) @ Bᵀ · s
             Some(lora) => {
@@ -293,12 +313,18 @@ impl Assembly<'_> {
         let name = self.profile.tensors.embed;
         match take(name)? {
             Some(Weight::Adapted { base, lora }) => {
-                Ok(Embedding { table: base.to_device(self.device)?, lora: Some(lora) })
+                Ok(Embedding { table: Table::Dense(base.to_device(self.device)?), lora: Some(lora) })
             }
-            Some(Weight::Dense(t)) => Ok(Embedding { table: t.to_device(self.device)?, lora: None }),
-            Some(Weight::Quantized(_)) => Err(RuntimeError::Unsupported {
-                message: format!("tensor `{name}` must be dense (the embedding is looked up)"),
-            }),
+            Some(Weight::Dense(t)) => {
+                Ok(Embedding { table: Table::Dense(t.to_device(self.device)?), lora: None })
+            }
+            Some(Weight::Quantized(QMatMul::QTensor(q))) => {
+                Ok(Embedding { table: Table::Blocks(q), lora: None })
+            }
+            // candle dequantized it already (CANDLE_DEQUANTIZE_ALL).
+            Some(Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => {
+                Ok(Embedding { table: Table::Dense(t), lora: None })
+            }
             None => Err(self.missing(name)),
         }
     }
@@ -307,12 +333,12 @@ impl Assembly<'_> {
     fn head(
         &self,
         take: &mut TakeWeight<'_>,
-        embedding: &mut dyn FnMut(&mut TakeWeight<'_>) -> Result<Tensor>,
+        embedding: &mut dyn FnMut(&mut TakeWeight<'_>) -> Result<Weight>,
     ) -> Result<Head> {
         let tensors = &self.profile.tensors;
         let lm_head = match matrix(take, tensors.lm_head, self.device)? {
             Some(head) => head,
-            None if self.tie_word_embeddings => Weight::Dense(embedding(take)?),
+            None if self.tie_word_embeddings => embedding(take)?,
             None => return Err(self.missing(tensors.lm_head)),
         };
         let norm = dense(take, tensors.final_norm, self.device)?
@@ -504,8 +530,7 @@ impl ReferenceModel {
         let assembly = Assembly { profile, tie_word_embeddings: c.tie_word_embeddings, origin, device };
         let layers = (0..c.num_hidden_layers).map(|i| assembly.layer(take, i)).collect::<Result<Vec<_>>>()?;
         let embed = assembly.embedding(take)?;
-        let table = embed.table.clone();
-        let head = assembly.head(take, &mut |_| Ok(table.clone()))?;
+        let head = assembly.head(take, &mut |_| Ok(embed.table.as_head()))?;
         Ok(ReferenceModel { embed, layers, head, arch: Arch::new(c, device), vocab_size: c.vocab_size })
     }
 
@@ -529,19 +554,27 @@ impl ReferenceModel {
 pub fn read_f32_released(folder: &ModelFolder, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
     let Some((file, info)) = folder.tensor(name) else { return Ok(None) };
     let mut values = Vec::new();
-    file.read_f32(info, &mut values)?;
-    file.release(info, 0, info.byte_len());
+    file.read_f32_released(info, &mut values)?;
     Ok(Some((values, info.shape.clone())))
 }
 
 impl<'a> StreamedModel<'a> {
     /// A model of `folder`'s architecture whose weights `source` reads on demand.
     pub fn new(folder: &ModelFolder, source: Box<ReadWeight<'a>>) -> Self {
-        let c = &folder.config;
+        Self::from_parts(folder.profile, &folder.config, &folder.dir, source)
+    }
+
+    /// A model described by `profile` and `config` (a GGUF file's); `origin` names it in errors.
+    pub fn from_parts(
+        profile: &'static Profile,
+        c: &HfConfig,
+        origin: &Path,
+        source: Box<ReadWeight<'a>>,
+    ) -> Self {
         StreamedModel {
             source,
-            profile: folder.profile,
-            origin: folder.dir.clone(),
+            profile,
+            origin: origin.to_path_buf(),
             layers: c.num_hidden_layers,
             tie_word_embeddings: c.tie_word_embeddings,
             arch: Arch::new(c, &Device::Cpu),
@@ -601,8 +634,9 @@ impl Parts for StreamedModel<'_> {
 
     fn head<R>(&self, run: impl FnOnce(&Head) -> Result<R>) -> Result<R> {
         let assembly = self.assembly();
-        let head = assembly
-            .head(&mut |name| (self.source)(name), &mut |take| Ok(assembly.embedding(take)?.table))?;
+        let head = assembly.head(&mut |name| (self.source)(name), &mut |take| {
+            Ok(assembly.embedding(take)?.table.as_head())
+        })?;
         run(&head)
     }
 }

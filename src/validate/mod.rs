@@ -272,7 +272,8 @@ pub fn validate_export(
         .ok()
         .and_then(|m| m.provenance.options["target"].as_str().and_then(|t| t.parse::<Target>().ok()));
     let target = written.or(spec.target).unwrap_or(Target::Portable);
-    let parts = crate::pipeline::memory::ModelParts::of(base);
+    // The engines run after the reference: the adapter is no longer mapped.
+    let parts = crate::pipeline::memory::ModelParts::of(base, 0);
     let export_bytes = folder_bytes(dir);
     let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
     let mut results = Vec::new();
@@ -286,8 +287,13 @@ pub fn validate_export(
             passed: false,
             failures: Vec::new(),
         };
-        let needed =
-            crate::pipeline::memory::engine(spec, export_bytes, &parts, reference.batch.input_ids.len());
+        let needed = crate::pipeline::memory::engine(
+            spec,
+            engine,
+            export_bytes,
+            &parts,
+            reference.batch.input_ids.len(),
+        );
         let result = match engine {
             _ if memory_limit.is_some_and(|limit| needed > limit) => {
                 let limit = memory_limit.unwrap_or_default();
@@ -304,7 +310,8 @@ pub fn validate_export(
             }
             Engine::Candle if spec.format == Format::Gguf => {
                 let path = dir.join(crate::export::gguf::GGUF_FILE);
-                let model = GgufFile::open(&path)?.load(&candle_core::Device::Cpu)?;
+                let file = GgufFile::open(&path)?;
+                let model = file.streamed()?;
                 run_engine(&mut ReferenceEngine::new(&model), reference, &tolerance)?
             }
             Engine::Candle => {

@@ -16,7 +16,7 @@ use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
 use super::fused::build_fused_decoder;
 use super::genai::genai_config;
 use super::weights::{Storage, WeightForm, WeightWriter, plan_initializers, scheme_label};
-use crate::config::{ExportDtype, Target};
+use crate::config::{Engine, ExportDtype, Target};
 use crate::error::{Error, RuntimeError};
 use crate::export::ExportInputs;
 use crate::export::manifest::{FileEntry, Manifest};
@@ -113,6 +113,8 @@ pub struct OnnxOptions {
     pub threads: usize,
     /// Load the model back and run it in tract (and ORT) before installing it.
     pub check: bool,
+    /// Engines the check leaves out, with the reason (the model would not fit max-memory).
+    pub check_skip: Vec<(Engine, String)>,
     /// Let NaN and Inf weights through (`allow-non-finite`).
     pub allow_non_finite: bool,
     /// Take the documented fallbacks (external data past 2 GiB, opset 17 when an engine cannot
@@ -131,6 +133,7 @@ impl Default for OnnxOptions {
             external_data: None,
             threads: 2,
             check: true,
+            check_skip: Vec::new(),
             allow_non_finite: false,
             fallback: true,
         }
@@ -245,12 +248,15 @@ pub fn check_exported(
     dtype: ExportDtype,
     target: Target,
     symmetric: bool,
+    skip: &[(Engine, String)],
 ) -> Result<Vec<&'static str>, Error> {
     let c = &base.config;
     let pad = c.pad_token_id.map_or(0, i64::from);
     let (layers, kv, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
     let mut checked = Vec::new();
-    match tract_engine::unsupported(dtype, target, symmetric) {
+    let skipped = |engine: Engine| skip.iter().find(|(e, _)| *e == engine).map(|(_, why)| why.as_str());
+    let tract_skip = tract_engine::unsupported(dtype, target, symmetric).or(skipped(Engine::Tract));
+    match tract_skip {
         Some(why) => tracing::info!("not checked in tract: {why}"),
         None => {
             let mut tract = TractEngine::load_for(target, model, layers, kv, d)?;
@@ -258,7 +264,9 @@ pub fn check_exported(
             checked.push("tract");
         }
     }
-    if ort_engine::available() {
+    if let Some(why) = skipped(Engine::Ort) {
+        tracing::warn!("not checked in ort: {why}");
+    } else if ort_engine::available() {
         if crate::pipeline::fault::fails("ort-check") {
             return Err(
                 RuntimeError::Engine { engine: "ort", message: "injected fault (ort-check)".into() }.into()
@@ -472,6 +480,7 @@ fn write_onnx_folder_as(
             options.precision.dtype(),
             options.target,
             options.quant.symmetric,
+            &options.check_skip,
         )?;
         tracing::info!("checked in {} at {:.2} s", engines.join(" and "), started.elapsed().as_secs_f64());
         engines
