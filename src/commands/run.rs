@@ -191,7 +191,7 @@ pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), 
         }
         None
     } else {
-        Some(validate_stages(&config, &inputs, &plan, &state, &mut metrics)?)
+        Some(validate_stages(&config, &inputs, &plan, &state, flags.force, &mut metrics)?)
     };
     write_json(&out_dir.join(RUN_FILE), &serde_json::json!({ "stages": metrics }))?;
     if ctx.json {
@@ -343,6 +343,7 @@ fn validate_stages(
     inputs: &ExportInputs<'_>,
     plan: &Plan,
     state: &StateDir,
+    force: bool,
     metrics: &mut Vec<StageMetrics>,
 ) -> Result<ValidationReport, Error> {
     let out_dir = &config.out_dir.value;
@@ -359,26 +360,29 @@ fn validate_stages(
             begin(state, stage)?;
             let reference = match &mut reference {
                 Some(built) => &*built,
-                slot @ None => slot.insert(match cache::load(state.path(), &plan.reference_digest) {
-                    Some(cached) => {
-                        tracing::info!(
-                            "reference: the run cached in {} (same weights and prompts)",
-                            state.path().display()
-                        );
-                        cached
-                    }
-                    None => {
-                        fault::point("reference");
-                        let built = build_reference(
-                            inputs,
-                            &v.prompts.value,
-                            v.chat_template.value,
-                            v.max_new_tokens.value as usize,
-                        )?;
-                        cache::save(state.path(), &plan.reference_digest, &built)?;
-                        built
-                    }
-                }),
+                // --force redoes the reference too.
+                slot @ None => {
+                    slot.insert(match cache::load(state.path(), &plan.reference_digest).filter(|_| !force) {
+                        Some(cached) => {
+                            tracing::info!(
+                                "reference: the run cached in {} (same weights and prompts)",
+                                state.path().display()
+                            );
+                            cached
+                        }
+                        None => {
+                            fault::point("reference");
+                            let built = build_reference(
+                                inputs,
+                                &v.prompts.value,
+                                v.chat_template.value,
+                                v.max_new_tokens.value as usize,
+                            )?;
+                            cache::save(state.path(), &plan.reference_digest, &built)?;
+                            built
+                        }
+                    })
+                }
             };
             let result = super::validate::validate_into(config, inputs, reference, spec, &dir, threads)?;
             state.record(&stage.id, &stage.inputs_digest, outputs(&stage.writes))?;

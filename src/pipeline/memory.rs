@@ -11,6 +11,10 @@ use crate::merge::execute::BLOCK_ELEMENTS;
 /// 0.6B shape peak at 71-83 MiB in a release build, of which three blocks of rows are 48 MiB).
 pub const BASE_MEMORY: u64 = 32 << 20;
 
+/// The process in a stage after others: their libraries (ONNX Runtime's), thread pools and
+/// allocator arenas stay (the report stage measured 80-114 MiB after a 7B run's validations).
+pub const LATER_STAGE_BASE: u64 = 96 << 20;
+
 /// A stage that streams tensors in blocks of rows: the f32 block, its encoded copy, the
 /// writer's buffer (release build: merge 83 MiB, safetensors export 71 MiB; estimated 80 MiB),
 /// and the adapter's mapped file, which is read whole tensor by tensor and kept mapped (77 MiB
@@ -134,8 +138,12 @@ pub fn export(
     checked_in: &[Engine],
 ) -> u64 {
     let stream = streaming(largest_tensor_f32, adapter_bytes);
-    if spec.format != Format::Onnx {
-        return stream;
+    match spec.format {
+        Format::Safetensors => return stream,
+        // The k-quant encoder's rows and search scratch on each thread: three more blocks
+        // (measured 0.21 GiB writing the 7B shape's q4_k file, 0.17 GiB for its bf16 safetensors).
+        Format::Gguf => return stream + 3 * largest_tensor_f32.min(4 * BLOCK_ELEMENTS as u64),
+        Format::Onnx => {}
     }
     stream
         + onnx_inline(spec, bytes)

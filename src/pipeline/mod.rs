@@ -138,6 +138,7 @@ pub fn build_plan(
     let parts = memory::ModelParts::of(base, adapter_bytes);
     let prompts = v.prompts.value.len();
     let reference_memory = memory::reference(&parts, prompts);
+    let mut reference_pending = force || !crate::validate::cache::holds(state.path(), &reference_digest);
     let memory_limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
     let embedding_params = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64);
@@ -203,7 +204,8 @@ pub fn build_plan(
             Action::Skip if export_runs => Action::Run { reason: "its export is redone".into() },
             other => other,
         };
-        any_validation_runs |= matches!(validate_action, Action::Run { .. });
+        let runs = matches!(validate_action, Action::Run { .. });
+        any_validation_runs |= runs;
         stages.push(Stage {
             action: validate_action,
             id,
@@ -212,7 +214,12 @@ pub fn build_plan(
             reads: std::iter::once(dir.clone()).chain(weights_from.iter().cloned()).collect(),
             writes: vec![dir.join("validation.json"), dir.join("validation.md")],
             estimated_bytes_written: 1 << 20,
-            estimated_peak_memory: memory::validation(reference_memory, &engines, memory_limit),
+            // The reference is computed by the first validation that runs, unless cached.
+            estimated_peak_memory: memory::validation(
+                if reference_pending && runs { reference_memory } else { 0 },
+                &engines,
+                memory_limit,
+            ),
             inputs_digest: validation.clone(),
             check_skip: Vec::new(),
             notes: engines
@@ -228,6 +235,7 @@ pub fn build_plan(
                 .collect(),
         });
         validations.push(validation);
+        reference_pending &= !runs;
     }
     if validate && !config.exports.is_empty() {
         let inputs = digest(&validations);
@@ -250,7 +258,7 @@ pub fn build_plan(
                 .collect(),
             writes: vec![out_dir.join("report.json"), out_dir.join("report.md")],
             estimated_bytes_written: 1 << 20,
-            estimated_peak_memory: memory::BASE_MEMORY,
+            estimated_peak_memory: memory::LATER_STAGE_BASE,
             inputs_digest: inputs,
             check_skip: Vec::new(),
             notes: Vec::new(),

@@ -61,6 +61,11 @@ pub fn save(state_dir: &Path, digest: &str, reference: &Reference) -> Result<(),
     crate::fsutil::atomic_write(&path, &bytes)
 }
 
+/// Whether `state_dir` holds a whole reference computed from inputs with `digest`.
+pub fn holds(state_dir: &Path, digest: &str) -> bool {
+    load(state_dir, digest).is_some()
+}
+
 /// The cached reference computed from inputs with `digest`, if there is one that is whole.
 pub fn load(state_dir: &Path, digest: &str) -> Option<Reference> {
     let bytes = std::fs::read(path(state_dir)).ok()?;
