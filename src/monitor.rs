@@ -94,6 +94,43 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The resident set now (Linux: /proc/self/statm), 0 where it cannot be read.
+pub fn current_rss() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+/// The largest resident set seen since the last `start_window`, sampled every 10 ms by one
+/// thread. The kernel's own mark (VmHWM) is left alone: resetting it would also reset what
+/// wait4 and `/usr/bin/time` report for the whole process.
+static WINDOW_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Starts a new measuring window (and the sampling thread, once).
+pub fn start_window() {
+    use std::sync::atomic::Ordering;
+    static SAMPLER: OnceLock<()> = OnceLock::new();
+    SAMPLER.get_or_init(|| {
+        let spawned = std::thread::Builder::new().name("rss-sampler".into()).spawn(|| {
+            loop {
+                WINDOW_PEAK.fetch_max(current_rss(), Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::debug!("no RSS sampler: {e}");
+        }
+    });
+    WINDOW_PEAK.store(current_rss(), Ordering::Relaxed);
+}
+
+/// The largest resident set seen in the window (at least the current one).
+pub fn window_peak() -> u64 {
+    WINDOW_PEAK.load(std::sync::atomic::Ordering::Relaxed).max(current_rss())
+}
+
 /// The process's peak resident set (VmHWM; Linux only).
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -56,7 +56,7 @@ impl ModelParts {
 }
 
 /// Prompt tokens a validation batch is assumed to hold per prompt (chat template included).
-const TOKENS_PER_PROMPT: u64 = 64;
+const TOKENS_PER_PROMPT: u64 = 32;
 
 /// A model streamed layer by layer in f32 (the reference; candle on a safetensors export): the
 /// part being run (the tensor being read is released block by block as it is upcast), the
@@ -96,10 +96,11 @@ pub fn engine(spec: &ExportSpec, engine: Engine, bytes: u64, parts: &ModelParts,
         Format::Safetensors => streamed(parts, prompts),
         Format::Onnx => BASE_MEMORY + (bytes as f64 * onnx_factor(spec, engine)) as u64 + logits,
         Format::Gguf => {
-            // The largest part's blocks (the head, stored with more bits than the average: q6_k
-            // in a Q4_K_M file, hence 1.3x) and candle's repacked copy of them, about as large
-            // (measured 1.24 GiB for the 7B shape's q4_k file).
-            let bytes_per_weight = 1.3 * bytes as f64 / parts.parameters.max(1) as f64;
+            // The largest part's blocks (the head, stored with more bits than the average: q6_k's
+            // 0.82 bytes per weight in a Q4_K_M file averaging 0.62, hence 1.5x) and candle's
+            // repacked copy of them, about as large (measured 1.24-1.31 GiB for the 7B shape's
+            // q4_k file).
+            let bytes_per_weight = 1.5 * bytes as f64 / parts.parameters.max(1) as f64;
             let largest_blocks = (parts.largest_part_f32 as f64 / 4.0 * bytes_per_weight) as u64;
             BASE_MEMORY + 2 * largest_blocks + logits
         }

@@ -1,4 +1,4 @@
-//! What each stage cost: wall time, its peak RSS (the peak is reset when it starts), bytes read and
+//! What each stage cost: wall time, its peak RSS (sampled every 10 ms while it runs), bytes read and
 //! written (from /proc/self/io, so page-cache hits do not count as reads), and the free disk
 //! of out-dir's filesystem before and after.
 
@@ -31,7 +31,7 @@ pub struct StageTimer {
 
 impl StageTimer {
     pub fn start(stage: &str, out_dir: &Path) -> Self {
-        crate::monitor::reset_peak_rss();
+        crate::monitor::start_window();
         StageTimer {
             stage: stage.to_string(),
             started: Instant::now(),
@@ -47,7 +47,7 @@ impl StageTimer {
             stage: self.stage,
             outcome: if ran { "ran" } else { "skipped" },
             wall_seconds: self.started.elapsed().as_secs_f64(),
-            peak_rss_bytes: crate::monitor::peak_rss().unwrap_or(0),
+            peak_rss_bytes: crate::monitor::window_peak(),
             bytes_read: read.saturating_sub(self.io.0),
             bytes_written: written.saturating_sub(self.io.1),
             free_disk_before: self.free_before,
