@@ -23,7 +23,6 @@ use crate::pipeline::plan::{Action, Plan, Stage, export_stage_id, report_stage_i
 use crate::pipeline::state::{Output, StateDir};
 use crate::pipeline::{build_plan, fault, interrupt, preflight};
 use crate::validate::report::{ValidationReport, Verdict};
-use crate::validate::{build_reference, cache};
 
 #[derive(Serialize)]
 pub struct ExportResult {
@@ -347,7 +346,6 @@ fn validate_stages(
     metrics: &mut Vec<StageMetrics>,
 ) -> Result<ValidationReport, Error> {
     let out_dir = &config.out_dir.value;
-    let v = &config.validate;
     let mut reference = None;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut exports = Vec::new();
@@ -361,28 +359,13 @@ fn validate_stages(
             let reference = match &mut reference {
                 Some(built) => &*built,
                 // --force redoes the reference too.
-                slot @ None => {
-                    slot.insert(match cache::load(state.path(), &plan.reference_digest).filter(|_| !force) {
-                        Some(cached) => {
-                            tracing::info!(
-                                "reference: the run cached in {} (same weights and prompts)",
-                                state.path().display()
-                            );
-                            cached
-                        }
-                        None => {
-                            fault::point("reference");
-                            let built = build_reference(
-                                inputs,
-                                &v.prompts.value,
-                                v.chat_template.value,
-                                v.max_new_tokens.value as usize,
-                            )?;
-                            cache::save(state.path(), &plan.reference_digest, &built)?;
-                            built
-                        }
-                    })
-                }
+                slot @ None => slot.insert(super::validate::cached_reference(
+                    config,
+                    inputs,
+                    state.path(),
+                    &plan.reference_digest,
+                    force,
+                )?),
             };
             let result = super::validate::validate_into(config, inputs, reference, spec, &dir, threads)?;
             state.record(&stage.id, &stage.inputs_digest, outputs(&stage.writes))?;

@@ -33,25 +33,8 @@ pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<Va
     for export in &config.exports {
         finished_export_dir(config, &export.value.name)?;
     }
-    let v = &config.validate;
-    // The reference `run` cached for the same weights and prompts, else computed (and cached).
-    let state = config.out_dir.value.join(".state");
     let key = crate::pipeline::reference_key(config, base, detection)?;
-    let reference = match crate::validate::cache::load(&state, &key) {
-        Some(cached) => cached,
-        None => {
-            let built = build_reference(
-                inputs,
-                &v.prompts.value,
-                v.chat_template.value,
-                v.max_new_tokens.value as usize,
-            )?;
-            if state.is_dir() {
-                crate::validate::cache::save(&state, &key, &built)?;
-            }
-            built
-        }
-    };
+    let reference = cached_reference(config, inputs, &config.out_dir.value.join(".state"), &key, false)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut exports = Vec::new();
     for export in &config.exports {
@@ -62,6 +45,29 @@ pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<Va
         ValidationReport::new(reference_name(&base.dir, detection), reference.merge.clone(), exports);
     write_report(config, &report)?;
     Ok(report)
+}
+
+/// The reference cached in `state` for inputs with `key` (unless `force`), else computed and
+/// cached there (when the state folder exists).
+pub fn cached_reference(
+    config: &Config,
+    inputs: &ExportInputs<'_>,
+    state: &Path,
+    key: &str,
+    force: bool,
+) -> Result<Reference, Error> {
+    if let Some(cached) = crate::validate::cache::load(state, key).filter(|_| !force) {
+        tracing::info!("reference: the run cached in {} (same weights and prompts)", state.display());
+        return Ok(cached);
+    }
+    crate::pipeline::fault::point("reference");
+    let v = &config.validate;
+    let built =
+        build_reference(inputs, &v.prompts.value, v.chat_template.value, v.max_new_tokens.value as usize)?;
+    if state.is_dir() {
+        crate::validate::cache::save(state, key, &built)?;
+    }
+    Ok(built)
 }
 
 /// Validates one export and writes its validation.json/.md.
