@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 echo "== python packages (target/test-venv)"
 source scripts/python/venv.sh
 venv="$PWD/target/test-venv"
-make_venv "$venv" onnxruntime==1.32.0 onnx==1.23.2
+make_venv "$venv" onnxruntime==1.32.0 onnx==1.23.2 onnx-ir==1.1.0
 # The tests find ONNX Runtime and `python3 -c "import onnx"` through the venv.
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"

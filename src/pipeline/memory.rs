@@ -128,9 +128,10 @@ pub fn validation(reference: u64, engines: &[(Engine, u64)], limit: Option<u64>)
     engines.iter().map(|(_, m)| *m).filter(|m| limit.is_none_or(|l| *m <= l)).fold(reference, u64::max)
 }
 
-/// Writing an export: streaming, plus for ONNX the graph held as one protobuf when its weights
-/// are inline (up to 256 MiB) and the export-time check, which loads it in each of `checked_in`
-/// in turn.
+/// Writing an export: streaming, plus for ONNX the largest float matrix, held whole while it is
+/// laid out transposed for `MatMul` (in f32, or f16 in the reduced precisions), the graph held as
+/// one protobuf when its weights are inline (up to 256 MiB) and the export-time check, which loads
+/// it in each of `checked_in` in turn.
 pub fn export(
     spec: &ExportSpec,
     bytes: u64,
@@ -146,7 +147,12 @@ pub fn export(
         Format::Gguf => return stream + 3 * largest_tensor_f32.min(4 * BLOCK_ELEMENTS as u64),
         Format::Onnx => {}
     }
+    let transposed = match spec.dtype {
+        None | Some(ExportDtype::F32) => largest_tensor_f32,
+        _ => largest_tensor_f32 / 2,
+    };
     stream
+        + transposed
         + onnx_inline(spec, bytes)
         + checked_in.iter().map(|&e| onnx_check(spec, bytes, e)).max().unwrap_or(0)
 }

@@ -200,3 +200,80 @@ fn onnx_checker_accepts_the_export() {
         assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
     }
 }
+
+/// ONNX Runtime's own tools must find the projections: its `MatMulNBitsQuantizer` (and the
+/// transformers optimizer's fusions) only rewrite `MatMul` nodes whose weight is an initializer,
+/// and skip `Gemm`. Every projection is such a `MatMul`, so ORT's RTN quantizer converts all of
+/// them; the tied head of qwen3-tiny stays `Gemm` on the one embedding table (the lookup needs
+/// it by rows), and the quantized model still predicts as the golden logits do.
+#[test]
+fn onnx_runtime_quantizes_every_projection_of_the_export() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime.quantization.matmul_nbits_quantizer"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        assert!(!crate::common::ci(), "CI=true but onnxruntime's quantizer (onnx-ir) is missing");
+        eprintln!("onnxruntime.quantization not importable: skipping");
+        return;
+    }
+    let script = r#"
+import json, sys, onnx
+from onnxruntime.quantization import matmul_nbits_quantizer as m
+model = onnx.load(sys.argv[1])
+count = lambda g, op: sum(n.op_type == op for n in g.node)
+before = {op: count(model.graph, op) for op in ("Gemm", "MatMul")}
+q = m.MatMulNBitsQuantizer(model, block_size=32, is_symmetric=False, algo_config=m.RTNWeightOnlyQuantConfig())
+q.process()
+q.model.save_model_to_file(sys.argv[2], use_external_data_format=False)
+after = {op: count(q.model.model.graph, op) for op in ("Gemm", "MatMul", "MatMulNBits")}
+print("\ncounts=" + json.dumps({"before": before, "after": after}))
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    for (case, adapter, head_matmul) in
+        [("qwen2-tiny", "qwen2-tiny-adapter", 1), ("qwen3-tiny", "qwen3-tiny-run", 0)]
+    {
+        let out = dir.path().join(case);
+        let (base, _) = export(case, adapter, &out, &OnnxOptions::default());
+        let quantized = out.join("model.rtn.onnx");
+        let result = std::process::Command::new("python3")
+            .args([
+                "-c",
+                script,
+                &out.join("model.onnx").display().to_string(),
+                &quantized.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(result.status.success(), "{case}: {}", String::from_utf8_lossy(&result.stderr));
+        // The quantizer prints a progress bar on stdout too.
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        let counts: serde_json::Value =
+            serde_json::from_str(stdout.lines().find_map(|l| l.strip_prefix("counts=")).unwrap()).unwrap();
+        let layers = base.config.num_hidden_layers as u64;
+        let projections = 7 * layers + head_matmul;
+        // Two attention products per layer stay MatMul; a tied head stays Gemm.
+        assert_eq!(counts["before"]["Gemm"], 1 - head_matmul, "{case}: {counts}");
+        assert_eq!(counts["before"]["MatMul"], projections + 2 * layers, "{case}: {counts}");
+        assert_eq!(counts["after"]["MatMulNBits"], projections, "{case}: {counts}");
+        assert_eq!(counts["after"]["MatMul"], 2 * layers, "{case}: {counts}");
+        if ort_present() {
+            let c = &base.config;
+            let mut engine =
+                OrtEngine::load(&quantized, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 2)
+                    .unwrap();
+            let g = golden(case);
+            let logits = engine.step(&g.batch).unwrap();
+            let error = crate::reference::relative_error(&logits.values, &g.logits_merged, &g.batch, g.vocab);
+            // It runs, on 4-bit weights (random weights: docs/quantization.md says why the error is
+            // large; the trained model's comparison is scripts/compat.sh's).
+            assert!(logits.values.iter().all(|v| v.is_finite()), "{case}: non-finite logits");
+            assert!(
+                error > crate::reference::GOLDEN_RELATIVE && error < 5.0,
+                "{case}: relative error {error}"
+            );
+            eprintln!(
+                "{case}: ORT's RTN quantized {projections} projections; logits {error:.2e} (relative) from transformers'"
+            );
+        }
+    }
+}

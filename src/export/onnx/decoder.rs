@@ -1,7 +1,9 @@
 //! The Qwen decoder as an ONNX graph of standard ops (the `portable` target), emitted from the
 //! profile and config.json: no tracing, so no data-dependent shapes and no masking code that
-//! breaks under export. Activations stay 2-D ([batch*seq, hidden]) between blocks so every
-//! projection is one `Gemm(x, W, transB=1)` on the weight exactly as stored.
+//! breaks under export. Activations stay 2-D ([batch*seq, hidden]) between blocks. A float
+//! projection is `MatMul(x, W^T)` on its weight stored transposed (the form ONNX Runtime's
+//! `MatMulNBitsQuantizer` and the transformers optimizer's fusions recognise; they skip `Gemm`),
+//! except a head tied to the embedding table, `Gemm(x, E, transB=1)` on the one table.
 //!
 //! - RoPE is static: cos/sin tables for every position are initializers gathered by
 //!   `position_ids`, applied as `Add(Mul(x, cos), Mul(rotate_half(x), sin))` (tract's rope rewrite).
@@ -391,12 +393,24 @@ pub fn linear(
         }
         g.node(scope, "Gemm", &inputs, vec![attr_int("transB", 1)])
     };
+    let matmul = |g: &mut GraphBuilder, w: &str| {
+        let y = g.node(scope, "MatMul", &[x, w], vec![])?;
+        match bias {
+            Some(b) => g.node(scope, "Add", &[&y, b], vec![]),
+            None => Ok(y),
+        }
+    };
     match (spec.weight)(weight) {
         WeightForm::Float(Elem::F16) => {
             let w = g.node(scope, "Cast", &[weight], vec![attr_int("to", 1)])?;
             gemm(g, &w)
         }
         WeightForm::Float(_) => gemm(g, weight),
+        WeightForm::Transposed(Elem::F16) => {
+            let w = g.node(scope, "Cast", &[weight], vec![attr_int("to", 1)])?;
+            matmul(g, &w)
+        }
+        WeightForm::Transposed(_) => matmul(g, weight),
         WeightForm::Int8 { codes, scale } => {
             let w = g.node(scope, "DequantizeLinear", &[&codes, &scale], vec![attr_int("axis", 0)])?;
             gemm(g, &w)

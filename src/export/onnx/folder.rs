@@ -177,6 +177,14 @@ impl OnnxOptions {
             }
         }
     }
+
+    /// Whether tensor `t` is stored transposed, for a `MatMul`: float matrices other than the
+    /// embedding table (which `Gather` reads by row; a head tied to it stays `Gemm(transB=1)`).
+    fn transposed(&self, t: &PlannedTensor, names: &crate::profile::TensorNames) -> bool {
+        t.shape.len() == 2
+            && t.name != names.embed
+            && !matches!(self.storage(t, names), Storage::Quantized(_))
+    }
 }
 
 #[derive(Debug)]
@@ -378,7 +386,7 @@ fn write_onnx_folder_as(
     let mut planned: Vec<PlannedInitializer> = Vec::new();
     let mut forms: HashMap<String, WeightForm> = HashMap::new();
     for t in &plan.tensors {
-        let (inits, form) = plan_initializers(t, options.storage(t, names));
+        let (inits, form) = plan_initializers(t, options.storage(t, names), options.transposed(t, names));
         planned.extend(inits);
         forms.insert(t.name.clone(), form);
     }
@@ -415,7 +423,7 @@ fn write_onnx_folder_as(
     let merge_inputs = MergeInputs { base: weights, adapter, allow_non_finite: options.allow_non_finite };
     let mut writer = WeightWriter::new(&mut sink, &data_path);
     execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
-        writer.rows(t, options.storage(t, names), first, values, &progress)
+        writer.rows(t, options.storage(t, names), options.transposed(t, names), first, values, &progress)
     })?;
     let (rows, cols) = (config.max_position_embeddings, table_cols);
     for (name, table) in [(ROPE_COS, &cos), (ROPE_SIN, &sin)] {

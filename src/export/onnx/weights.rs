@@ -47,23 +47,33 @@ pub fn scheme_label(scheme: Scheme) -> String {
 /// How the graph reads a weight.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WeightForm {
-    /// A float initializer of the weight's own name.
+    /// A float initializer of the weight's own name, laid out as stored ([out, in]).
     Float(Elem),
+    /// A float initializer of the weight's own name, transposed to [in, out] so the projection is
+    /// a plain `MatMul`, the form ONNX Runtime's quantizers and fusions look for.
+    Transposed(Elem),
     /// `DequantizeLinear(codes, scale, axis 0)`.
     Int8 { codes: String, scale: String },
     /// com.microsoft `MatMulNBits` inputs and attributes.
     Blocks { codes: String, scales: String, zero_points: String, bits: u8, block: usize, n: usize, k: usize },
 }
 
-/// The initializers a tensor becomes, in the order they are written.
-pub fn plan_initializers(t: &PlannedTensor, storage: Storage) -> (Vec<PlannedInitializer>, WeightForm) {
+/// The initializers a tensor becomes, in the order they are written. A `transposed` float
+/// matrix is stored [in, out] (see [`WeightForm::Transposed`]).
+pub fn plan_initializers(
+    t: &PlannedTensor,
+    storage: Storage,
+    transposed: bool,
+) -> (Vec<PlannedInitializer>, WeightForm) {
     let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     let numel: u64 = t.shape.iter().product::<usize>() as u64;
     let float = |elem: Elem, width: u64| {
-        (
-            vec![PlannedInitializer { name: t.name.clone(), elem, dims: dims.clone(), bytes: numel * width }],
-            WeightForm::Float(elem),
-        )
+        let (dims, form) = if transposed {
+            (dims.iter().rev().copied().collect(), WeightForm::Transposed(elem))
+        } else {
+            (dims.clone(), WeightForm::Float(elem))
+        };
+        (vec![PlannedInitializer { name: t.name.clone(), elem, dims, bytes: numel * width }], form)
     };
     match storage {
         Storage::F32 => float(Elem::F32, 4),
@@ -130,6 +140,8 @@ pub struct WeightWriter<'a> {
     quantized: Quantized,
     sums: ErrorSums,
     bytes: u64,
+    /// The tensor being transposed, encoded, [in, out], written once its last row arrives.
+    pending: Vec<u8>,
 }
 
 /// Encodes `values` as f16 into `out` in parallel, returning the rounding error.
@@ -157,6 +169,7 @@ impl<'a> WeightWriter<'a> {
             quantized: Quantized::default(),
             sums: ErrorSums::default(),
             bytes: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -165,31 +178,79 @@ impl<'a> WeightWriter<'a> {
         self.sink.write(bytes).map_err(|e| Error::write(self.path, e))
     }
 
-    /// One block of rows of `t`, starting at `first_row`. `progress` counts bytes written.
+    /// One block of rows of `t`, starting at `first_row`. `progress` counts bytes written. A
+    /// `transposed` tensor is gathered whole, encoded and laid out [in, out], and written when
+    /// its last row arrives (so it is held once, in its stored width).
     pub fn rows(
         &mut self,
         t: &PlannedTensor,
         storage: Storage,
+        transposed: bool,
         first_row: usize,
         values: &[f32],
         progress: &indicatif::ProgressBar,
     ) -> Result<(), Error> {
         let before = self.bytes;
         let cols = row_width(&t.shape);
-        match storage {
-            Storage::F32 => {
-                let mut encoded = std::mem::take(&mut self.encoded);
-                encode_parallel(TensorDtype::F32, values, &mut encoded);
-                self.write(&encoded)?;
-                self.encoded = encoded;
+        let rows = t.shape.first().copied().unwrap_or(1).max(1);
+        let rows_done = first_row + values.len() / cols;
+        if transposed {
+            let encoded = self.encode_float(storage, values);
+            let width = encoded.len() / values.len().max(1);
+            if first_row == 0 {
+                self.pending = vec![0; rows * cols * width];
             }
-            Storage::F16 => {
-                let mut encoded = std::mem::take(&mut self.encoded);
-                self.sums.add(encode_f16(values, &mut encoded));
+            // Column c of the block lands in row c of the transposed tensor, at `first_row`.
+            let block = values.len() / cols;
+            self.pending.par_chunks_mut(rows * width).enumerate().for_each(|(c, out_row)| {
+                let out = &mut out_row[first_row * width..(first_row + block) * width];
+                for (r, dst) in out.chunks_exact_mut(width).enumerate() {
+                    let at = (r * cols + c) * width;
+                    dst.copy_from_slice(&encoded[at..at + width]);
+                }
+            });
+            self.encoded = encoded;
+            if rows_done == rows {
+                let pending = std::mem::take(&mut self.pending);
+                self.write(&pending)?;
+            }
+        } else {
+            self.encode(t, storage, first_row, values)?;
+        }
+        progress.inc(self.bytes - before);
+        if rows_done == rows || t.shape.len() < 2 {
+            self.finish_tensor(t, storage)?;
+        }
+        Ok(())
+    }
+
+    /// `values` encoded as f32 or f16 (rounding errors counted), in the writer's reused buffer.
+    fn encode_float(&mut self, storage: Storage, values: &[f32]) -> Vec<u8> {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        if storage == Storage::F16 {
+            self.sums.add(encode_f16(values, &mut encoded));
+        } else {
+            encode_parallel(TensorDtype::F32, values, &mut encoded);
+        }
+        encoded
+    }
+
+    /// Encodes rows of `t` from `first_row` in `storage` and writes them.
+    fn encode(
+        &mut self,
+        t: &PlannedTensor,
+        storage: Storage,
+        first_row: usize,
+        values: &[f32],
+    ) -> Result<(), Error> {
+        match storage {
+            Storage::F32 | Storage::F16 => {
+                let encoded = self.encode_float(storage, values);
                 self.write(&encoded)?;
                 self.encoded = encoded;
             }
             Storage::Quantized(scheme) => {
+                let cols = row_width(&t.shape);
                 let sums = quantize_rows(scheme, &t.name, values, cols, first_row, &mut self.quantized)
                     .map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
                 self.sums.add(sums);
@@ -198,11 +259,6 @@ impl<'a> WeightWriter<'a> {
                 self.quantized.codes = codes;
                 self.quantized.codes.clear();
             }
-        }
-        progress.inc(self.bytes - before);
-        let rows_done = first_row + values.len() / cols;
-        if rows_done == t.shape.first().copied().unwrap_or(1).max(1) || t.shape.len() < 2 {
-            self.finish_tensor(t, storage)?;
         }
         Ok(())
     }
