@@ -91,6 +91,9 @@ impl From<&OverrideArgs> for Overrides {
             profile: args.profile.clone(),
             max_memory: None,
             jobs: None,
+            text: None,
+            text_context: None,
+            text_chunks: None,
         }
     }
 }
@@ -152,11 +155,14 @@ pub enum Command {
             the adapter applied unmerged, as peft's forward does (it shares no code with the merge); the merged \
             model is measured against it too (merged vs unmerged); each export runs in every engine that supports it (safetensors: candle; ONNX: ONNX Runtime and \
             tract) on the configured prompts as one padded batch, and is compared on logits (max and mean \
-            absolute error, cosine, top-1 agreement) and on greedy tokens with the KV cache. Tolerances \
+            absolute error, cosine, top-1 agreement, KL divergence) and on greedy tokens with the KV cache. \
+            With --text (or validate.text), a held-out text is scored too, in chunks of --text-context \
+            tokens: perplexity and its change, mean and 99th-percentile KL divergence and top-1 agreement \
+            against the reference, as llama-perplexity --kl-divergence reports them. Tolerances \
             depend on the dtype and can be set per export. Writes validation.json/.md into each export \
             and report.json/.md into out-dir; exits 1 if any export misses its tolerance, or if no engine \
             measured an export (verdict `unverified`) unless --allow-unverified.",
-        after_help = "Examples:\n  cargo model-export validate\n  MODEL_EXPORT_VALIDATE_ENGINES=tract cargo model-export validate --message-format json"
+        after_help = "Examples:\n  cargo model-export validate\n  cargo model-export validate --text eval/held-out.txt --text-context 128\n  MODEL_EXPORT_VALIDATE_ENGINES=tract cargo model-export validate --message-format json"
     )]
     Validate(ValidateArgs),
     /// Load a model (quantized on request) and generate text from prompts
@@ -390,6 +396,8 @@ pub struct BenchArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub overrides: OverrideArgs,
+    #[command(flatten)]
+    pub text: TextArgs,
     /// Do not load ONNX exports back into tract and ONNX Runtime before installing them
     /// (faster for very large models; `validate` checks them anyway)
     #[arg(long)]
@@ -428,10 +436,27 @@ pub struct RunArgs {
     pub no_fallback: bool,
 }
 
+/// The evaluation text (the same flags on `run` and `validate`).
+#[derive(Debug, Args)]
+pub struct TextArgs {
+    /// Score this text file too: perplexity, KL divergence and top-1 agreement of every export
+    /// against the reference (overrides validate.text)
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk of --text (overrides validate.text-context; default 512)
+    #[arg(long, value_name = "TOKENS")]
+    pub text_context: Option<u32>,
+    /// Score only the first N chunks of --text (overrides validate.text-chunks)
+    #[arg(long, value_name = "N")]
+    pub text_chunks: Option<u32>,
+}
+
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     #[command(flatten)]
     pub overrides: OverrideArgs,
+    #[command(flatten)]
+    pub text: TextArgs,
     /// Exit 0 even when an export is `unverified` (no engine measured it, e.g. ONNX Runtime
     /// is not installed or validate.engines leaves out every engine that runs it)
     #[arg(long)]

@@ -70,6 +70,9 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             let overrides = Overrides {
                 max_memory: args.max_memory.clone(),
                 jobs: args.jobs,
+                text: args.text.text.clone(),
+                text_context: args.text.text_context,
+                text_chunks: args.text.text_chunks,
                 ..(&args.overrides).into()
             };
             let flags = run::RunFlags {
@@ -83,7 +86,15 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             };
             run::run(&ctx, &overrides, flags)
         }
-        Command::Validate(args) => validate::run(&ctx, &(&args.overrides).into(), args.allow_unverified),
+        Command::Validate(args) => {
+            let overrides = Overrides {
+                text: args.text.text.clone(),
+                text_context: args.text.text_context,
+                text_chunks: args.text.text_chunks,
+                ..(&args.overrides).into()
+            };
+            validate::run(&ctx, &overrides, args.allow_unverified)
+        }
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Generate(args) => generate::run(&ctx, args),
         Command::Init(args) => init::run(&ctx, args),

@@ -379,13 +379,14 @@ fn validate_stages(
     }
     // A re-run whose validate stages were all skipped has no new reference: the merge check
     // comes from the last report.
-    let merge = match &reference {
-        Some(r) => r.merge.clone(),
-        None => super::validate::read_report(out_dir).and_then(|r| r.merge),
+    let (merge, text) = match &reference {
+        Some(r) => (r.merge.clone(), r.text.as_ref().map(crate::validate::text::TextReference::summary)),
+        None => super::validate::read_report(out_dir).map_or((None, None), |r| (r.merge, r.text)),
     };
     let report = ValidationReport::new(
         super::validate::reference_name(&inputs.base.dir, inputs.detection),
         merge,
+        text,
         exports,
     );
     if let Some(stage) = plan.stage(&report_stage_id()) {
@@ -619,6 +620,9 @@ pub fn print_summary(results: &[ExportResult], report: Option<&crate::validate::
     println!("{t}");
     if let Some(m) = report.and_then(|r| r.merge.as_ref()) {
         println!("{}", super::validate::merge_line(m));
+    }
+    if let Some(report) = report {
+        super::validate::print_text(report);
     }
     let quantized: Vec<_> = results.iter().filter_map(|r| r.quantization.as_ref().map(|q| (r, q))).collect();
     if quantized.is_empty() {

@@ -10,6 +10,7 @@ use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
 use crate::fsutil::{atomic_write, write_json};
 use crate::validate::report::{ExportValidation, ValidationReport, Verdict};
+use crate::validate::text::{EvalText, TextReference};
 use crate::validate::{Reference, build_reference, validate_export};
 
 /// The folder of a finished export (one with its manifest), or an error saying to run first.
@@ -41,8 +42,12 @@ pub fn validate_exports(config: &Config, inputs: &ExportInputs<'_>) -> Result<Va
         let dir = config.out_dir.value.join(&export.value.name);
         exports.push(validate_into(config, inputs, &reference, &export.value, &dir, threads)?);
     }
-    let report =
-        ValidationReport::new(reference_name(&base.dir, detection), reference.merge.clone(), exports);
+    let report = ValidationReport::new(
+        reference_name(&base.dir, detection),
+        reference.merge.clone(),
+        reference.text.as_ref().map(TextReference::summary),
+        exports,
+    );
     write_report(config, &report)?;
     Ok(report)
 }
@@ -62,8 +67,14 @@ pub fn cached_reference(
     }
     crate::pipeline::fault::point("reference");
     let v = &config.validate;
-    let built =
-        build_reference(inputs, &v.prompts.value, v.chat_template.value, v.max_new_tokens.value as usize)?;
+    let text = EvalText::configured(config, inputs.base, inputs.detection)?;
+    let built = build_reference(
+        inputs,
+        &v.prompts.value,
+        v.chat_template.value,
+        v.max_new_tokens.value as usize,
+        text,
+    )?;
     if state.is_dir() {
         crate::validate::cache::save(state, key, &built)?;
     }
@@ -86,6 +97,7 @@ pub fn validate_into(
     let single = ValidationReport::new(
         reference_name(&inputs.base.dir, inputs.detection),
         reference.merge.clone(),
+        reference.text.as_ref().map(TextReference::summary),
         vec![result.clone()],
     );
     write_json(&dir.join("validation.json"), &single)?;
@@ -184,6 +196,32 @@ pub fn print_report(report: &ValidationReport) {
     if let Some(m) = &report.merge {
         println!("{}", merge_line(m));
     }
+    print_text(report);
+}
+
+/// The evaluation text's table (as llama-perplexity --kl-divergence reports it), if one was scored.
+pub fn print_text(report: &ValidationReport) {
+    let Some(text) = &report.text else { return };
+    let mut t = table(["export", "engine", "perplexity", "change", "mean KL", "KL p99", "same top-1"]);
+    for e in &report.exports {
+        for r in &e.engines {
+            if let Some(m) = &r.text {
+                t.add_row([
+                    e.export.clone(),
+                    r.engine.clone(),
+                    format!("{:.4}", m.perplexity),
+                    format!("{:+.3}%", m.perplexity_change * 100.0),
+                    format!("{:.2e}", m.mean_kl),
+                    format!("{:.2e}", m.kl_p99),
+                    format!("{:.1}%", m.top1_agreement * 100.0),
+                ]);
+            }
+        }
+    }
+    println!(
+        "\ntext {} ({} tokens; {} chunks of {}, {} positions scored): reference perplexity {:.4}\n{t}",
+        text.path, text.tokens, text.chunks, text.context, text.scored, text.perplexity
+    );
 }
 
 /// Fails the command when the report does: a failed export or merge check, or an export no

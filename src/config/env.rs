@@ -118,7 +118,13 @@ pub fn parse_env(vars: &BTreeMap<String, String>) -> Result<TableLayer, ConfigEr
         allow_non_finite,
         preset: get("MODEL_EXPORT_PRESET"),
         report_template: None,
-        validate: any_validate.then_some(ValidateLayer { prompts, engines, max_new_tokens, chat_template }),
+        validate: any_validate.then_some(ValidateLayer {
+            prompts,
+            engines,
+            max_new_tokens,
+            chat_template,
+            ..ValidateLayer::default()
+        }),
         export: None,
     })
 }

@@ -33,6 +33,12 @@ pub struct Overrides {
     pub max_memory: Option<String>,
     /// `run -j`.
     pub jobs: Option<u32>,
+    /// `validate --text` / `run --text`.
+    pub text: Option<PathBuf>,
+    /// `validate --text-context` / `run --text-context`.
+    pub text_context: Option<u32>,
+    /// `validate --text-chunks` / `run --text-chunks`.
+    pub text_chunks: Option<u32>,
 }
 
 /// Everything `load` reads besides the files: passed in so tests control it.
@@ -57,7 +63,17 @@ pub fn load(request: &LoadRequest<'_>) -> Result<Config, ConfigError> {
         allow_non_finite: None,
         preset: None,
         report_template: None,
-        validate: None,
+        validate: {
+            let o = request.overrides;
+            (o.text.is_some() || o.text_context.is_some() || o.text_chunks.is_some()).then(|| {
+                table::ValidateLayer {
+                    text: path_text(&o.text),
+                    text_context: o.text_context,
+                    text_chunks: o.text_chunks,
+                    ..table::ValidateLayer::default()
+                }
+            })
+        },
         export: None,
     };
     let mut layers = vec![

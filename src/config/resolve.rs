@@ -15,6 +15,9 @@ use crate::profile::Profile;
 
 pub const DEFAULT_PROMPTS: &[&str] = &["Hello", "用一句话解释LoRA"];
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 16;
+/// Tokens per chunk of the evaluation text (llama-perplexity's default context); a model's
+/// own length would be far beyond what attention over one chunk can hold for most models.
+pub const DEFAULT_TEXT_CONTEXT: u32 = 512;
 
 /// `auto` (pick by config.json `model_type`) or a named profile.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,12 @@ pub struct ValidateConfig {
     pub engines: Sourced<Vec<Engine>>,
     pub max_new_tokens: Sourced<u32>,
     pub chat_template: Sourced<bool>,
+    /// The evaluation text scored for perplexity and KL divergence.
+    pub text: Sourced<Option<PathBuf>>,
+    /// Tokens per chunk of the text (capped by the model's length).
+    pub text_context: Sourced<u32>,
+    /// Chunks scored at most (`None`: every whole chunk of the text).
+    pub text_chunks: Sourced<Option<u32>>,
 }
 
 /// The effective configuration, every value with its source.
@@ -285,6 +294,55 @@ pub fn resolve(
         ),
         None => Sourced::new(false, Source::Default),
     };
+    let text = match validate_value(&|v| v.text.is_some()) {
+        Some(l) => {
+            let path = resolve_path(
+                l,
+                l.table.validate.as_ref().and_then(|v| v.text.as_deref()).unwrap_or_default(),
+            );
+            if !path.is_file() {
+                return Err(invalid(
+                    l,
+                    "validate.text",
+                    missing_path(&path),
+                    "point `text` at a UTF-8 text file to score (held-out text of the fine-tune's domain)"
+                        .into(),
+                ));
+            }
+            Sourced::new(Some(path), l.source("validate.text"))
+        }
+        None => Sourced::new(None, Source::Default),
+    };
+    let text_context = match validate_value(&|v| v.text_context.is_some()) {
+        Some(l) => {
+            let n = l.table.validate.as_ref().and_then(|v| v.text_context).unwrap_or_default();
+            if n < 2 {
+                return Err(invalid(
+                    l,
+                    "validate.text-context",
+                    "must be at least 2 tokens".into(),
+                    "use e.g. 512".into(),
+                ));
+            }
+            Sourced::new(n, l.source("validate.text-context"))
+        }
+        None => Sourced::new(DEFAULT_TEXT_CONTEXT, Source::Default),
+    };
+    let text_chunks = match validate_value(&|v| v.text_chunks.is_some()) {
+        Some(l) => {
+            let n = l.table.validate.as_ref().and_then(|v| v.text_chunks).unwrap_or_default();
+            if n == 0 {
+                return Err(invalid(
+                    l,
+                    "validate.text-chunks",
+                    "must be at least 1".into(),
+                    "use e.g. 64, or remove the key to score every chunk".into(),
+                ));
+            }
+            Sourced::new(Some(n), l.source("validate.text-chunks"))
+        }
+        None => Sourced::new(None, Source::Default),
+    };
 
     let is_preset = |l: &Layer| matches!(l.kind, LayerKind::Preset(_));
     let mut exports = match layers.iter().find(|l| l.table.export.is_some() && !is_preset(l)) {
@@ -336,7 +394,15 @@ pub fn resolve(
         max_memory,
         jobs,
         allow_non_finite,
-        validate: ValidateConfig { prompts, engines, max_new_tokens, chat_template },
+        validate: ValidateConfig {
+            prompts,
+            engines,
+            max_new_tokens,
+            chat_template,
+            text,
+            text_context,
+            text_chunks,
+        },
         preset,
         report_template,
         exports,

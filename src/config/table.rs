@@ -30,6 +30,9 @@ pub struct ValidateLayer {
     pub engines: Option<Vec<Engine>>,
     pub max_new_tokens: Option<u32>,
     pub chat_template: Option<bool>,
+    pub text: Option<String>,
+    pub text_context: Option<u32>,
+    pub text_chunks: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -70,6 +70,14 @@ fn logits_bytes(parts: &ModelParts, prompts: usize) -> u64 {
     prompts as u64 * TOKENS_PER_PROMPT * parts.vocab * 4
 }
 
+/// The evaluation text's share of validation: the reference's log-probabilities at every scored
+/// position, held while each engine runs, and one batch of chunks' logits with their
+/// log-softmax (batches are cut near 64 MiB of logits).
+pub fn text(scored_positions: u64, vocab: u64) -> u64 {
+    let log_probs = scored_positions * vocab * 4;
+    log_probs + 2 * log_probs.min(64 << 20)
+}
+
 /// The unmerged reference: a streamed model (then the merged one, measured against it, the same way).
 pub fn reference(parts: &ModelParts, prompts: usize) -> u64 {
     streamed(parts, prompts)

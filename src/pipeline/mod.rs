@@ -52,6 +52,9 @@ struct ReferenceInputs<'a> {
     chat_template: bool,
     /// How validation judges: a result recorded by an older method is redone.
     method: &'static str,
+    /// The evaluation text's content digest and chunk length, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<(String, u32, Option<u32>)>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +87,11 @@ fn reference_digest(config: &Config, weights_digest: &str) -> String {
         max_new_tokens: v.max_new_tokens.value,
         chat_template: v.chat_template.value,
         method: crate::validate::METHOD,
+        // An unreadable text is refused when it is read; here it only needs a distinct digest.
+        text: v.text.value.as_ref().map(|path| {
+            let content = crate::export::manifest::hash_file(path).map_or_else(|e| e.to_string(), |(_, h)| h);
+            (content, v.text_context.value, v.text_chunks.value)
+        }),
     })
 }
 
@@ -137,7 +145,16 @@ pub fn build_plan(
         detection.map_or(0, |d| d.adapter.file.tensors().iter().map(|t| t.byte_len() as u64).sum());
     let parts = memory::ModelParts::of(base, adapter_bytes);
     let prompts = v.prompts.value.len();
-    let reference_memory = memory::reference(&parts, prompts);
+    // The evaluation text is read now, so a text that cannot be scored is refused before
+    // anything is written.
+    let text_memory = match (&v.text.value, validate) {
+        (Some(_), true) => {
+            let text = crate::validate::text::EvalText::configured(config, base, detection)?;
+            text.map_or(0, |t| memory::text(t.scored() as u64, base.config.vocab_size as u64))
+        }
+        _ => 0,
+    };
+    let reference_memory = memory::reference(&parts, prompts) + text_memory;
     let mut reference_pending = force || !crate::validate::cache::holds(state.path(), &reference_digest);
     let memory_limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
@@ -197,7 +214,10 @@ pub fn build_plan(
             onnxruntime: onnxruntime.clone(),
         });
         let id = validate_stage_id(&spec.name);
-        let engines = memory::engines(spec, &v.engines.value, bytes, &parts, prompts);
+        let engines: Vec<(Engine, u64)> = memory::engines(spec, &v.engines.value, bytes, &parts, prompts)
+            .into_iter()
+            .map(|(engine, needed)| (engine, needed + text_memory))
+            .collect();
         // A redone export replaces its folder, validation reports included: validate it again.
         let export_runs = stages.last().is_some_and(Stage::runs);
         let validate_action = match action(&id, &validation) {

@@ -1,8 +1,9 @@
 //! The reference run kept in `<out-dir>/.state/reference.bin`, so a re-run that validates an
 //! export again (or validates the next one after a stop) compares with it instead of running a
 //! 7B reference again. One file, written atomically: a little-endian u64 length, a JSON header
-//! (what it was computed from, the batch, greedy ids, the merge check), then the logits as
-//! little-endian f32. A file whose digest or length does not match is not used.
+//! (what it was computed from, the batch, greedy ids, the merge check, the evaluation text's
+//! chunks), then the logits and the text's log-probabilities as little-endian f32. A file whose
+//! digest or length does not match is not used.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Reference;
 use super::report::MergeCheck;
+use super::text::{EvalText, TextReference};
 use crate::error::Error;
 use crate::runtime::{Batch, GreedyOptions};
 
@@ -29,6 +31,9 @@ struct Header {
     eos_token_ids: Vec<i64>,
     pad_token_id: i64,
     merge: Option<MergeCheck>,
+    /// The evaluation text, its reference perplexity and how many log-probabilities follow the logits.
+    #[serde(default)]
+    text: Option<(EvalText, f64, usize)>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -49,13 +54,15 @@ pub fn save(state_dir: &Path, digest: &str, reference: &Reference) -> Result<(),
         eos_token_ids: reference.options.eos_token_ids.clone(),
         pad_token_id: reference.options.pad_token_id,
         merge: reference.merge.clone(),
+        text: reference.text.as_ref().map(|t| (t.text.clone(), t.perplexity, t.log_probs.len())),
     };
     let path = path(state_dir);
     let json = serde_json::to_vec(&header).map_err(|e| Error::write(&path, std::io::Error::other(e)))?;
-    let mut bytes = Vec::with_capacity(8 + json.len() + reference.logits.len() * 4);
+    let log_probs = reference.text.as_ref().map_or(&[][..], |t| t.log_probs.as_slice());
+    let mut bytes = Vec::with_capacity(8 + json.len() + (reference.logits.len() + log_probs.len()) * 4);
     bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&json);
-    for v in &reference.logits {
+    for v in reference.logits.iter().chain(log_probs) {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
     crate::fsutil::atomic_write(&path, &bytes)
@@ -72,10 +79,18 @@ pub fn load(state_dir: &Path, digest: &str) -> Option<Reference> {
     let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     let header: Header = serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
     let data = &bytes[8 + len..];
-    if header.digest != digest || data.len() != header.logits * 4 {
+    let text_len = header.text.as_ref().map_or(0, |t| t.2);
+    if header.digest != digest || data.len() != (header.logits + text_len) * 4 {
         return None;
     }
-    let logits = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mut values = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let logits = values.by_ref().take(header.logits).collect();
+    let text = header.text.map(|(text, perplexity, _)| TextReference {
+        text,
+        vocab: header.vocab,
+        log_probs: values.collect(),
+        perplexity,
+    });
     Some(Reference {
         batch: Batch {
             input_ids: header.input_ids,
@@ -91,5 +106,6 @@ pub fn load(state_dir: &Path, digest: &str) -> Option<Reference> {
             pad_token_id: header.pad_token_id,
         },
         merge: header.merge,
+        text,
     })
 }

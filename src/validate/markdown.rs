@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn a_user_template_renders_the_report_and_a_broken_one_names_its_line() {
         let dir = tempfile::tempdir().unwrap();
-        let report = ValidationReport::new("candle".into(), None, Vec::new());
+        let report = ValidationReport::new("candle".into(), None, None, Vec::new());
         let good = dir.path().join("good.md.j2");
         std::fs::write(&good, "Checked against {{ report.reference }}: {{ 'ok' if report.passed }}\n")
             .unwrap();
@@ -117,5 +117,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Verdict: FAILED"), "{text}");
+        assert!(text.contains("Reference perplexity 280.1329"), "{text}");
+        assert!(text.contains("| 280.1331 | 0.000% | 4.30e-8 | 2.90e-7 | 100.0% |"), "{text}");
     }
 }

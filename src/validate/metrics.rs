@@ -24,6 +24,27 @@ pub struct LogitMetrics {
     pub top1_agreement_raw: f64,
     pub positions: usize,
     pub positions_with_margin: usize,
+    /// Mean over valid positions of KL(reference || ours) of the token distributions, in nats.
+    #[serde(default)]
+    pub mean_kl: f64,
+}
+
+/// KL(p || q) of the softmax distributions of two rows of logits, in nats.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let log_sum = |row: &[f32]| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        f64::from(max) + row.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln()
+    };
+    let (lp, lq) = (log_sum(p_logits), log_sum(q_logits));
+    let kl: f64 = p_logits
+        .iter()
+        .zip(q_logits)
+        .map(|(&p, &q)| {
+            let log_p = f64::from(p) - lp;
+            log_p.exp() * (log_p - (f64::from(q) - lq))
+        })
+        .sum();
+    kl.max(0.0)
 }
 
 fn top2_margin(values: &[f32]) -> f32 {
@@ -50,6 +71,7 @@ pub fn compare_logits(
     let (mut max_abs, mut sum_abs, mut count, mut sum_sq) = (0.0f64, 0.0f64, 0usize, 0.0f64);
     let (mut cos_sum, mut positions, mut agree, mut agree_raw, mut with_margin) =
         (0.0, 0usize, 0usize, 0usize, 0usize);
+    let mut kl_sum = 0.0f64;
     for (b, row) in batch.attention_mask.iter().enumerate() {
         for (i, &m) in row.iter().enumerate() {
             if m == 0 {
@@ -69,6 +91,7 @@ pub fn compare_logits(
             count += vocab;
             sum_sq += ny;
             cos_sum += dot / (nx.sqrt() * ny.sqrt()).max(f64::MIN_POSITIVE);
+            kl_sum += kl_divergence(y, x);
             positions += 1;
             let same = argmax(x) == argmax(y);
             agree_raw += usize::from(same);
@@ -90,6 +113,7 @@ pub fn compare_logits(
         top1_agreement_raw: ratio(agree_raw, positions),
         positions,
         positions_with_margin: with_margin,
+        mean_kl: if positions == 0 { 0.0 } else { kl_sum / positions as f64 },
     }
 }
 

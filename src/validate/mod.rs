@@ -9,6 +9,7 @@ pub mod cache;
 pub mod markdown;
 pub mod metrics;
 pub mod report;
+pub mod text;
 pub mod tolerance;
 pub mod unmerged;
 
@@ -48,6 +49,8 @@ pub struct Reference {
     pub options: GreedyOptions,
     /// The merged f32 model against this reference (with an adapter).
     pub merge: Option<MergeCheck>,
+    /// The evaluation text's scores (`[validate] text`).
+    pub text: Option<text::TextReference>,
 }
 
 /// Tokenizes `prompts` with the tokenizer.json in `dir` (special tokens as written).
@@ -140,13 +143,15 @@ fn logits_of(model: &impl Forward, batch: &Batch) -> Result<(Vec<f32>, usize), E
     Ok((logits, vocab))
 }
 
-/// Runs the prompts through the unmerged reference (base + adapter side branches, f32), then
-/// measures the merged f32 model against it. The models are released before returning.
+/// Runs the prompts (and the evaluation text, if any) through the unmerged reference (base +
+/// adapter side branches, f32), then measures the merged f32 model against it. The models are
+/// released before returning.
 pub fn build_reference(
     inputs: &ExportInputs<'_>,
     prompts: &[String],
     chat_template: bool,
     max_new_tokens: usize,
+    eval_text: Option<text::EvalText>,
 ) -> Result<Reference, Error> {
     let (base, detection) = (inputs.base, inputs.detection);
     let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection, &base.dir);
@@ -166,6 +171,10 @@ pub fn build_reference(
     let model = unmerged::load_unmerged(base, adapter_dir)?;
     let (logits, vocab) = logits_of(&model, &batch)?;
     let greedy_ids = greedy(&mut ReferenceEngine::new(&model), &batch, &options)?;
+    let text = match eval_text {
+        Some(t) => Some(text::score_reference(t, vocab, &mut |b| Ok(logits_of(&model, b)?.0))?),
+        None => None,
+    };
     drop(model);
     let merge = match adapter_dir {
         None => None,
@@ -176,7 +185,7 @@ pub fn build_reference(
             Some(MergeCheck::of(&m, tolerance::F32_RELATIVE))
         }
     };
-    Ok(Reference { batch, logits, vocab, greedy: greedy_ids, options, merge })
+    Ok(Reference { batch, logits, vocab, greedy: greedy_ids, options, merge, text })
 }
 
 /// Engines that can run an export of `format`.
@@ -204,6 +213,14 @@ fn run_engine(
         tolerance.top1_margin,
     );
     let ids = greedy(engine, &reference.batch, &reference.options)?;
+    let text = match &reference.text {
+        Some(t) => Some(text::score_export(t, &mut |b| {
+            let logits = engine.step(b)?;
+            engine.reset();
+            Ok(logits.values)
+        })?),
+        None => None,
+    };
     let prompt_len = reference.batch.input_ids.first().map_or(0, Vec::len);
     let divergence = first_divergence(&ids, &reference.greedy, prompt_len);
     let mut failures = Vec::new();
@@ -237,9 +254,29 @@ fn run_engine(
     {
         failures.push(format!("greedy tokens diverge at prompt {row}, token {at}"));
     }
+    // KL is judged on the text when there is one, else on the prompts.
+    let (kl, kl_on) = match &text {
+        Some(t) => (t.mean_kl, "the text"),
+        None => (m.mean_kl, "the prompts"),
+    };
+    if let Some(limit) = tolerance.max_mean_kl
+        && kl > limit
+    {
+        failures.push(format!("mean KL divergence on {kl_on} {kl:.2e} > {limit:.0e}"));
+    }
+    if let (Some(limit), Some(t)) = (tolerance.min_text_top1, &text)
+        && t.top1_agreement < limit
+    {
+        failures.push(format!(
+            "top-1 agreement on the text {:.2}% < {}%",
+            t.top1_agreement * 100.0,
+            limit * 100.0
+        ));
+    }
     Ok(EngineResult {
         engine: engine.name().to_string(),
         skipped: None,
+        text,
         logits: Some(m),
         greedy_match: Some(divergence.is_none()),
         first_divergence: divergence,
@@ -281,19 +318,24 @@ pub fn validate_export(
         let skipped = |why: String| EngineResult {
             engine: engine.to_string(),
             skipped: Some(why),
+            text: None,
             logits: None,
             greedy_match: None,
             first_divergence: None,
             passed: false,
             failures: Vec::new(),
         };
+        let text_memory = reference
+            .text
+            .as_ref()
+            .map_or(0, |t| crate::pipeline::memory::text(t.text.scored() as u64, t.vocab as u64));
         let needed = crate::pipeline::memory::engine(
             spec,
             engine,
             export_bytes,
             &parts,
             reference.batch.input_ids.len(),
-        );
+        ) + text_memory;
         let result = match engine {
             _ if memory_limit.is_some_and(|limit| needed > limit) => {
                 let limit = memory_limit.unwrap_or_default();

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::metrics::LogitMetrics;
+use super::text::{TextMetrics, TextSummary};
 use super::tolerance::Tolerance;
 use crate::quant::QuantReport;
 
@@ -15,6 +16,9 @@ pub struct EngineResult {
     /// not; a skipped engine has `passed: false`: it proved nothing.
     pub skipped: Option<String>,
     pub logits: Option<LogitMetrics>,
+    /// Perplexity and KL divergence on the evaluation text, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextMetrics>,
     pub greedy_match: Option<bool>,
     /// (row, generated token index) of the first token that differs from the reference's.
     pub first_divergence: Option<(usize, usize)>,
@@ -107,15 +111,23 @@ pub struct ValidationReport {
     /// Merged vs unmerged (absent without an adapter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge: Option<MergeCheck>,
+    /// The evaluation text and the reference's perplexity on it (`[validate] text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSummary>,
     pub exports: Vec<ExportValidation>,
     /// Every export passed and the merge matches the reference.
     pub passed: bool,
 }
 
 impl ValidationReport {
-    pub fn new(reference: String, merge: Option<MergeCheck>, exports: Vec<ExportValidation>) -> Self {
+    pub fn new(
+        reference: String,
+        merge: Option<MergeCheck>,
+        text: Option<TextSummary>,
+        exports: Vec<ExportValidation>,
+    ) -> Self {
         let passed = merge.as_ref().is_none_or(|m| m.passed) && exports.iter().all(|e| e.passed);
-        Self { reference, merge, exports, passed }
+        Self { reference, merge, text, exports, passed }
     }
 }
 

@@ -21,6 +21,13 @@ pub struct Tolerance {
     pub top1_margin: f32,
     /// Whether greedy tokens must equal the reference's.
     pub greedy_must_match: bool,
+    /// Largest allowed mean KL divergence (nats) from the reference's token distributions: on
+    /// the evaluation text when one is configured, else on the prompts.
+    #[serde(default)]
+    pub max_mean_kl: Option<f64>,
+    /// Smallest allowed top-1 agreement on the evaluation text (every position, no margin).
+    #[serde(default)]
+    pub min_text_top1: Option<f64>,
 }
 
 /// f32: `max |Δ| ≤ 1e-4 · max(1, RMS)` (measurements in docs/validation.md).
@@ -38,6 +45,8 @@ impl Tolerance {
                 min_top1: 1.0,
                 top1_margin: 1e-3,
                 greedy_must_match: true,
+                max_mean_kl: None,
+                min_text_top1: None,
             },
             ExportDtype::F16 => Self {
                 max_abs_error: None,
@@ -46,6 +55,8 @@ impl Tolerance {
                 min_top1: 0.99,
                 top1_margin: 2e-2,
                 greedy_must_match: false,
+                max_mean_kl: None,
+                min_text_top1: None,
             },
             ExportDtype::Bf16 => Self {
                 max_abs_error: None,
@@ -54,6 +65,8 @@ impl Tolerance {
                 min_top1: 0.98,
                 top1_margin: 5e-2,
                 greedy_must_match: false,
+                max_mean_kl: None,
+                min_text_top1: None,
             },
             // GGUF q8_0: acceptance asks cosine >= 0.999 against the f32 logits.
             ExportDtype::Q8_0 | ExportDtype::Q6K => Self {
@@ -63,6 +76,8 @@ impl Tolerance {
                 min_top1: 0.95,
                 top1_margin: 5e-2,
                 greedy_must_match: false,
+                max_mean_kl: None,
+                min_text_top1: None,
             },
             ExportDtype::Int8 | ExportDtype::Int4 | ExportDtype::Q4_0 | ExportDtype::Q4K => Self {
                 max_abs_error: None,
@@ -71,6 +86,8 @@ impl Tolerance {
                 min_top1: 0.9,
                 top1_margin: 0.1,
                 greedy_must_match: false,
+                max_mean_kl: None,
+                min_text_top1: None,
             },
         }
     }

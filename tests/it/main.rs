@@ -16,6 +16,7 @@ mod merge;
 mod model;
 mod onnx;
 mod peft_semantics;
+mod perplexity;
 mod pipeline;
 mod proof;
 mod quant;
