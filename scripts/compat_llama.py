@@ -1,0 +1,208 @@
+"""llama.cpp itself on every GGUF export (scripts/compat.sh runs this; `llama_cpp` is
+llama-cpp-python, which builds the llama.cpp it vendors). For each gguf-* export in OUT_DIR:
+
+- llama.cpp loads the file;
+- it tokenizes the validation prompts, the chat-rendered prompt and code with special tokens
+  (`special=True`, no added bos) to the ids the `tokenizers` package gives;
+- its logits of the prompts (`logits_all`) are compared with our candle reference's (the
+  `.state/reference.bin` the validated run of OUT_DIR cached): f32 and f16/bf16 within the
+  validator's f32/f16 tolerances; quantized types by cosine and mean KL divergence, bounded per
+  type by what our candle engine measured on the same file against the same reference (the
+  export's validation.json): llama.cpp must compute our blocks as we do;
+- f32 greedy-generates transformers' golden ids (the reference's, for a model without golden data);
+- the chat template in the file renders, in llama.cpp's own template engine
+  (`llama_chat_apply_template`) and in llama-cpp-python's Jinja formatter, to the prompt text
+  transformers' `apply_chat_template` gives.
+
+Usage: compat_llama.py OUT_DIR BASE_DIR [CASE]   (CASE: a fixture with golden ids)
+"""
+
+import ctypes
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OUT, BASE = Path(sys.argv[1]), Path(sys.argv[2])
+REFERENCE = OUT / ".state" / "reference.bin"
+CASE = sys.argv[3] if len(sys.argv) > 3 else None
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+failures = []
+
+# f32 and f16/bf16: the validator's own tolerances, (largest max|Δ| / max(1, RMS of the reference
+# logits) or None, smallest cosine, largest mean KL in nats). llama.cpp runs with an f32 KV cache:
+# its default f16 cache alone moves f32 logits by 1e-3.
+FLOAT_BOUNDS = {
+    "f32": (1e-4, 0.999999, 1e-6),
+    "f16": (1e-1, 0.9999, 1e-3),
+    "bf16": (None, 0.999, 1e-2),
+}
+# Quantized types: llama.cpp's KL and cosine deficit may exceed candle's on the same file by this
+# factor plus a floor. Both round activations to 8 bits for quantized dot products, so the two
+# agree closely; a wrong block layout gives noise. Random weights make every 4-bit type poor
+# (candle's own figures say how poor), so fixed bars would test the weights, not llama.cpp.
+RATIO, FLOOR = 1.25, 1e-5
+
+
+def check(ok, message):
+    if not ok:
+        failures.append(message)
+
+
+def read_reference(path):
+    """The candle reference cached by `run`: u64 header length, JSON header, f32 logits."""
+    data = path.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + length])
+    logits = np.frombuffer(data[8 + length : 8 + length + 4 * header["logits"]], dtype="<f4")
+    logits = logits.reshape(len(header["input_ids"]), -1, header["vocab"])
+    rows = []
+    for b, (ids, mask) in enumerate(zip(header["input_ids"], header["attention_mask"])):
+        valid = [i for i, m in enumerate(mask) if m == 1]
+        new = header["greedy"][b][len(ids) :]
+        rows.append(([ids[i] for i in valid], logits[b, valid].astype(np.float64), new))
+    return rows
+
+
+def log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare(ours, reference):
+    """(max|Δ| / max(1, RMS), mean cosine, mean KL(reference || ours)) over positions, as the
+    validator computes them."""
+    rms = float(np.sqrt((reference**2).mean()))
+    relative = float(np.abs(ours - reference).max()) / max(1.0, rms)
+    cosine = float(np.mean((ours * reference).sum(-1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(reference, axis=-1))))
+    lp, lq = log_softmax(reference), log_softmax(ours)
+    kl = float(np.mean((np.exp(lp) * (lp - lq)).sum(-1)))
+    return relative, cosine, kl
+
+
+def golden_greedy():
+    """transformers' prompts (unpadded ids) and greedy new tokens, if CASE has golden data."""
+    if not CASE:
+        return None
+    from safetensors import safe_open
+
+    with safe_open(FIXTURES / "reference" / f"{CASE}.safetensors", "np") as f:
+        ids, mask = f.get_tensor("input_ids"), f.get_tensor("attention_mask")
+        greedy = f.get_tensor("greedy_ids")
+    width = ids.shape[1]
+    return [([int(t) for t, m in zip(row, mrow) if m == 1], greedy[b, width:].tolist()) for b, (row, mrow) in enumerate(zip(ids, mask))]
+
+
+def llama_greedy(model, prompt, count):
+    """Greedy tokens from llama.cpp's logits, decoding with its KV cache."""
+    model.reset()
+    model.eval(prompt)
+    out = []
+    for _ in range(count):
+        token = int(np.argmax(model.scores[model.n_tokens - 1]))
+        out.append(token)
+        model.eval([token])
+    return out
+
+
+def check_chat_template(model, name):
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    template = llama_cpp.llama_model_chat_template(model.model, None)
+    check(template is not None, f"{name}: llama.cpp finds no chat template in the file")
+    if template is None:
+        return
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is LoRA?"}]
+    expected = AutoTokenizer.from_pretrained(BASE).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # llama.cpp's own renderer of the template it read from the file.
+    chat = (llama_cpp.llama_chat_message * len(messages))(
+        *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in messages]
+    )
+    size = llama_cpp.llama_chat_apply_template(template, chat, len(messages), True, None, 0)
+    check(size > 0, f"{name}: llama.cpp cannot apply the file's chat template ({size})")
+    if size > 0:
+        buffer = ctypes.create_string_buffer(size + 1)
+        llama_cpp.llama_chat_apply_template(template, chat, len(messages), True, buffer, size + 1)
+        rendered = buffer.raw[:size].decode()
+        check(rendered == expected, f"{name}: llama.cpp renders {rendered!r}, transformers {expected!r}")
+    # llama-cpp-python's chat API runs the template itself, in Jinja.
+    jinja = Jinja2ChatFormatter(template.decode(), eos_token="", bos_token="")(messages=messages).prompt
+    check(jinja == expected, f"{name}: llama-cpp-python's Jinja renders {jinja!r}, transformers {expected!r}")
+
+
+def candle_figures(folder):
+    """(cosine, mean KL) our candle engine measured for this export against the same reference."""
+    report = json.loads((folder / "validation.json").read_text())
+    logits = report["exports"][0]["engines"][0]["logits"]
+    return logits["cosine"], logits["mean_kl"]
+
+
+def main():
+    from llama_cpp import Llama
+    from tokenizers import Tokenizer
+
+    reference = read_reference(REFERENCE)
+    golden = golden_greedy()
+    hf_tokenizer = Tokenizer.from_file(str(BASE / "tokenizer.json"))
+    texts = [
+        "Hello, how are you today?",
+        "用一句话解释LoRA",
+        "<|im_start|>user\nWhat does a tiny model learn?<|im_end|>\n<|im_start|>assistant\n",
+        "fn main() {\n    println!(\"{}\", 1 + 1);\n}<|endoftext|>",
+    ]
+    exports = sorted(p.parent for p in OUT.glob("gguf-*/model.gguf"))
+    check(len(exports) > 0, "no GGUF exports to check")
+    for folder in exports:
+        name, file_type = folder.name, folder.name.removeprefix("gguf-")
+        context = max(len(ids) + len(new) for ids, _, new in reference) + 8
+        model = Llama(model_path=str(folder / "model.gguf"), n_ctx=context, n_batch=context, logits_all=True,
+                      n_threads=2, verbose=False, type_k=0, type_v=0)
+        for text in texts:
+            ours = model.tokenize(text.encode(), add_bos=False, special=True)
+            theirs = hf_tokenizer.encode(text, add_special_tokens=False).ids
+            check(ours == theirs, f"{name}: llama.cpp tokenizes {text!r} as {ours}, tokenizers as {theirs}")
+        ours, theirs = [], []
+        for ids, logits, _ in reference:
+            model.reset()
+            model.eval(ids)
+            ours.append(np.array(model.scores[: len(ids)], dtype=np.float64))
+            theirs.append(logits)
+        relative, cosine, kl = compare(np.concatenate(ours), np.concatenate(theirs))
+        if file_type in FLOAT_BOUNDS:
+            max_relative, min_cosine, max_kl = FLOAT_BOUNDS[file_type]
+            bounds = f"bounds {max_relative}, {min_cosine}, {max_kl:.0e}"
+        else:
+            candle_cosine, candle_kl = candle_figures(folder)
+            max_relative = None
+            min_cosine = 1 - RATIO * (1 - candle_cosine) - FLOOR
+            max_kl = RATIO * candle_kl + FLOOR
+            bounds = f"candle on the same file: cosine {candle_cosine:.6f}, mean KL {candle_kl:.2e}"
+        if max_relative is not None:
+            check(relative <= max_relative, f"{name}: logits {relative:.2e} (relative) from the reference > {max_relative}")
+        check(cosine >= min_cosine, f"{name}: cosine {cosine:.6f} < {min_cosine:.6f} ({bounds})")
+        check(kl <= max_kl, f"{name}: mean KL {kl:.2e} > {max_kl:.2e} ({bounds})")
+        greedy = ""
+        if file_type == "f32":
+            # transformers' golden ids where the fixture has them, else the reference's.
+            cases = golden or [(ids, new) for ids, _, new in reference]
+            for row, (ids, new) in enumerate(cases):
+                out = llama_greedy(model, ids, len(new))
+                check(out == new, f"{name}: llama.cpp greedy {out} != {'transformers' if golden else 'reference'} {new}")
+            greedy = f"; greedy = {'transformers golden' if golden else 'reference'} ids ({len(cases)} prompts)"
+        check_chat_template(model, name)
+        print(f"  llama.cpp: {name} loads, tokenizes as tokenizers, logits vs reference: relative {relative:.2e}, "
+              f"cosine {cosine:.6f}, mean KL {kl:.2e} ({bounds}){greedy}; chat template renders as transformers'")
+        model.close()
+
+
+main()
+if failures:
+    print(f"{BASE.name}: {len(failures)} llama.cpp failures:")
+    for f in failures:
+        print("  -", f)
+    sys.exit(1)
+print(f"{BASE.name}: llama.cpp runs every GGUF export")
