@@ -45,7 +45,7 @@ fixtures="$PWD/tests/fixtures"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# project DIR BASE ADAPTER EXPORT... : a cargo project whose exports are `name:format:dtype`.
+# project DIR BASE ADAPTER EXPORT... : a cargo project whose exports are `name:format:dtype[:target]`.
 project() {
     local dir="$1" base="$2" adapter="$3"
     shift 3
@@ -55,9 +55,10 @@ project() {
         printf '[package]\nname = "compat"\nversion = "0.1.0"\nedition = "2021"\n\n[workspace]\n\n'
         printf '[package.metadata.model-export]\nbase = "%s"\nadapter = "%s"\nout-dir = "out"\n' "$base" "$adapter"
         for export in "$@"; do
-            IFS=: read -r name format dtype <<< "$export"
+            IFS=: read -r name format dtype target <<< "$export"
             printf '\n[[package.metadata.model-export.export]]\nname = "%s"\nformat = "%s"\ndtype = "%s"\n' \
                 "$name" "$format" "$dtype"
+            if [ -n "$target" ]; then printf 'target = "%s"\n' "$target"; fi
         done
     } > "$dir/Cargo.toml"
     # Validation has its own tests; here only the consumers judge.
@@ -103,4 +104,16 @@ project "$work/small" "$work/small-base" "$work/small-run" \
 if $llama; then
     validated "$work/small-llama" "$work/small-base" "$work/small-run" '["Hello", "用一句话解释LoRA"]'
     "$venv/bin/python" scripts/compat_llama.py "$work/small-llama/out" "$work/small-base"
+fi
+
+if $llama; then
+    echo "compat: qwen3-code (trained): our quantizers beside llama.cpp's and ONNX Runtime's own"
+    project "$work/code" "$fixtures/qwen3-code-base" "$fixtures/qwen3-code-rust-run" \
+        gguf-f32:gguf:f32 gguf-f16:gguf:f16 gguf-q8_0:gguf:q8_0 gguf-q4_0:gguf:q4_0 gguf-q4_k:gguf:q4_k \
+        gguf-q6_k:gguf:q6_k onnx-f32:onnx:f32 onnx-int4:onnx:int4 onnx-int4-ort:onnx:int4:ort onnx-int8:onnx:int8
+    # The peers' quantizers talk on stderr (llama.cpp's per-tensor fallbacks, ORT's progress).
+    if ! "$venv/bin/python" scripts/quant_peers.py "$work/code/out" 2> "$work/peers.log"; then
+        cat "$work/peers.log" >&2
+        exit 1
+    fi
 fi
