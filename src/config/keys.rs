@@ -447,6 +447,24 @@ pub const KEYS: &[KeyDoc] = &[
         example: "0.95",
         meaning: "validation: the smallest allowed top-1 agreement.",
     },
+    KeyDoc {
+        section: Section::Options,
+        name: "max-mean-kl",
+        kind: "number",
+        default: "by dtype (docs/validation.md)",
+        accepted: non_negative,
+        example: "0.05",
+        meaning: "validation: the largest allowed mean KL divergence from the reference's token distributions, in nats (on validate.text when set, else on the prompts).",
+    },
+    KeyDoc {
+        section: Section::Options,
+        name: "min-text-top1",
+        kind: "number",
+        default: "by dtype (docs/validation.md)",
+        accepted: fraction,
+        example: "0.9",
+        meaning: "validation: the smallest allowed top-1 agreement on validate.text (every position).",
+    },
 ];
 
 /// The key `query` names: a full path (`export.options.opset`), or a name unique among the

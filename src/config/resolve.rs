@@ -596,12 +596,14 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
             ("options.max-relative-error", options.max_relative_error, f64::MIN_POSITIVE, f64::INFINITY),
             ("options.min-cosine", options.min_cosine, -1.0, 1.0),
             ("options.min-top1", options.min_top1, 0.0, 1.0),
+            ("options.max-mean-kl", options.max_mean_kl, f64::MIN_POSITIVE, f64::INFINITY),
+            ("options.min-text-top1", options.min_text_top1, 0.0, 1.0),
         ] {
             if let Some(v) = value.filter(|v| !(*v >= low && *v <= high)) {
                 return Err(fail(
                     key,
                     format!("{v} is out of range"),
-                    "max-abs-error and max-relative-error must be positive; min-cosine and min-top1 are between 0 and 1",
+                    "max-abs-error, max-relative-error and max-mean-kl must be positive; min-cosine, min-top1 and min-text-top1 are between 0 and 1",
                 ));
             }
         }

@@ -135,6 +135,13 @@ pub struct ExportOptions {
     /// validation: smallest allowed top-1 agreement (0 to 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_top1: Option<f64>,
+    /// validation: largest allowed mean KL divergence from the reference (nats), on the
+    /// evaluation text if there is one, else on the prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_mean_kl: Option<f64>,
+    /// validation: smallest allowed top-1 agreement on the evaluation text (0 to 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_text_top1: Option<f64>,
 }
 
 impl ExportOptions {

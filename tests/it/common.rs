@@ -6,6 +6,12 @@ pub fn ci() -> bool {
     model_export::config::env::ci()
 }
 
+/// The lowered bars of 4-bit exports of the random-weight fixtures, as export options. On random
+/// weights every 4-bit method is poor (cosine 0.95-0.99 to the reference, whatever the scheme:
+/// docs/quantization.md); the dtype defaults come from trained weights (docs/validation.md), so
+/// the tests that quantize a random-weight model to 4 bits state these instead, for this reason.
+pub const RANDOM_WEIGHTS_4BIT: &str = "min-cosine = 0.95, min-top1 = 0.6";
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

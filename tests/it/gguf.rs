@@ -15,7 +15,7 @@ use model_export::model::ModelFolder;
 use model_export::validate::metrics::compare_logits;
 use model_export::validate::report::ValidationReport;
 
-use crate::common::{Project, fixture};
+use crate::common::{Project, RANDOM_WEIGHTS_4BIT, fixture};
 use crate::generate::reproduces_greedy_ids;
 use crate::reference::golden;
 
@@ -145,7 +145,7 @@ fn run_validates_gguf_exports_and_q8_0_reaches_cosine_0_999() {
              [[package.metadata.model-export.export]]\nname = \"gguf-f32\"\nformat = \"gguf\"\ndtype = \"f32\"\n\n\
              [[package.metadata.model-export.export]]\nname = \"gguf-q8\"\nformat = \"gguf\"\ndtype = \"q8_0\"\n\n\
              [[package.metadata.model-export.export]]\nname = \"gguf-q4k\"\nformat = \"gguf\"\ndtype = \"q4_k\"\n\
-             options = {{ min-cosine = 0.98, min-top1 = 0.85 }}\n"
+             options = {{ {RANDOM_WEIGHTS_4BIT} }}\n"
         ));
         let out = project.run(&["run"]);
         assert_eq!(out.code, 0, "{base}: {}\n{}", out.stdout, out.stderr);

@@ -124,3 +124,26 @@ fn a_text_that_cannot_be_scored_is_refused_before_anything_is_written() {
         assert!(!project.path().join("out/hf-f32").exists(), "{validate}: an export was written");
     }
 }
+
+#[test]
+fn kl_and_text_top1_bounds_fail_an_export_naming_the_figure() {
+    let project = Project::new(
+        "[package.metadata.model-export]\nbase = \"{fixtures}/qwen3-code-base\"\n\
+         adapter = \"{fixtures}/qwen3-code-rust-run\"\nout-dir = \"out\"\n\n\
+         [package.metadata.model-export.validate]\ntext = \"rust.txt\"\ntext-context = 128\ntext-chunks = 8\n\
+         engines = [\"candle\"]\n\n\
+         [[package.metadata.model-export.export]]\nname = \"q8\"\nformat = \"gguf\"\ndtype = \"q8_0\"\n\n\
+         [[package.metadata.model-export.export]]\nname = \"q8-strict\"\nformat = \"gguf\"\ndtype = \"q8_0\"\n\
+         options = { max-mean-kl = 1e-7, min-text-top1 = 0.9999 }\n",
+    );
+    std::fs::write(project.path().join("rust.txt"), rust_text().0).unwrap();
+    let out = project.run(&["run"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let report = read_report(&project);
+    let (default, strict) = (&report.exports[0], &report.exports[1]);
+    // The defaults (from trained weights) pass q8_0; the stated bars fail it, by name.
+    assert!(default.passed && default.tolerance.max_mean_kl == Some(1e-2), "{default:?}");
+    let failures = strict.engines[0].failures.join("; ");
+    assert!(!strict.passed && failures.contains("mean KL divergence on the text"), "{failures}");
+    assert!(failures.contains("top-1 agreement on the text"), "{failures}");
+}

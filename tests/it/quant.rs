@@ -5,7 +5,7 @@
 
 use model_export::validate::report::ValidationReport;
 
-use crate::common::Project;
+use crate::common::{Project, RANDOM_WEIGHTS_4BIT};
 
 const PROMPTS: &str = r#"prompts = ["Hello, how are you today?", "用一句话解释LoRA", "<|im_start|>user\nWhat does a tiny model learn?<|im_end|>\n<|im_start|>assistant\n"]
 max-new-tokens = 12"#;
@@ -63,10 +63,11 @@ fn int8_and_int4_exports_meet_their_bars_in_both_engines_and_targets() {
             ("int8", "dtype = \"int8\""),
             ("int4", "dtype = \"int4\""),
             ("int4-ort", "dtype = \"int4\"\ntarget = \"ort\""),
-            // A 4-bit head puts its error straight on the logits: this export states a lower bar.
             (
                 "int4-ort-head",
-                "dtype = \"int4\"\ntarget = \"ort\"\noptions = { embeddings = \"quantized\", min-cosine = 0.98 }",
+                &format!(
+                    "dtype = \"int4\"\ntarget = \"ort\"\noptions = {{ embeddings = \"quantized\", {RANDOM_WEIGHTS_4BIT} }}"
+                ),
             ),
             ("f32-ort", "target = \"ort\""),
         ],
@@ -101,11 +102,13 @@ fn quantized_qwen2_with_biases_and_an_untied_head() {
             ("int8-ort", "dtype = \"int8\"\ntarget = \"ort\"\noptions = { block-size = 16 }"),
             (
                 "int4-b16",
-                "dtype = \"int4\"\noptions = { block-size = 16, embeddings = \"quantized\", min-cosine = 0.95, min-top1 = 0.75 }",
+                &format!(
+                    "dtype = \"int4\"\noptions = {{ block-size = 16, embeddings = \"quantized\", {RANDOM_WEIGHTS_4BIT} }}"
+                ),
             ),
             (
                 "int4-sym",
-                "dtype = \"int4\"\noptions = { symmetric = true, min-cosine = 0.95, min-top1 = 0.6 }",
+                &format!("dtype = \"int4\"\noptions = {{ symmetric = true, {RANDOM_WEIGHTS_4BIT} }}"),
             ),
         ],
     );
@@ -141,11 +144,10 @@ fn quantized_qwen2_with_biases_and_an_untied_head() {
 
 #[test]
 fn quantization_report_lists_every_tensor_with_its_error() {
-    // Blocks of 64 trade accuracy for size: this export states its own bar.
     let project = project(
         "qwen3-tiny",
         "qwen3-tiny-run",
-        &[("int4", "dtype = \"int4\"\noptions = { block-size = 64, min-cosine = 0.98 }")],
+        &[("int4", &format!("dtype = \"int4\"\noptions = {{ block-size = 64, {RANDOM_WEIGHTS_4BIT} }}"))],
     );
     let out = project.run_env(&["run", "--skip-check"], &[("MODEL_EXPORT_VALIDATE_ENGINES", "tract")]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
