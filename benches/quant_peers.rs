@@ -40,7 +40,8 @@ fn main() {
     let fixtures = root.join("tests/fixtures");
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures.join("reference/qwen3-code.json")).unwrap()).unwrap();
-    let docs: Vec<&str> = reference["eval_rust"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    let docs: Vec<&str> =
+        reference["eval_rust"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
     let dir = support::data_dir().join("quant-peers");
     let _ = std::fs::remove_dir_all(&dir);
     let exports: String = EXPORTS
@@ -54,7 +55,9 @@ fn main() {
         &dir,
         &fixtures.join("qwen3-code-base"),
         &fixtures.join("qwen3-code-rust-run"),
-        &format!("[package.metadata.model-export.validate]\ntext = \"rust.txt\"\ntext-context = 128\ntext-chunks = 48\n{exports}"),
+        &format!(
+            "[package.metadata.model-export.validate]\ntext = \"rust.txt\"\ntext-context = 128\ntext-chunks = 48\n{exports}"
+        ),
     );
     std::fs::write(project.join("rust.txt"), docs.join("<|endoftext|>")).unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_cargo-model-export"))

@@ -6,8 +6,9 @@ one KL/perplexity routine in the engine each format is served by:
   (`llama_model_quantize`) run on our f16 file to Q8_0 / Q4_0 / Q4_K_M / Q6_K; KL against
   llama.cpp on our f32 file.
 - ONNX, in ONNX Runtime: our int4 (portable and `ort` targets) and int8 exports beside ONNX
-  Runtime's `MatMulNBitsQuantizer` (RTN, its default, and k-quant; 4 bits, block 32) and its
-  dynamic int8 quantizer, each run on our f32 export; KL against ORT on our f32 export.
+  Runtime's `MatMulNBitsQuantizer` (RTN, its default algorithm, and k-quant; 4 bits, block 32,
+  and the quantizer as it comes, block 128) and its dynamic int8 quantizer, each run on our f32
+  export; KL against ORT on our f32 export.
 
 Also checks that the f32 files' perplexity in both engines equals transformers' figure in
 `reference/qwen3-code.json` within 0.1%, and the bars our quantizers must keep (KL at most
@@ -113,12 +114,15 @@ def ort_quantize_quietly(source, target, how):
     if how == "dynamic int8":
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
         return
+    # "defaults": MatMulNBitsQuantizer as it comes (block 128), what a user who runs it gets.
+    block = 128 if how == "defaults, block 128" else 32
     config = {
         "RTN": lambda: m.RTNWeightOnlyQuantConfig(),
         "default": lambda: m.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False),
         "k-quant": lambda: m.KQuantWeightOnlyQuantConfig(),
+        "defaults, block 128": lambda: None,
     }[how]()
-    quantizer = m.MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, is_symmetric=False,
+    quantizer = m.MatMulNBitsQuantizer(onnx.load(str(source)), block_size=block, is_symmetric=False,
                                        algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
@@ -155,7 +159,7 @@ def main():
     f32 = metrics(reference, next_ids, reference)
     results["onnx"]["f32 (ours)"] = f32
     check(abs(f32["perplexity"] / golden - 1) < 1e-3, f"ORT on onnx-f32: perplexity {f32['perplexity']:.4f}, transformers {golden:.4f}")
-    for how in ["RTN", "default", "k-quant", "dynamic int8"]:
+    for how in ["RTN", "default", "k-quant", "defaults, block 128", "dynamic int8"]:
         target = work / f"ort-{how.replace(' ', '-')}.onnx"
         ort_quantize(OUT / "onnx-f32" / "model.onnx", target, how)
         peer, _ = score(ort_logits(target, rows), rows)
@@ -173,7 +177,8 @@ def main():
         for who, m in results["gguf"][dtype].items():
             print(f"| llama.cpp | {dtype} | {'**model-export**' if who == 'ours' else who} | {row(m)} |")
     onnx = results["onnx"]
-    for dtype, names in [("int4", ["onnx-int4 (ours)", "onnx-int4-ort (ours)", "ORT RTN", "ORT default", "ORT k-quant"]),
+    for dtype, names in [("int4", ["onnx-int4 (ours)", "onnx-int4-ort (ours)", "ORT RTN", "ORT default", "ORT k-quant",
+                                   "ORT defaults, block 128"]),
                          ("int8", ["onnx-int8 (ours)", "ORT dynamic int8"])]:
         for name in names:
             who = f"**model-export** `{name.removesuffix(' (ours)')}`" if name.endswith("(ours)") else name

@@ -24,5 +24,5 @@ cargo clippy --all-targets -- -D warnings
 echo "== tests"
 cargo test --all-targets
 cargo test --doc
-echo "== compatibility (safetensors, transformers, gguf, onnxruntime-genai)"
+echo "== compatibility (safetensors, transformers, gguf, onnxruntime-genai, llama.cpp; quantizers beside the peers')"
 bash scripts/compat.sh

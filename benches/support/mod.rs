@@ -3,6 +3,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+// Not every bench measures a process.
+#[allow(dead_code)]
 pub struct Measured {
     pub wall: Duration,
     pub peak_rss_bytes: u64,
@@ -10,7 +12,7 @@ pub struct Measured {
 
 /// Runs a command to completion and returns its wall time and its own peak RSS (wait4).
 // The child is reaped by wait4 itself, which also returns its resource usage.
-#[allow(clippy::zombie_processes)]
+#[allow(clippy::zombie_processes, dead_code)]
 pub fn measure(cmd: &mut Command) -> Measured {
     let started = Instant::now();
     let child = cmd.spawn().expect("command starts");
@@ -31,6 +33,8 @@ pub fn data_dir() -> std::path::PathBuf {
 
 /// A random model of `shape_name` (sharded at `shard` bytes) and a rank-16 all-linear training
 /// run beside it, generated once under `data` (seed 42): (base, run).
+// Not every bench uses a random model.
+#[allow(dead_code)]
 pub fn bench_model(
     data: &std::path::Path,
     shape_name: &str,

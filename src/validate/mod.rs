@@ -38,7 +38,7 @@ use tolerance::Tolerance;
 
 /// What a recorded validation result was judged by; changing the reference or the tolerances
 /// changes it, so a re-run validates again instead of reporting an old verdict.
-pub const METHOD: &str = "unmerged reference; scale-relative tolerances; verdicts (2)";
+pub const METHOD: &str = "unmerged reference; scale-relative tolerances; verdicts (2); KL bars";
 
 /// The reference run every export is compared with.
 pub struct Reference {
