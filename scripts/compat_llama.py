@@ -9,6 +9,9 @@ llama-cpp-python, which builds the llama.cpp it vendors). For each gguf-* export
   validator's f32/f16 tolerances; quantized types by cosine and mean KL divergence, bounded per
   type by what our candle engine measured on the same file against the same reference (the
   export's validation.json): llama.cpp must compute our blocks as we do;
+- each quantized type's blocks are byte-identical to what llama.cpp's own quantizer
+  (`llama_model_quantize` to Q8_0 / Q4_0 / Q4_K_M / Q6_K, no importance matrix) makes of our f32
+  file, and its KL is at most 1.05x that of the same quantizer run on our f16 file;
 - f32 greedy-generates transformers' golden ids (the reference's, for a model without golden data);
 - the chat template in the file renders, in llama.cpp's own template engine
   (`llama_chat_apply_template`) and in llama-cpp-python's Jinja formatter, to the prompt text
@@ -17,8 +20,10 @@ llama-cpp-python, which builds the llama.cpp it vendors). For each gguf-* export
 Usage: compat_llama.py OUT_DIR BASE_DIR [CASE]   (CASE: a fixture with golden ids)
 """
 
+import contextlib
 import ctypes
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -134,6 +139,86 @@ def check_chat_template(model, name):
     check(jinja == expected, f"{name}: llama-cpp-python's Jinja renders {jinja!r}, transformers {expected!r}")
 
 
+# llama.cpp's file types for ours, and how much worse than theirs ours may be (issue: 1.05x).
+PEER_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k": "Q4_K_M", "q6_k": "Q6_K"}
+PEER_RATIO = 1.05
+
+
+def figures(model, reference):
+    """(relative, cosine, mean KL) of a loaded model's logits of the reference prompts."""
+    ours, theirs = [], []
+    for ids, logits, _ in reference:
+        model.reset()
+        model.eval(ids)
+        ours.append(np.array(model.scores[: len(ids)], dtype=np.float64))
+        theirs.append(logits)
+    return compare(np.concatenate(ours), np.concatenate(theirs))
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """llama.cpp's quantizer reports every fallback on the process's stderr: silence it."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def llama_quantize(source, file_type, target):
+    """llama.cpp's own quantizer (`llama_model_quantize`) run on `source` to `file_type`'s type."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{PEER_TYPES[file_type]}")
+    params.nthread = 2
+    with quiet_stderr():
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    check(status == 0, f"llama_model_quantize to {PEER_TYPES[file_type]} returned {status}")
+
+
+def peer_figures(f16_file, file_type, reference, context):
+    """The figures of llama.cpp's own quantization of `f16_file` to `file_type`'s llama.cpp type."""
+    import tempfile
+
+    from llama_cpp import Llama
+
+    with tempfile.TemporaryDirectory() as work:
+        target = Path(work) / "peer.gguf"
+        llama_quantize(f16_file, file_type, target)
+        model = Llama(model_path=str(target), n_ctx=context, n_batch=context, logits_all=True, n_threads=2,
+                      verbose=False, type_k=0, type_v=0)
+        result = figures(model, reference)
+        model.close()
+    return result
+
+
+def same_blocks(ours_file, f32_file, file_type):
+    """How many of our quantized tensors are byte for byte what llama.cpp's own quantizer makes of
+    our f32 file, and the names of those that are not."""
+    import tempfile
+
+    import gguf
+
+    with tempfile.TemporaryDirectory() as work:
+        target = Path(work) / "peer.gguf"
+        llama_quantize(f32_file, file_type, target)
+        theirs = {t.name: t for t in gguf.GGUFReader(target).tensors}
+        same, different = 0, []
+        for t in gguf.GGUFReader(ours_file).tensors:
+            if t.tensor_type.name in ("F32", "F16", "BF16"):
+                continue
+            peer = theirs.get(t.name)
+            if peer is not None and peer.tensor_type == t.tensor_type and np.asarray(peer.data).tobytes() == np.asarray(t.data).tobytes():
+                same += 1
+            else:
+                different.append(t.name)
+    return same, different
+
+
 def candle_figures(folder):
     """(cosine, mean KL) our candle engine measured for this export against the same reference."""
     report = json.loads((folder / "validation.json").read_text())
@@ -165,13 +250,7 @@ def main():
             ours = model.tokenize(text.encode(), add_bos=False, special=True)
             theirs = hf_tokenizer.encode(text, add_special_tokens=False).ids
             check(ours == theirs, f"{name}: llama.cpp tokenizes {text!r} as {ours}, tokenizers as {theirs}")
-        ours, theirs = [], []
-        for ids, logits, _ in reference:
-            model.reset()
-            model.eval(ids)
-            ours.append(np.array(model.scores[: len(ids)], dtype=np.float64))
-            theirs.append(logits)
-        relative, cosine, kl = compare(np.concatenate(ours), np.concatenate(theirs))
+        relative, cosine, kl = figures(model, reference)
         if file_type in FLOAT_BOUNDS:
             max_relative, min_cosine, max_kl = FLOAT_BOUNDS[file_type]
             bounds = f"bounds {max_relative}, {min_cosine}, {max_kl:.0e}"
@@ -181,6 +260,14 @@ def main():
             min_cosine = 1 - RATIO * (1 - candle_cosine) - FLOOR
             max_kl = RATIO * candle_kl + FLOOR
             bounds = f"candle on the same file: cosine {candle_cosine:.6f}, mean KL {candle_kl:.2e}"
+            # llama.cpp's own quantizer on our f16 file, measured the same way: ours may not be worse.
+            peer_kl = peer_figures(OUT / "gguf-f16" / "model.gguf", file_type, reference, context)[2]
+            bounds += f"; llama.cpp's own {PEER_TYPES[file_type]} of our f16 file: mean KL {peer_kl:.2e}"
+            check(kl <= PEER_RATIO * peer_kl + FLOOR,
+                  f"{name}: mean KL {kl:.2e} > {PEER_RATIO} x llama.cpp's own {PEER_TYPES[file_type]} ({peer_kl:.2e})")
+            same, different = same_blocks(folder / "model.gguf", OUT / "gguf-f32" / "model.gguf", file_type)
+            check(not different, f"{name}: {different} differ from llama.cpp's own {PEER_TYPES[file_type]} of our f32 file")
+            bounds += f"; {same} quantized tensors byte-identical to its {PEER_TYPES[file_type]} of our f32 file"
         if max_relative is not None:
             check(relative <= max_relative, f"{name}: logits {relative:.2e} (relative) from the reference > {max_relative}")
         check(cosine >= min_cosine, f"{name}: cosine {cosine:.6f} < {min_cosine:.6f} ({bounds})")

@@ -33,9 +33,13 @@ pub fn quantize_rows(
     width: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), RuntimeError> {
+    // llama-quantize's scale searches rather than candle's older ones (see quant::q4k, q6k).
     if format == GgmlDType::Q4K {
-        // llama-quantize's scale search rather than candle's older one (see quant::q4k).
         crate::quant::q4k::quantize(rows, out);
+        return Ok(());
+    }
+    if format == GgmlDType::Q6K {
+        crate::quant::q6k::quantize(rows, out);
         return Ok(());
     }
     let parts: Vec<Vec<u8>> = rows

@@ -17,6 +17,7 @@
 pub mod blocks;
 pub mod int8;
 pub mod q4k;
+pub mod q6k;
 pub mod report;
 pub mod stats;
 

@@ -147,3 +147,32 @@ fn kl_and_text_top1_bounds_fail_an_export_naming_the_figure() {
     assert!(!strict.passed && failures.contains("mean KL divergence on the text"), "{failures}");
     assert!(failures.contains("top-1 agreement on the text"), "{failures}");
 }
+
+/// The presets state no tolerances: their exports are judged by the dtype defaults chosen from
+/// trained weights, and on the trained fixture they pass them.
+#[test]
+fn preset_exports_pass_the_defaults_from_trained_weights() {
+    for (preset, expected) in [
+        ("llama-cpp", vec![("gguf-q4_k", 0.1), ("gguf-q8_0", 1e-2)]),
+        ("onnx-cpu", vec![("onnx-int4-ort", 0.1), ("onnx-f32", 1e-6)]),
+    ] {
+        let project = Project::new(&format!(
+            "[package.metadata.model-export]\nbase = \"{{fixtures}}/qwen3-code-base\"\n\
+             adapter = \"{{fixtures}}/qwen3-code-rust-run\"\nout-dir = \"out\"\npreset = \"{preset}\"\n\n\
+             [package.metadata.model-export.validate]\ntext = \"rust.txt\"\ntext-context = 128\ntext-chunks = 16\n"
+        ));
+        std::fs::write(project.path().join("rust.txt"), rust_text().0).unwrap();
+        let out = project.run(&["run"]);
+        assert_eq!(out.code, 0, "{preset}: {}\n{}", out.stdout, out.stderr);
+        let report = read_report(&project);
+        for (name, max_kl) in expected {
+            let e = report
+                .exports
+                .iter()
+                .find(|e| e.export == name)
+                .unwrap_or_else(|| panic!("{preset}: {name}"));
+            assert_eq!(e.tolerance.max_mean_kl, Some(max_kl), "{preset} {name}");
+            assert!(e.passed && e.engines.iter().all(|r| r.text.is_some()), "{preset} {name}: {e:?}");
+        }
+    }
+}
