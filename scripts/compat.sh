@@ -45,7 +45,8 @@ fixtures="$PWD/tests/fixtures"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# project DIR BASE ADAPTER EXPORT... : a cargo project whose exports are `name:format:dtype[:target]`.
+# project DIR BASE ADAPTER EXPORT... : a cargo project whose exports are `name:format:dtype[:target]`
+# (ADAPTER `-`: the base alone).
 project() {
     local dir="$1" base="$2" adapter="$3"
     shift 3
@@ -53,7 +54,8 @@ project() {
     : > "$dir/src/lib.rs"
     {
         printf '[package]\nname = "compat"\nversion = "0.1.0"\nedition = "2021"\n\n[workspace]\n\n'
-        printf '[package.metadata.model-export]\nbase = "%s"\nadapter = "%s"\nout-dir = "out"\n' "$base" "$adapter"
+        printf '[package.metadata.model-export]\nbase = "%s"\nout-dir = "out"\n' "$base"
+        if [ "$adapter" != "-" ]; then printf 'adapter = "%s"\n' "$adapter"; fi
         for export in "$@"; do
             IFS=: read -r name format dtype target <<< "$export"
             printf '\n[[package.metadata.model-export.export]]\nname = "%s"\nformat = "%s"\ndtype = "%s"\n' \
@@ -108,12 +110,17 @@ fi
 
 if $llama; then
     echo "compat: qwen3-code (trained): our quantizers beside llama.cpp's and ONNX Runtime's own"
-    project "$work/code" "$fixtures/qwen3-code-base" "$fixtures/qwen3-code-rust-run" \
-        gguf-f32:gguf:f32 gguf-f16:gguf:f16 gguf-q8_0:gguf:q8_0 gguf-q4_0:gguf:q4_0 gguf-q4_k:gguf:q4_k \
-        gguf-q6_k:gguf:q6_k onnx-f32:onnx:f32 onnx-int4:onnx:int4 onnx-int4-ort:onnx:int4:ort onnx-int8:onnx:int8
-    # The peers' quantizers talk on stderr (llama.cpp's per-tensor fallbacks, ORT's progress).
-    if ! "$venv/bin/python" scripts/quant_peers.py "$work/code/out" 2> "$work/peers.log"; then
-        cat "$work/peers.log" >&2
-        exit 1
-    fi
+    code_exports=(gguf-f32:gguf:f32 gguf-f16:gguf:f16 gguf-q8_0:gguf:q8_0 gguf-q4_0:gguf:q4_0 gguf-q4_k:gguf:q4_k
+        gguf-q6_k:gguf:q6_k onnx-f32:onnx:f32 onnx-int4:onnx:int4 onnx-int4-ort:onnx:int4:ort onnx-int8:onnx:int8)
+    # The merged model on held-out Rust, and the base alone on held-out Python: two trained models.
+    project "$work/code" "$fixtures/qwen3-code-base" "$fixtures/qwen3-code-rust-run" "${code_exports[@]}"
+    project "$work/code-base" "$fixtures/qwen3-code-base" - "${code_exports[@]}"
+    for case in code:rust code-base:python; do
+        IFS=: read -r dir text <<< "$case"
+        # The peers' quantizers talk on stderr (llama.cpp's per-tensor fallbacks, ORT's progress).
+        if ! "$venv/bin/python" scripts/quant_peers.py "$work/$dir/out" "$text" 2> "$work/peers.log"; then
+            cat "$work/peers.log" >&2
+            exit 1
+        fi
+    done
 fi

@@ -15,7 +15,9 @@ Also checks that the f32 files' perplexity in both engines equals transformers' 
 1.05x llama.cpp's for q8_0 and q4_k, at most ORT's RTN and dynamic int8, within 1.1x its k-quant).
 Writes the table (Markdown) to stdout and the figures to OUT_DIR/quant-peers.json.
 
-Usage: quant_peers.py OUT_DIR   (the exports of scripts/compat.sh's `code` project)
+Usage: quant_peers.py OUT_DIR [TEXT]   (the exports of scripts/compat.sh's `code` project)
+TEXT: `rust` (default: the merged model on held-out Rust) or `python` (the base model alone, its
+exports made without the adapter, on held-out Python: a second trained model and text).
 """
 
 import contextlib
@@ -27,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(sys.argv[1])
+TEXT = sys.argv[2] if len(sys.argv) > 2 else "rust"
+GOLDEN_PERPLEXITY = {"rust": "ppl_merged_rust", "python": "ppl_base_python"}[TEXT]
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 failures = []
 
@@ -133,9 +137,9 @@ def main():
     from safetensors import safe_open
 
     with safe_open(FIXTURES / "reference" / "qwen3-code.safetensors", "np") as f:
-        rows = f.get_tensor("eval_rust_ids").astype(np.int64)
-    golden = json.loads((FIXTURES / "reference" / "qwen3-code.json").read_text())["stats"]["ppl_merged_rust"]
-    results = {"text": f"eval_rust_ids ({rows.shape[0]} x {rows.shape[1]} tokens)", "transformers_perplexity": golden,
+        rows = f.get_tensor(f"eval_{TEXT}_ids").astype(np.int64)
+    golden = json.loads((FIXTURES / "reference" / "qwen3-code.json").read_text())["stats"][GOLDEN_PERPLEXITY]
+    results = {"text": f"eval_{TEXT}_ids ({rows.shape[0]} x {rows.shape[1]} tokens)", "transformers_perplexity": golden,
                "gguf": {}, "onnx": {}}
     work = Path(tempfile.mkdtemp(prefix="quant-peers-"))
 
@@ -169,7 +173,8 @@ def main():
         results["onnx"][f"{name} (ours)"] = metrics(ours, next_ids, reference)
 
     (OUT / "quant-peers.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"Held-out Rust text: {results['text']}; transformers' perplexity of the merged model {golden:.4f}.\n")
+    model = "the merged model" if TEXT == "rust" else "the base model"
+    print(f"Held-out {TEXT} text: {results['text']}; transformers' perplexity of {model} {golden:.4f}.\n")
     print("| engine | type | quantizer | mean KL | KL p99 | same top-1 | perplexity |")
     print("|---|---|---|---|---|---|---|")
     row = lambda m: f"{m['mean_kl']:.2e} | {m['kl_p99']:.2e} | {100 * m['top1']:.1f}% | {m['perplexity']:.2f}"
