@@ -226,6 +226,23 @@ def candle_figures(folder):
     return logits["cosine"], logits["mean_kl"]
 
 
+def quantized_bounds(folder, file_type, kl, reference, context):
+    """(smallest cosine, largest mean KL, what they come from) for a quantized file: candle's
+    figures on the same file; and, checked here, llama.cpp's own quantizer: its blocks of our f32
+    file byte for byte, its KL on our f16 file at most 1/1.05 of ours."""
+    candle_cosine, candle_kl = candle_figures(folder)
+    bounds = f"candle on the same file: cosine {candle_cosine:.6f}, mean KL {candle_kl:.2e}"
+    peer = PEER_TYPES[file_type]
+    peer_kl = peer_figures(OUT / "gguf-f16" / "model.gguf", file_type, reference, context)[2]
+    bounds += f"; llama.cpp's own {peer} of our f16 file: mean KL {peer_kl:.2e}"
+    check(kl <= PEER_RATIO * peer_kl + FLOOR,
+          f"{folder.name}: mean KL {kl:.2e} > {PEER_RATIO} x llama.cpp's own {peer} ({peer_kl:.2e})")
+    same, different = same_blocks(folder / "model.gguf", OUT / "gguf-f32" / "model.gguf", file_type)
+    check(not different, f"{folder.name}: {different} differ from llama.cpp's own {peer} of our f32 file")
+    bounds += f"; {same} quantized tensors byte-identical to its {peer} of our f32 file"
+    return 1 - RATIO * (1 - candle_cosine) - FLOOR, RATIO * candle_kl + FLOOR, bounds
+
+
 def main():
     from llama_cpp import Llama
     from tokenizers import Tokenizer
@@ -255,19 +272,8 @@ def main():
             max_relative, min_cosine, max_kl = FLOAT_BOUNDS[file_type]
             bounds = f"bounds {max_relative}, {min_cosine}, {max_kl:.0e}"
         else:
-            candle_cosine, candle_kl = candle_figures(folder)
             max_relative = None
-            min_cosine = 1 - RATIO * (1 - candle_cosine) - FLOOR
-            max_kl = RATIO * candle_kl + FLOOR
-            bounds = f"candle on the same file: cosine {candle_cosine:.6f}, mean KL {candle_kl:.2e}"
-            # llama.cpp's own quantizer on our f16 file, measured the same way: ours may not be worse.
-            peer_kl = peer_figures(OUT / "gguf-f16" / "model.gguf", file_type, reference, context)[2]
-            bounds += f"; llama.cpp's own {PEER_TYPES[file_type]} of our f16 file: mean KL {peer_kl:.2e}"
-            check(kl <= PEER_RATIO * peer_kl + FLOOR,
-                  f"{name}: mean KL {kl:.2e} > {PEER_RATIO} x llama.cpp's own {PEER_TYPES[file_type]} ({peer_kl:.2e})")
-            same, different = same_blocks(folder / "model.gguf", OUT / "gguf-f32" / "model.gguf", file_type)
-            check(not different, f"{name}: {different} differ from llama.cpp's own {PEER_TYPES[file_type]} of our f32 file")
-            bounds += f"; {same} quantized tensors byte-identical to its {PEER_TYPES[file_type]} of our f32 file"
+            min_cosine, max_kl, bounds = quantized_bounds(folder, file_type, kl, reference, context)
         if max_relative is not None:
             check(relative <= max_relative, f"{name}: logits {relative:.2e} (relative) from the reference > {max_relative}")
         check(cosine >= min_cosine, f"{name}: cosine {cosine:.6f} < {min_cosine:.6f} ({bounds})")
