@@ -451,6 +451,18 @@ pub struct TextArgs {
     pub text_chunks: Option<u32>,
 }
 
+impl TextArgs {
+    /// `overrides` with these flags added.
+    pub fn apply(&self, overrides: Overrides) -> Overrides {
+        Overrides {
+            text: self.text.clone(),
+            text_context: self.text_context,
+            text_chunks: self.text_chunks,
+            ..overrides
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     #[command(flatten)]

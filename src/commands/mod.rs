@@ -67,14 +67,11 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Merge(args) => merge::run(&ctx, args),
         Command::Run(args) => {
-            let overrides = Overrides {
+            let overrides = args.text.apply(Overrides {
                 max_memory: args.max_memory.clone(),
                 jobs: args.jobs,
-                text: args.text.text.clone(),
-                text_context: args.text.text_context,
-                text_chunks: args.text.text_chunks,
                 ..(&args.overrides).into()
-            };
+            });
             let flags = run::RunFlags {
                 skip_check: args.skip_check,
                 no_validate: args.no_validate,
@@ -87,13 +84,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             run::run(&ctx, &overrides, flags)
         }
         Command::Validate(args) => {
-            let overrides = Overrides {
-                text: args.text.text.clone(),
-                text_context: args.text.text_context,
-                text_chunks: args.text.text_chunks,
-                ..(&args.overrides).into()
-            };
-            validate::run(&ctx, &overrides, args.allow_unverified)
+            validate::run(&ctx, &args.text.apply((&args.overrides).into()), args.allow_unverified)
         }
         Command::Bench(args) => bench::run(&ctx, args),
         Command::Generate(args) => generate::run(&ctx, args),
