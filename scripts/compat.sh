@@ -94,7 +94,7 @@ for case in qwen3-tiny:qwen3-tiny-run qwen2-tiny:qwen2-tiny-adapter; do
         prompts="$("$venv/bin/python" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["prompts"]))' \
             "$fixtures/reference/$base.json")"
         validated "$work/$base-llama" "$fixtures/$base" "$fixtures/$adapter" "$prompts"
-        "$venv/bin/python" scripts/compat_llama.py "$work/$base-llama/out" "$fixtures/$base" "$base"
+        "$venv/bin/python" scripts/compat_llama.py "$work/$base-llama/out" "$fixtures/$base" "$prompts" "$base"
     fi
 done
 
@@ -104,8 +104,9 @@ project "$work/small" "$work/small-base" "$work/small-run" \
     hf-f32:safetensors:f32 hf-f16:safetensors:f16 "${gguf_all[@]}"
 "$venv/bin/python" scripts/compat.py "$work/small/out" "$work/small-base"
 if $llama; then
-    validated "$work/small-llama" "$work/small-base" "$work/small-run" '["Hello", "用一句话解释LoRA"]'
-    "$venv/bin/python" scripts/compat_llama.py "$work/small-llama/out" "$work/small-base"
+    prompts='["Hello", "用一句话解释LoRA"]'
+    validated "$work/small-llama" "$work/small-base" "$work/small-run" "$prompts"
+    "$venv/bin/python" scripts/compat_llama.py "$work/small-llama/out" "$work/small-base" "$prompts"
 fi
 
 if $llama; then

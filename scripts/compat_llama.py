@@ -2,8 +2,9 @@
 llama-cpp-python, which builds the llama.cpp it vendors). For each gguf-* export in OUT_DIR:
 
 - llama.cpp loads the file;
-- it tokenizes the validation prompts, the chat-rendered prompt and code with special tokens
-  (`special=True`, no added bos) to the ids the `tokenizers` package gives;
+- it tokenizes the validation prompts (and Chinese, a chat-rendered prompt and code with special
+  tokens; `special=True`, no added bos) to the ids the `tokenizers` package gives, and the
+  prompts to the ids our reference ran;
 - its logits of the prompts (`logits_all`) are compared with our candle reference's (the
   `.state/reference.bin` the validated run of OUT_DIR cached): f32 and f16/bf16 within the
   validator's f32/f16 tolerances; quantized types by cosine and mean KL divergence, bounded per
@@ -17,7 +18,8 @@ llama-cpp-python, which builds the llama.cpp it vendors). For each gguf-* export
   (`llama_chat_apply_template`) and in llama-cpp-python's Jinja formatter, to the prompt text
   transformers' `apply_chat_template` gives.
 
-Usage: compat_llama.py OUT_DIR BASE_DIR [CASE]   (CASE: a fixture with golden ids)
+Usage: compat_llama.py OUT_DIR BASE_DIR PROMPTS_JSON [CASE]
+  PROMPTS_JSON: the validation prompts the run's reference was made of; CASE: a fixture with golden ids
 """
 
 import contextlib
@@ -32,7 +34,8 @@ import numpy as np
 
 OUT, BASE = Path(sys.argv[1]), Path(sys.argv[2])
 REFERENCE = OUT / ".state" / "reference.bin"
-CASE = sys.argv[3] if len(sys.argv) > 3 else None
+PROMPTS = json.loads(sys.argv[3])
+CASE = sys.argv[4] if len(sys.argv) > 4 else None
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 failures = []
 
@@ -250,8 +253,7 @@ def main():
     reference = read_reference(REFERENCE)
     golden = golden_greedy()
     hf_tokenizer = Tokenizer.from_file(str(BASE / "tokenizer.json"))
-    texts = [
-        "Hello, how are you today?",
+    texts = PROMPTS + [
         "用一句话解释LoRA",
         "<|im_start|>user\nWhat does a tiny model learn?<|im_end|>\n<|im_start|>assistant\n",
         "fn main() {\n    println!(\"{}\", 1 + 1);\n}<|endoftext|>",
@@ -267,6 +269,9 @@ def main():
             ours = model.tokenize(text.encode(), add_bos=False, special=True)
             theirs = hf_tokenizer.encode(text, add_special_tokens=False).ids
             check(ours == theirs, f"{name}: llama.cpp tokenizes {text!r} as {ours}, tokenizers as {theirs}")
+        for prompt, (ids, _, _) in zip(PROMPTS, reference, strict=True):
+            ours = model.tokenize(prompt.encode(), add_bos=False, special=True)
+            check(ours == ids, f"{name}: llama.cpp tokenizes {prompt!r} as {ours}, our reference ran {ids}")
         relative, cosine, kl = figures(model, reference)
         if file_type in FLOAT_BOUNDS:
             max_relative, min_cosine, max_kl = FLOAT_BOUNDS[file_type]
