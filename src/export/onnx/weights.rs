@@ -196,7 +196,7 @@ impl<'a> WeightWriter<'a> {
         let rows_done = first_row + values.len() / cols;
         if transposed {
             let encoded = self.encode_float(storage, values);
-            let width = encoded.len() / values.len().max(1);
+            let width = if storage == Storage::F16 { 2 } else { 4 };
             if first_row == 0 {
                 self.pending = vec![0; rows * cols * width];
             }
