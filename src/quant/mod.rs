@@ -16,6 +16,7 @@
 
 pub mod blocks;
 pub mod int8;
+mod kquant;
 pub mod q4k;
 pub mod q6k;
 pub mod report;

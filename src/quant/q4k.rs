@@ -9,20 +9,12 @@
 //! 128 bytes of 4-bit codes (the low nibbles hold values 0..32 of each 64, the high 32..64).
 
 use half::f16;
-use rayon::prelude::*;
+
+use super::kquant::{encode_blocks, nearest};
 
 pub const BLOCK: usize = 256;
 pub const BLOCK_BYTES: usize = 144;
 const SUB: usize = 32;
-
-/// ggml's `nearest_int`: round half to even, by adding 1.5 * 2^23 and reading the mantissa
-/// (exact for |x| < 2^22, which every use here is; `round_ties_even` is a libm call on x86-64
-/// without SSE4.1 and dominated the search).
-#[inline(always)]
-pub(super) fn nearest(x: f32) -> i32 {
-    let shifted = x + 12_582_912.0;
-    (shifted.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
-}
 
 /// Sub-blocks per block, searched side by side: lane `j` holds sub-block `j`, so each lane
 /// keeps ggml's sequential order of operations (identical results) while the compiler
@@ -218,16 +210,7 @@ fn quantize_block(x: &[f32], out: &mut [u8]) {
 /// Appends the q4_k blocks of `values` (a whole number of 256-value blocks, rows laid end to
 /// end), computed in parallel.
 pub fn quantize(values: &[f32], out: &mut Vec<u8>) {
-    debug_assert!(values.len().is_multiple_of(BLOCK));
-    let start = out.len();
-    out.resize(start + values.len() / BLOCK * BLOCK_BYTES, 0);
-    out[start..].par_chunks_mut(BLOCK_BYTES * 64).zip(values.par_chunks(BLOCK * 64)).for_each(
-        |(bytes, x)| {
-            for (block, x) in bytes.chunks_exact_mut(BLOCK_BYTES).zip(x.chunks_exact(BLOCK)) {
-                quantize_block(x, block);
-            }
-        },
-    );
+    encode_blocks(values, out, BLOCK, BLOCK_BYTES, quantize_block);
 }
 
 #[cfg(test)]

@@ -12,9 +12,8 @@
 //! high byte `l` the top two bits of values `l`, `l + 32`, `l + 64`, `l + 96`.
 
 use half::f16;
-use rayon::prelude::*;
 
-use super::q4k::nearest;
+use super::kquant::{encode_blocks, nearest};
 
 pub const BLOCK: usize = 256;
 pub const BLOCK_BYTES: usize = 210;
@@ -121,16 +120,7 @@ fn quantize_block(x: &[f32], out: &mut [u8]) {
 /// Appends the q6_k blocks of `values` (a whole number of 256-value blocks, rows laid end to
 /// end), computed in parallel.
 pub fn quantize(values: &[f32], out: &mut Vec<u8>) {
-    debug_assert!(values.len().is_multiple_of(BLOCK));
-    let start = out.len();
-    out.resize(start + values.len() / BLOCK * BLOCK_BYTES, 0);
-    out[start..].par_chunks_mut(BLOCK_BYTES * 64).zip(values.par_chunks(BLOCK * 64)).for_each(
-        |(bytes, x)| {
-            for (block, x) in bytes.chunks_exact_mut(BLOCK_BYTES).zip(x.chunks_exact(BLOCK)) {
-                quantize_block(x, block);
-            }
-        },
-    );
+    encode_blocks(values, out, BLOCK, BLOCK_BYTES, quantize_block);
 }
 
 #[cfg(test)]
