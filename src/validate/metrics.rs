@@ -29,22 +29,33 @@ pub struct LogitMetrics {
     pub mean_kl: f64,
 }
 
-/// KL(p || q) of the softmax distributions of two rows of logits, in nats.
-pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    let log_sum = |row: &[f32]| {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        f64::from(max) + row.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln()
-    };
-    let (lp, lq) = (log_sum(p_logits), log_sum(q_logits));
-    let kl: f64 = p_logits
+/// `log Σ exp(row)`, summed in f64 around the row's largest value.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    f64::from(max) + row.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln()
+}
+
+/// KL(p || q) in nats of the distributions whose log-probabilities are `p - lp` and `q - lq`.
+fn kl_shifted(p: &[f32], lp: f64, q: &[f32], lq: f64) -> f64 {
+    let kl: f64 = p
         .iter()
-        .zip(q_logits)
+        .zip(q)
         .map(|(&p, &q)| {
             let log_p = f64::from(p) - lp;
             log_p.exp() * (log_p - (f64::from(q) - lq))
         })
         .sum();
     kl.max(0.0)
+}
+
+/// KL(p || q) of the softmax distributions of two rows of logits, in nats.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    kl_shifted(p_logits, log_sum_exp(p_logits), q_logits, log_sum_exp(q_logits))
+}
+
+/// KL(p || q) of two rows of log-probabilities, in nats.
+pub fn kl_of_log_probs(p: &[f32], q: &[f32]) -> f64 {
+    kl_shifted(p, 0.0, q, 0.0)
 }
 
 fn top2_margin(values: &[f32]) -> f32 {

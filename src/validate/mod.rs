@@ -313,6 +313,11 @@ pub fn validate_export(
     let parts = crate::pipeline::memory::ModelParts::of(base, 0);
     let export_bytes = folder_bytes(dir);
     let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
+    // The reference's text scores stay held while each engine runs.
+    let text_memory = reference
+        .text
+        .as_ref()
+        .map_or(0, |t| crate::pipeline::memory::text(t.text.scored() as u64, t.vocab as u64));
     let mut results = Vec::new();
     for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
         let skipped = |why: String| EngineResult {
@@ -325,10 +330,6 @@ pub fn validate_export(
             passed: false,
             failures: Vec::new(),
         };
-        let text_memory = reference
-            .text
-            .as_ref()
-            .map_or(0, |t| crate::pipeline::memory::text(t.text.scored() as u64, t.vocab as u64));
         let needed = crate::pipeline::memory::engine(
             spec,
             engine,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::metrics::{kl_of_log_probs, log_sum_exp};
 use crate::error::{ConfigError, Error, ModelError};
 use crate::runtime::Batch;
 use crate::runtime::generate::argmax;
@@ -119,11 +120,9 @@ impl EvalText {
 
 /// log-softmax of one row of logits, in f64 sums.
 fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&v| f64::from(v - max).exp()).sum();
-    let log_sum = sum.ln() as f32;
+    let log_sum = log_sum_exp(logits);
     out.clear();
-    out.extend(logits.iter().map(|&v| v - max - log_sum));
+    out.extend(logits.iter().map(|&v| (f64::from(v) - log_sum) as f32));
 }
 
 /// The reference's scores of the text: log-probabilities at every scored position.
@@ -232,9 +231,7 @@ pub fn score_export(
     let (mut total, mut agree) = (0.0f64, 0usize);
     score_with(&reference.text, vocab, forward, &mut |index, ours, next| {
         let theirs = &reference.log_probs[index * vocab..(index + 1) * vocab];
-        let divergence: f64 =
-            theirs.iter().zip(ours).map(|(&r, &o)| f64::from(r).exp() * f64::from(r - o)).sum();
-        kl.push(divergence.max(0.0));
+        kl.push(kl_of_log_probs(theirs, ours));
         total += nll(ours, next);
         agree += usize::from(argmax(ours) == argmax(theirs));
     })?;
