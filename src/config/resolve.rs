@@ -241,6 +241,22 @@ pub fn resolve(
     let validate_value = |get: &dyn Fn(&super::table::ValidateLayer) -> bool| {
         layers.iter().find(|l| l.table.validate.as_ref().is_some_and(get))
     };
+    // A `validate.*` whole number below `min` is refused with `message` and `help`; else it
+    // comes with the layer that set it.
+    let whole = |key: &str,
+                 get: fn(&super::table::ValidateLayer) -> Option<u32>,
+                 min: u32,
+                 message: &str,
+                 help: &str|
+     -> Result<Option<Sourced<u32>>, ConfigError> {
+        let Some(l) = validate_value(&|v| get(v).is_some()) else { return Ok(None) };
+        let n = l.table.validate.as_ref().and_then(get).unwrap_or_default();
+        let key = format!("validate.{key}");
+        if n < min {
+            return Err(invalid(l, &key, message.into(), help.into()));
+        }
+        Ok(Some(Sourced::new(n, l.source(&key))))
+    };
     let prompts = match validate_value(&|v| v.prompts.is_some()) {
         Some(l) => {
             let prompts = l.table.validate.as_ref().and_then(|v| v.prompts.clone()).unwrap_or_default();
@@ -272,21 +288,9 @@ pub fn resolve(
         }
         None => Sourced::new(Engine::ALL.to_vec(), Source::Default),
     };
-    let max_new_tokens = match validate_value(&|v| v.max_new_tokens.is_some()) {
-        Some(l) => {
-            let n = l.table.validate.as_ref().and_then(|v| v.max_new_tokens).unwrap_or_default();
-            if n == 0 {
-                return Err(invalid(
-                    l,
-                    "validate.max-new-tokens",
-                    "must be at least 1".into(),
-                    "use e.g. 16".into(),
-                ));
-            }
-            Sourced::new(n, l.source("validate.max-new-tokens"))
-        }
-        None => Sourced::new(DEFAULT_MAX_NEW_TOKENS, Source::Default),
-    };
+    let max_new_tokens =
+        whole("max-new-tokens", |v| v.max_new_tokens, 1, "must be at least 1", "use e.g. 16")?
+            .unwrap_or_else(|| Sourced::new(DEFAULT_MAX_NEW_TOKENS, Source::Default));
     let chat_template = match validate_value(&|v| v.chat_template.is_some()) {
         Some(l) => Sourced::new(
             l.table.validate.as_ref().and_then(|v| v.chat_template).unwrap_or_default(),
@@ -313,34 +317,17 @@ pub fn resolve(
         }
         None => Sourced::new(None, Source::Default),
     };
-    let text_context = match validate_value(&|v| v.text_context.is_some()) {
-        Some(l) => {
-            let n = l.table.validate.as_ref().and_then(|v| v.text_context).unwrap_or_default();
-            if n < 2 {
-                return Err(invalid(
-                    l,
-                    "validate.text-context",
-                    "must be at least 2 tokens".into(),
-                    "use e.g. 512".into(),
-                ));
-            }
-            Sourced::new(n, l.source("validate.text-context"))
-        }
-        None => Sourced::new(DEFAULT_TEXT_CONTEXT, Source::Default),
-    };
-    let text_chunks = match validate_value(&|v| v.text_chunks.is_some()) {
-        Some(l) => {
-            let n = l.table.validate.as_ref().and_then(|v| v.text_chunks).unwrap_or_default();
-            if n == 0 {
-                return Err(invalid(
-                    l,
-                    "validate.text-chunks",
-                    "must be at least 1".into(),
-                    "use e.g. 64, or remove the key to score every chunk".into(),
-                ));
-            }
-            Sourced::new(Some(n), l.source("validate.text-chunks"))
-        }
+    let text_context =
+        whole("text-context", |v| v.text_context, 2, "must be at least 2 tokens", "use e.g. 512")?
+            .unwrap_or_else(|| Sourced::new(DEFAULT_TEXT_CONTEXT, Source::Default));
+    let text_chunks = match whole(
+        "text-chunks",
+        |v| v.text_chunks,
+        1,
+        "must be at least 1",
+        "use e.g. 64, or remove the key to score every chunk",
+    )? {
+        Some(n) => Sourced::new(Some(n.value), n.source),
         None => Sourced::new(None, Source::Default),
     };
 
