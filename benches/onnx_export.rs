@@ -109,6 +109,9 @@ fn main() {
             max_abs(&ort_last, &tract_last)
         );
     } else {
-        println!("  ort: not installed (python3 -m pip install --no-deps {})", ort_engine::WHEEL);
+        println!(
+            "  ort: not installed (python3 -m pip install --no-deps {})",
+            model_export::onnx_io::ORT_WHEEL
+        );
     }
 }

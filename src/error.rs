@@ -318,7 +318,7 @@ impl RuntimeError {
             }
             RuntimeError::OrtUnavailable { .. } => format!(
                 "install the ONNX Runtime wheel (`python3 -m pip install --no-deps {}`) or point ORT_DYLIB_PATH at libonnxruntime.so",
-                crate::runtime::ort_engine::WHEEL
+                crate::onnx_io::ORT_WHEEL
             ),
             RuntimeError::EngineLoad { .. } => {
                 "the engine does not accept this graph: export at opset 17 (`options.opset = 17`), which both engines are tested with, or let the export's fallbacks do it (no --no-fallback)".into()
@@ -350,14 +350,14 @@ pub enum PipelineError {
     #[error(
         "not enough disk space in {}: the plan writes about {} there, {} is free",
         dir.display(),
-        crate::config::size::human_bytes(*needed),
-        crate::config::size::human_bytes(*free)
+        crate::size::human_bytes(*needed),
+        crate::size::human_bytes(*free)
     )]
     DiskSpace { dir: PathBuf, needed: u64, free: u64, largest: Vec<(String, u64)> },
     #[error(
         "stage `{stage}` needs about {} of memory, more than max-memory ({})",
-        crate::config::size::human_bytes(*needed),
-        crate::config::size::human_bytes(*limit)
+        crate::size::human_bytes(*needed),
+        crate::size::human_bytes(*limit)
     )]
     Memory { stage: String, needed: u64, limit: u64, suggestion: String },
     #[error("stopped by {signal} during `{stage}`{}; its partial outputs were removed", at.as_ref().map_or(String::new(), |t| format!(" before tensor `{t}`")))]
@@ -375,7 +375,7 @@ impl PipelineError {
             PipelineError::DiskSpace { largest, .. } => {
                 let names: Vec<_> = largest
                     .iter()
-                    .map(|(name, bytes)| format!("{name} ({})", crate::config::size::human_bytes(*bytes)))
+                    .map(|(name, bytes)| format!("{name} ({})", crate::size::human_bytes(*bytes)))
                     .collect();
                 format!(
                     "free space, point `out-dir` (or --out-dir) at a larger filesystem, or drop the largest stages: {}",
@@ -403,8 +403,8 @@ impl PipelineError {
 pub enum LoadError {
     #[error(
         "{what} needs about {} in {mode}, more than the memory budget ({})",
-        crate::config::size::human_bytes(*needed),
-        crate::config::size::human_bytes(*budget)
+        crate::size::human_bytes(*needed),
+        crate::size::human_bytes(*budget)
     )]
     Budget { what: String, mode: String, needed: u64, budget: u64, suggestion: String },
     #[error("device `{device}` is not available: {reason}")]

@@ -35,7 +35,7 @@ pub fn io<T>(what: &Path, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T
     let mut delay = FIRST_DELAY;
     let mut attempt = 1;
     loop {
-        let result = if crate::pipeline::fault::fails("transient-io") {
+        let result = if crate::hooks::fails("transient-io") {
             Err(io::Error::from(io::ErrorKind::WouldBlock))
         } else {
             op()

@@ -14,7 +14,6 @@ use crate::runtime::batch::positions_from_mask;
 use crate::runtime::ort_engine::{self, OrtEngine};
 use crate::runtime::tract_engine::TractEngine;
 use crate::runtime::{Batch, DecoderEngine, ReferenceEngine, ReferenceModel};
-use crate::validate::engines_for;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {
@@ -117,7 +116,7 @@ pub fn bench_export(
         .map(|m| m.len())
         .sum();
     let mut results = Vec::new();
-    for &engine in engines_for(spec.format).iter().filter(|e| engines.contains(e)) {
+    for &engine in spec.format.engines().iter().filter(|e| engines.contains(e)) {
         let target = spec.target.unwrap_or(crate::config::Target::Portable);
         let dtype = spec.dtype.unwrap_or(crate::config::ExportDtype::F32);
         if engine == Engine::Tract
@@ -191,7 +190,7 @@ pub fn to_markdown(results: &[BenchResult]) -> String {
             "| {} | {} | {} | {:.2} s | {:.1} ms for {} tokens ({:.1}–{:.1}) | {:.2} ms/token ({:.2}–{:.2}) | {:.1} | {} |\n",
             r.export,
             r.engine,
-            crate::config::size::human_bytes(r.file_bytes),
+            crate::size::human_bytes(r.file_bytes),
             r.load_seconds,
             r.prefill_ms.median,
             r.prefill_tokens,
@@ -201,7 +200,7 @@ pub fn to_markdown(results: &[BenchResult]) -> String {
             r.decode_ms_per_token.min,
             r.decode_ms_per_token.max,
             r.decode_tokens_per_second,
-            r.peak_rss_bytes.map_or("-".into(), crate::config::size::human_bytes),
+            r.peak_rss_bytes.map_or("-".into(), crate::size::human_bytes),
         ));
     }
     md

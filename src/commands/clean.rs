@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use super::Context;
 use super::output::print_json;
 use crate::cli::CleanArgs;
-use crate::config::size::human_bytes;
 use crate::error::Error;
 use crate::pipeline::lock::RunLock;
 use crate::pipeline::state::StateDir;
+use crate::size::human_bytes;
 
 pub fn run(ctx: &Context, args: &CleanArgs) -> Result<(), Error> {
     let config = ctx.load_config(&(&args.overrides).into())?;

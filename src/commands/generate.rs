@@ -11,10 +11,10 @@ use super::Context;
 use super::output::print_json;
 use crate::cli::GenerateArgs;
 use crate::config::Overrides;
-use crate::config::size::human_bytes;
 use crate::error::{Error, LoadError};
 use crate::loader::{LoadOptions, Model, ModelInfo, Source};
 use crate::runtime::generation::GenerateOptions;
+use crate::size::human_bytes;
 
 fn parse_dtype(text: &str) -> Result<DType, LoadError> {
     match text {

@@ -1,10 +1,10 @@
 use super::Context;
 use super::output::{facts, print_json, table, thousands};
 use crate::cli::InspectArgs;
-use crate::config::size::human_bytes;
 use crate::error::{ConfigError, Error};
 use crate::inspect::{AdapterSummary, Inspection, ModelSummary, inspect};
 use crate::profile::Profile;
+use crate::size::human_bytes;
 
 pub fn run(ctx: &Context, args: &InspectArgs) -> Result<(), Error> {
     let profile = match &args.profile {

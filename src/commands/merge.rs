@@ -3,9 +3,9 @@ use serde::Serialize;
 use super::Context;
 use super::output::{facts, print_json, thousands};
 use crate::cli::MergeArgs;
-use crate::config::size::human_bytes;
 use crate::error::Error;
 use crate::export::safetensors::{MergeOptions, MergeReport, write_merged_folder};
+use crate::size::human_bytes;
 
 #[derive(Serialize)]
 pub struct MergeSummary<'a> {

@@ -57,6 +57,7 @@ impl Context {
 }
 
 pub fn run(cli: &Cli) -> Result<(), Error> {
+    crate::pipeline::install_safe_points();
     let ctx = Context::from_cli(cli)?;
     let Some(command) = &cli.command else {
         return run::run(&ctx, &Overrides::default(), run::RunFlags::default());

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use super::Context;
 use super::output::{print_json, table};
-use crate::config::size::human_bytes;
 use crate::config::{Config, EmbeddingsMode, Engine, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::{ConfigError, Error};
 use crate::export::ExportInputs;
@@ -22,6 +21,7 @@ use crate::pipeline::metrics::{StageMetrics, StageTimer};
 use crate::pipeline::plan::{Action, Plan, Stage, export_stage_id, report_stage_id, validate_stage_id};
 use crate::pipeline::state::{Output, StateDir};
 use crate::pipeline::{build_plan, fault, interrupt, preflight};
+use crate::size::human_bytes;
 use crate::validate::report::{ValidationReport, Verdict};
 
 #[derive(Serialize)]
@@ -271,7 +271,7 @@ fn concurrent_exports(config: &Config, stages: &[(&ExportSpec, &Stage)]) -> usiz
     let running: Vec<u64> =
         stages.iter().filter(|(_, s)| s.runs()).map(|(_, s)| s.estimated_peak_memory).collect();
     let jobs = (config.jobs.value.max(1) as usize).min(running.len().max(1));
-    let limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
+    let limit = config.max_memory.value.map(|b| b.0).or_else(crate::monitor::available_memory);
     match (limit, running.iter().max()) {
         (Some(limit), Some(&largest)) if largest > 0 => {
             let fit = (limit / largest).max(1) as usize;

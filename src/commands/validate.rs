@@ -91,8 +91,7 @@ pub fn validate_into(
     threads: usize,
 ) -> Result<ExportValidation, Error> {
     let v = &config.validate;
-    let memory_limit =
-        config.max_memory.value.map(|b| b.0).or_else(crate::pipeline::preflight::available_memory);
+    let memory_limit = config.max_memory.value.map(|b| b.0).or_else(crate::monitor::available_memory);
     let result = validate_export(reference, inputs.base, spec, dir, &v.engines.value, threads, memory_limit)?;
     let single = ValidationReport::new(
         reference_name(&inputs.base.dir, inputs.detection),

@@ -6,16 +6,15 @@ pub mod keys;
 pub mod manifest;
 pub mod resolve;
 pub mod schema;
-pub mod size;
 pub mod source;
 pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::size::ByteSize;
 pub use resolve::{Config, ProfileChoice, ValidateConfig};
 pub use schema::{EmbeddingsMode, Engine, ExportDtype, ExportOptions, ExportSpec, Format, Target};
-pub use size::ByteSize;
 pub use source::{Source, Sourced};
 
 use crate::error::ConfigError;

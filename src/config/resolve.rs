@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS, Target};
-use super::size::ByteSize;
 use super::source::{Source, Sourced};
 use super::table::{ExportEntry, TableLayer};
 use crate::error::ConfigError;
 use crate::profile::Profile;
+use crate::size::ByteSize;
 
 pub const DEFAULT_PROMPTS: &[&str] = &["Hello", "用一句话解释LoRA"];
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 16;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::size::ByteSize;
+use crate::size::ByteSize;
 
 /// Declares a closed set of lowercase names, usable from TOML, env vars and flags alike.
 macro_rules! name_enum {
@@ -76,6 +76,18 @@ name_enum!(
     /// How a quantized export stores the embedding table and the output head.
     EmbeddingsMode { Auto => "auto", F16 => "f16", Quantized => "quantized" }
 );
+
+impl Format {
+    /// Engines that can run an export of this format.
+    pub fn engines(self) -> &'static [Engine] {
+        match self {
+            Format::Safetensors => &[Engine::Candle],
+            Format::Onnx => &[Engine::Ort, Engine::Tract],
+            // candle's ggml kernels on the file's own blocks.
+            Format::Gguf => &[Engine::Candle],
+        }
+    }
+}
 
 impl ExportDtype {
     /// ONNX's quantized dtypes.

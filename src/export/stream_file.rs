@@ -49,7 +49,7 @@ impl Write for HashingFile {
         // `MODEL_EXPORT_FAULT=disk-full` with `MODEL_EXPORT_FAULT_SIGNAL=ERROR`: a full disk
         // wherever no small filesystem can be mounted for the test.
         #[cfg(unix)]
-        if crate::pipeline::fault::fails("disk-full") {
+        if crate::hooks::fails("disk-full") {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let (file, hasher) = (&mut self.file, &mut self.hasher);

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::schema::{ExportDtype, Format, Target};
-use crate::config::size::human_bytes;
 use crate::error::{ConfigError, Error};
 use crate::model::ModelFolder;
+use crate::size::human_bytes;
 
 pub const TABLE_TEMPLATE: &str = include_str!("../../templates/metadata-table.toml.j2");
 

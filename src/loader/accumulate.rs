@@ -9,48 +9,17 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::quantization::Placement;
 use crate::error::RuntimeError;
+use crate::quant::ggml::quantize_ggml_rows;
 use crate::runtime::reference::Weight;
-
-/// Rows quantized per task: enough work to amortise a task, small enough to spread.
-const ROWS_PER_TASK: usize = 64;
 
 pub enum Accumulator {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
     Blocks { format: GgmlDType, bytes: Vec<u8> },
-}
-
-/// Appends whole rows of `width` values quantized to `format` (ggml blocks run along a row), the
-/// rows spread over the thread pool.
-pub fn quantize_rows(
-    format: GgmlDType,
-    rows: &[f32],
-    width: usize,
-    out: &mut Vec<u8>,
-) -> Result<(), RuntimeError> {
-    // llama-quantize's scale searches rather than candle's older ones (see quant::q4k, q6k).
-    if format == GgmlDType::Q4K {
-        crate::quant::q4k::quantize(rows, out);
-        return Ok(());
-    }
-    if format == GgmlDType::Q6K {
-        crate::quant::q6k::quantize(rows, out);
-        return Ok(());
-    }
-    let parts: Vec<Vec<u8>> = rows
-        .par_chunks(width * ROWS_PER_TASK)
-        .map(|chunk| -> Result<Vec<u8>, RuntimeError> {
-            let t = Tensor::from_slice(chunk, (chunk.len() / width, width), &Device::Cpu)?;
-            Ok(QTensor::quantize(&t, format)?.data()?.into_owned())
-        })
-        .collect::<Result<_, _>>()?;
-    parts.iter().for_each(|p| out.extend_from_slice(p));
-    Ok(())
 }
 
 impl Accumulator {
@@ -72,7 +41,7 @@ impl Accumulator {
             Accumulator::F32(v) => v.extend_from_slice(rows),
             Accumulator::F16(v) => v.extend(rows.iter().map(|&x| f16::from_f32(x))),
             Accumulator::Bf16(v) => v.extend(rows.iter().map(|&x| bf16::from_f32(x))),
-            Accumulator::Blocks { format, bytes } => quantize_rows(*format, rows, width, bytes)?,
+            Accumulator::Blocks { format, bytes } => quantize_ggml_rows(*format, rows, width, bytes)?,
         }
         Ok(())
     }

@@ -8,8 +8,8 @@ use candle_core::DType;
 use serde::Serialize;
 
 use super::quantization::{FormatFallback, Placement, Quantization, Role, placement};
-use crate::config::size::human_bytes;
 use crate::error::LoadError;
+use crate::size::human_bytes;
 
 /// A tensor to load: name, shape and what kind of weight it is.
 #[derive(Debug, Clone)]

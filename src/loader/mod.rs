@@ -47,7 +47,8 @@ use crate::checkpoint::{Detection, detect};
 use crate::error::{Error, LoadError, ModelError, RuntimeError};
 use crate::export::gguf::GGUF_FILE;
 use crate::export::onnx::folder::{DATA_FILE, MODEL_FILE};
-use crate::merge::{MergeInputs, execute_rows, plan_merge, row_width};
+use crate::merge::{MergeInputs, execute_rows, plan_merge};
+use crate::model::dtype::row_width;
 use crate::model::{HfConfig, ModelFolder};
 use crate::runtime::chat::{ChatTemplate, Message};
 use crate::runtime::engine::DecoderEngine;
@@ -270,7 +271,7 @@ fn with_retries_waiting<T>(
 }
 
 fn memory_budget(options: &LoadOptions) -> u64 {
-    options.max_memory.or_else(crate::pipeline::preflight::available_memory).unwrap_or(u64::MAX)
+    options.max_memory.or_else(crate::monitor::available_memory).unwrap_or(u64::MAX)
 }
 
 /// Refuses an export above the budget: it loads in the types it was written in, so `needed`

@@ -9,6 +9,8 @@ use std::str::FromStr;
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 
+use crate::gguf_constants::{block_bytes, fitting_format, type_name};
+
 /// `quantization = none | q8_0 | q4_0 | q4_k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,51 +97,8 @@ impl Placement {
     pub fn label(self) -> String {
         match self {
             Placement::Dense(dtype) => dtype.as_str().to_string(),
-            Placement::Blocks(format) => format_name(format).to_string(),
+            Placement::Blocks(format) => type_name(format).to_string(),
         }
-    }
-}
-
-/// Bytes of `elements` values stored in `format` (whole blocks; f32/f16/bf16 are blocks of 1).
-pub fn block_bytes(format: GgmlDType, elements: usize) -> u64 {
-    (elements / format.block_size() * format.type_size()) as u64
-}
-
-pub fn format_name(format: GgmlDType) -> &'static str {
-    match format {
-        GgmlDType::F32 => "f32",
-        GgmlDType::F16 => "f16",
-        GgmlDType::BF16 => "bf16",
-        GgmlDType::Q4_0 => "q4_0",
-        GgmlDType::Q4_1 => "q4_1",
-        GgmlDType::Q5_0 => "q5_0",
-        GgmlDType::Q5_1 => "q5_1",
-        GgmlDType::Q8_0 => "q8_0",
-        GgmlDType::Q8_1 => "q8_1",
-        GgmlDType::Q2K => "q2_k",
-        GgmlDType::Q3K => "q3_k",
-        GgmlDType::Q4K => "q4_k",
-        GgmlDType::Q5K => "q5_k",
-        GgmlDType::Q6K => "q6_k",
-        GgmlDType::Q8K => "q8_k",
-    }
-}
-
-/// The nearest block format that fits rows of `width` (llama.cpp's fallbacks for k-quants),
-/// or `None` when no block format does (the tensor then stays f16).
-pub fn fitting_format(wanted: GgmlDType, width: usize) -> Option<GgmlDType> {
-    let mut format = wanted;
-    loop {
-        if width.is_multiple_of(format.block_size()) {
-            return Some(format);
-        }
-        format = match format {
-            GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
-            GgmlDType::Q4K => GgmlDType::Q5_0,
-            GgmlDType::Q5K => GgmlDType::Q5_1,
-            GgmlDType::Q6K => GgmlDType::Q8_0,
-            _ => return None,
-        };
     }
 }
 
@@ -194,11 +153,11 @@ pub fn placement(
             let placed = used.map_or(Placement::Dense(DType::F16), Placement::Blocks);
             let fallback = FormatFallback {
                 tensor: name.to_string(),
-                wanted: format_name(wanted).into(),
+                wanted: type_name(wanted).into(),
                 used: placed.label(),
                 reason: format!(
                     "rows of {width} values are not a multiple of {}'s block of {}",
-                    format_name(wanted),
+                    type_name(wanted),
                     wanted.block_size()
                 ),
             };
@@ -211,14 +170,6 @@ pub fn placement(
 mod tests {
     use super::*;
     use candle_core::DType;
-
-    #[test]
-    fn k_quants_fall_back_as_llama_cpp_does() {
-        assert_eq!(fitting_format(GgmlDType::Q4K, 1024), Some(GgmlDType::Q4K));
-        assert_eq!(fitting_format(GgmlDType::Q4K, 64), Some(GgmlDType::Q5_0));
-        assert_eq!(fitting_format(GgmlDType::Q6K, 128), Some(GgmlDType::Q8_0));
-        assert_eq!(fitting_format(GgmlDType::Q8_0, 48), None);
-    }
 
     #[test]
     fn placements_follow_the_documented_rules() {

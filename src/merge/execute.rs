@@ -3,14 +3,12 @@
 //! byte for byte. Pages of the memory-mapped inputs are released after use, so resident memory
 //! stays at a few blocks whatever the model size.
 
-use rayon::prelude::*;
-
 use super::kernel::{RowDelta, transpose};
 use super::plan::{MergePlan, Origin, PlannedTensor};
 use crate::checkpoint::Adapter;
 use crate::error::{CheckpointError, Error, ModelError};
-use crate::export::safetensors::TensorEntry;
-use crate::model::dtype::{decode_into, encode_into};
+use crate::model::dtype::{decode_parallel, encode_parallel, row_width};
+use crate::model::safetensors::TensorEntry;
 use crate::model::{ModelFolder, SafetensorsFile, TensorDtype, TensorInfo};
 
 /// Elements per block: 16 MiB of f32.
@@ -94,34 +92,11 @@ fn row_delta(inputs: &MergeInputs<'_>, t: &PlannedTensor) -> Result<Option<RowDe
     Ok(Some(RowDelta { rank, cols, coef, basis, scale: lora.scale, magnitude }))
 }
 
-/// Decodes `bytes` of `dtype` into `out` in parallel.
-fn decode_parallel(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) {
-    let width = dtype.size_in_bytes();
-    out.resize(bytes.len() / width, 0.0);
-    out.par_chunks_mut(1 << 16).zip(bytes.par_chunks(width << 16)).for_each(|(dst, src)| {
-        decode_into(dtype, src, dst);
-    });
-}
-
-pub fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
-    let width = dtype.size_in_bytes();
-    out.resize(values.len() * width, 0);
-    out.par_chunks_mut(width << 16).zip(values.par_chunks(1 << 16)).for_each(|(dst, src)| {
-        encode_into(dtype, src, dst);
-    });
-}
-
 /// The merged values of one tensor, handed over in blocks of whole rows (first row, values).
 pub type RowsFn<'a> = &'a mut dyn FnMut(&PlannedTensor, usize, &[f32]) -> Result<(), Error>;
 
 /// One tensor's merged rows: (first row, values).
 type BlockFn<'a> = &'a mut dyn FnMut(usize, &[f32]) -> Result<(), Error>;
-
-/// Columns of a tensor seen as rows: the first axis is rows; a vector is one row.
-pub fn row_width(shape: &[usize]) -> usize {
-    let cols: usize = if shape.len() >= 2 { shape[1..].iter().product() } else { shape.iter().product() };
-    cols.max(1)
-}
 
 /// Merges `t` block by block in f32 and hands each block of rows to `rows`.
 fn merged_rows(
@@ -167,8 +142,8 @@ fn merged_rows(
 pub fn execute_rows(plan: &MergePlan, inputs: &MergeInputs<'_>, rows: RowsFn<'_>) -> Result<(), Error> {
     let mut values = Vec::new();
     for t in &plan.tensors {
-        crate::pipeline::interrupt::check_before(Some(&t.name))?;
-        crate::pipeline::fault::point("export-tensor");
+        crate::hooks::check_stop(Some(&t.name))?;
+        crate::hooks::point("export-tensor");
         merged_rows(inputs, t, &mut values, &mut |first, v| rows(t, first, v))?;
     }
     Ok(())
@@ -185,8 +160,8 @@ pub fn execute(
     let mut values = Vec::new();
     let mut encoded = Vec::new();
     for t in &plan.tensors {
-        crate::pipeline::interrupt::check_before(Some(&t.name))?;
-        crate::pipeline::fault::point("merge-tensor");
+        crate::hooks::check_stop(Some(&t.name))?;
+        crate::hooks::point("merge-tensor");
         let dtype = dtype_for(t);
         let (file, info) = inputs.source(&t.origin);
         if t.lora.is_none() && t.bias.is_none() && info.dtype == dtype {

@@ -5,5 +5,5 @@ pub mod kernel;
 pub mod plan;
 pub mod targets;
 
-pub use execute::{MergeInputs, execute, execute_rows, output_entries, row_width};
+pub use execute::{MergeInputs, execute, execute_rows, output_entries};
 pub use plan::{MergePlan, plan_merge};

@@ -61,7 +61,7 @@ fn scale_for(adapter: &Adapter, module: &str) -> f32 {
     let scale = (if config.use_rslora { alpha / rank.sqrt() } else { alpha / rank }) as f32;
     // Test-only merge bug (`MODEL_EXPORT_FAULT=merge-scale-x2`): layer 0 merged at twice its scale,
     // which the unmerged reference must catch.
-    if crate::pipeline::fault::is_armed(MERGE_SCALE_FAULT)
+    if crate::hooks::is_armed(MERGE_SCALE_FAULT)
         && crate::checkpoint::adapter_config::layer_index(module) == Some(0)
     {
         return 2.0 * scale;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -209,6 +210,29 @@ pub fn encode_f32(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) -> bool
         _ => return false,
     }
     true
+}
+
+/// Decodes `bytes` of `dtype` into `out` in parallel.
+pub fn decode_parallel(dtype: TensorDtype, bytes: &[u8], out: &mut Vec<f32>) {
+    let width = dtype.size_in_bytes();
+    out.resize(bytes.len() / width, 0.0);
+    out.par_chunks_mut(1 << 16).zip(bytes.par_chunks(width << 16)).for_each(|(dst, src)| {
+        decode_into(dtype, src, dst);
+    });
+}
+
+pub fn encode_parallel(dtype: TensorDtype, values: &[f32], out: &mut Vec<u8>) {
+    let width = dtype.size_in_bytes();
+    out.resize(values.len() * width, 0);
+    out.par_chunks_mut(width << 16).zip(values.par_chunks(1 << 16)).for_each(|(dst, src)| {
+        encode_into(dtype, src, dst);
+    });
+}
+
+/// Columns of a tensor seen as rows: the first axis is rows; a vector is one row.
+pub fn row_width(shape: &[usize]) -> usize {
+    let cols: usize = if shape.len() >= 2 { shape[1..].iter().product() } else { shape.iter().product() };
+    cols.max(1)
 }
 
 #[cfg(test)]

@@ -16,6 +16,24 @@ use crate::error::ModelError;
 /// Headers beyond this size are refused rather than parsed (safetensors uses the same bound).
 pub const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
 
+/// A tensor as a safetensors header declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: TensorDtype,
+    pub shape: Vec<usize>,
+}
+
+impl TensorEntry {
+    pub fn new(name: impl Into<String>, dtype: TensorDtype, shape: Vec<usize>) -> Self {
+        Self { name: name.into(), dtype, shape }
+    }
+
+    pub fn byte_len(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.size_in_bytes() as u64
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorInfo {
     pub name: String,

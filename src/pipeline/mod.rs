@@ -7,7 +7,6 @@ pub mod digest;
 pub mod fault;
 pub mod interrupt;
 pub mod lock;
-pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod preflight;
@@ -20,15 +19,39 @@ use serde::Serialize;
 use crate::checkpoint::Detection;
 use crate::config::Config;
 use crate::config::schema::Engine;
-use crate::config::size::human_bytes;
 use crate::error::Error;
+use crate::memory;
 use crate::model::ModelFolder;
+use crate::size::human_bytes;
 
 use digest::{FileIdentity, digest, folder_identity};
 use plan::{
     Action, Plan, Stage, StageKind, export_bytes, export_stage_id, report_stage_id, validate_stage_id,
 };
 use state::StateDir;
+
+/// The pipeline's answers to the lower layers' safe points: its signal flags and fault table.
+struct PipelineSafePoints;
+
+impl crate::hooks::SafePoints for PipelineSafePoints {
+    fn check_stop(&self, at: Option<&str>) -> Result<(), crate::error::PipelineError> {
+        interrupt::check_before(at)
+    }
+    fn reached(&self, name: &str) {
+        fault::point(name);
+    }
+    fn fails(&self, name: &str) -> bool {
+        fault::fails(name)
+    }
+    fn is_armed(&self, name: &str) -> bool {
+        fault::is_armed(name)
+    }
+}
+
+/// Makes merge, export and the engines answer to this process's signals and fault points.
+pub fn install_safe_points() {
+    crate::hooks::install(&PipelineSafePoints);
+}
 
 #[derive(Serialize)]
 struct MergeInputs<'a> {
@@ -156,7 +179,7 @@ pub fn build_plan(
     };
     let reference_memory = memory::reference(&parts, prompts) + text_memory;
     let mut reference_pending = force || !crate::validate::cache::holds(state.path(), &reference_digest);
-    let memory_limit = config.max_memory.value.map(|b| b.0).or_else(preflight::available_memory);
+    let memory_limit = config.max_memory.value.map(|b| b.0).or_else(crate::monitor::available_memory);
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
     let embedding_params = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64);
     let separate_head = base.tensor(base.profile.tensors.lm_head).is_some();

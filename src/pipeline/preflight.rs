@@ -28,7 +28,7 @@ pub fn check(plan: &Plan, max_memory: Option<u64>) -> Result<(), Error> {
             return Err(PipelineError::DiskSpace { dir, needed, free, largest }.into());
         }
     }
-    let limit = max_memory.or_else(available_memory);
+    let limit = max_memory.or_else(crate::monitor::available_memory);
     let over = plan.peak().zip(limit).filter(|(stage, limit)| stage.estimated_peak_memory > *limit);
     if let Some((stage, limit)) = over {
         let suggestion = match stage.kind {
@@ -77,14 +77,6 @@ fn statvfs_free(dir: &Path) -> std::io::Result<u64> {
 #[cfg(not(unix))]
 fn statvfs_free(_dir: &Path) -> std::io::Result<u64> {
     Ok(u64::MAX)
-}
-
-/// `MemAvailable` of /proc/meminfo, where there is one.
-pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The folder itself, or its nearest parent that exists (out-dir may not be created yet).

@@ -15,6 +15,7 @@
 //! scale computed from them would poison a whole row or block.
 
 pub mod blocks;
+pub mod ggml;
 pub mod int8;
 mod kquant;
 pub mod q4k;

@@ -9,17 +9,6 @@ use super::generation::{Resolved, generate_batch};
 use super::sampler::SamplingParams;
 use crate::error::RuntimeError;
 
-/// Index of the largest value; the first one on ties (as torch.argmax).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 pub struct GreedyOptions {
     pub max_new_tokens: usize,
     pub eos_token_ids: Vec<i64>,

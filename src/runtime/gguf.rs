@@ -16,7 +16,10 @@ use serde_json::json;
 
 use super::reference::{ReferenceModel, StreamedModel, Weight};
 use crate::error::{Error, ModelError, RuntimeError};
-use crate::loader::quantization::block_bytes;
+use crate::gguf_constants::{
+    GENERAL_ARCHITECTURE, TOKENIZER_BOS_ID, TOKENIZER_EOS_ID, TOKENIZER_PAD_ID, TOKENIZER_TOKENS, arch,
+    arch_key, block_bytes,
+};
 use crate::model::HfConfig;
 use crate::profile::Profile;
 
@@ -50,63 +53,67 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let content = read_content(path)?;
         let bad = |key: &str, e: candle_core::Error| not_gguf(path, format!("metadata key `{key}`: {e}"));
-        let arch = meta(&content, path, "general.architecture")?
+        let arch = meta(&content, path, GENERAL_ARCHITECTURE)?
             .to_string()
-            .map_err(|e| bad("general.architecture", e))?;
+            .map_err(|e| bad(GENERAL_ARCHITECTURE, e))?;
         let profile = Profile::all().iter().find(|p| p.gguf.architecture == arch).ok_or_else(|| {
             let known: Vec<_> = Profile::all().iter().map(|p| p.gguf.architecture).collect();
             not_gguf(path, format!("architecture `{arch}` is not one this tool runs ({})", known.join(", ")))
         })?;
         let number = |key: &str| -> Result<u64, Error> {
-            let full = format!("{arch}.{key}");
+            let full = arch_key(arch, key);
             meta(&content, path, &full)?.to_u32().map(u64::from).map_err(|e| bad(&full, e))
         };
         let float = |key: &str| -> Result<f64, Error> {
-            let full = format!("{arch}.{key}");
+            let full = arch_key(arch, key);
             meta(&content, path, &full)?.to_f32().map(f64::from).map_err(|e| bad(&full, e))
         };
         let token_id = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
-        let tokens =
-            content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map(Vec::len);
-        let vocab_size = match content.metadata.get(&format!("{arch}.vocab_size")) {
-            Some(v) => u64::from(v.to_u32().map_err(|e| bad(&format!("{arch}.vocab_size"), e))?),
+        let tokens = content.metadata.get(TOKENIZER_TOKENS).and_then(|v| v.to_vec().ok()).map(Vec::len);
+        let vocab_size = match content.metadata.get(&arch_key(arch, arch::VOCAB_SIZE)) {
+            Some(v) => u64::from(v.to_u32().map_err(|e| bad(&arch_key(arch, arch::VOCAB_SIZE), e))?),
             None => tokens.ok_or_else(|| {
-                not_gguf(path, format!("neither `{arch}.vocab_size` nor `tokenizer.ggml.tokens` is present"))
+                not_gguf(
+                    path,
+                    format!(
+                        "neither `{}` nor `{TOKENIZER_TOKENS}` is present",
+                        arch_key(arch, arch::VOCAB_SIZE)
+                    ),
+                )
             })? as u64,
         };
         let head = profile.gguf.tensors.lm_head;
         // Optional, as in llama.cpp: the converter writes it only when config.json has head_dim.
-        let head_dim = match content.metadata.get(&format!("{arch}.attention.key_length")) {
-            Some(_) => number("attention.key_length")?,
-            None => number("embedding_length")? / number("attention.head_count")?.max(1),
+        let head_dim = match content.metadata.get(&arch_key(arch, arch::KEY_LENGTH)) {
+            Some(_) => number(arch::KEY_LENGTH)?,
+            None => number(arch::EMBEDDING_LENGTH)? / number(arch::HEAD_COUNT)?.max(1),
         };
         // What transformers' config would say, so the model is checked like any other.
         let mut config = json!({
             "model_type": profile.model_types[0],
             "architectures": profile.architectures,
             "vocab_size": vocab_size,
-            "hidden_size": number("embedding_length")?,
-            "intermediate_size": number("feed_forward_length")?,
-            "num_hidden_layers": number("block_count")?,
-            "num_attention_heads": number("attention.head_count")?,
-            "num_key_value_heads": number("attention.head_count_kv")?,
+            "hidden_size": number(arch::EMBEDDING_LENGTH)?,
+            "intermediate_size": number(arch::FEED_FORWARD_LENGTH)?,
+            "num_hidden_layers": number(arch::BLOCK_COUNT)?,
+            "num_attention_heads": number(arch::HEAD_COUNT)?,
+            "num_key_value_heads": number(arch::HEAD_COUNT_KV)?,
             "head_dim": head_dim,
-            "max_position_embeddings": number("context_length")?,
-            "rope_theta": float("rope.freq_base")?,
-            "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?,
+            "max_position_embeddings": number(arch::CONTEXT_LENGTH)?,
+            "rope_theta": float(arch::ROPE_FREQ_BASE)?,
+            "rms_norm_eps": float(arch::RMS_NORM_EPS)?,
             "tie_word_embeddings": !content.tensor_infos.contains_key(head),
-            "bos_token_id": token_id("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": token_id("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": token_id("tokenizer.ggml.padding_token_id"),
+            "bos_token_id": token_id(TOKENIZER_BOS_ID),
+            "eos_token_id": token_id(TOKENIZER_EOS_ID),
+            "pad_token_id": token_id(TOKENIZER_PAD_ID),
         });
         // rope.scaling.* back into transformers' rope_scaling (as the writer maps it).
-        let text =
-            |key: &str| content.metadata.get(&format!("{arch}.{key}")).and_then(|v| v.to_string().ok());
-        if let Some(kind) = text("rope.scaling.type").filter(|k| k.as_str() != "none") {
-            let mut scaling = json!({ "rope_type": kind, "factor": float("rope.scaling.factor")? });
-            if content.metadata.contains_key(&format!("{arch}.rope.scaling.original_context_length")) {
+        let text = |key: &str| content.metadata.get(&arch_key(arch, key)).and_then(|v| v.to_string().ok());
+        if let Some(kind) = text(arch::ROPE_SCALING_TYPE).filter(|k| k.as_str() != "none") {
+            let mut scaling = json!({ "rope_type": kind, "factor": float(arch::ROPE_SCALING_FACTOR)? });
+            if content.metadata.contains_key(&arch_key(arch, arch::ROPE_SCALING_ORIGINAL_CONTEXT)) {
                 scaling["original_max_position_embeddings"] =
-                    json!(number("rope.scaling.original_context_length")?);
+                    json!(number(arch::ROPE_SCALING_ORIGINAL_CONTEXT)?);
             }
             config["rope_scaling"] = scaling;
         }
@@ -133,7 +140,7 @@ impl GgufFile {
 
     /// Tensors per ggml type.
     pub fn type_counts(&self) -> std::collections::BTreeMap<String, usize> {
-        crate::export::gguf::types::count_types(self.content.tensor_infos.values().map(|t| t.ggml_dtype))
+        crate::gguf_constants::count_types(self.content.tensor_infos.values().map(|t| t.ggml_dtype))
     }
 
     /// The model on `device`: f32/f16/bf16 tensors stay in their type,

@@ -12,10 +12,10 @@ use ort::value::Tensor;
 use super::batch::Batch;
 use super::engine::{DecoderEngine, Logits};
 use crate::error::RuntimeError;
-use crate::export::onnx::decoder::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, io_name};
-
-/// The wheel version scripts/test.sh installs.
-pub const WHEEL: &str = "onnxruntime==1.32.0";
+use crate::onnx_io::{
+    ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY, PRESENT_VALUE,
+    io_name,
+};
 
 fn wheel_site_packages() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -156,16 +156,16 @@ impl DecoderEngine for OrtEngine {
             }
         }
         let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
-            ("input_ids".into(), i64_tensor(&batch.input_ids).map_err(&err)?),
-            ("attention_mask".into(), i64_tensor(&batch.attention_mask).map_err(&err)?),
-            ("position_ids".into(), i64_tensor(&batch.position_ids).map_err(&err)?),
+            (INPUT_IDS.into(), i64_tensor(&batch.input_ids).map_err(&err)?),
+            (ATTENTION_MASK.into(), i64_tensor(&batch.attention_mask).map_err(&err)?),
+            (POSITION_IDS.into(), i64_tensor(&batch.position_ids).map_err(&err)?),
         ];
         for (layer, [key, value]) in self.past.drain(..).enumerate() {
             inputs.push((io_name(PAST_KEY, layer), key));
             inputs.push((io_name(PAST_VALUE, layer), value));
         }
         let mut outputs = self.session.run(inputs).map_err(&err)?;
-        let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(&err)?;
+        let (shape, logits) = outputs[LOGITS].try_extract_tensor::<f32>().map_err(&err)?;
         let vocab = shape.last().copied().unwrap_or(0) as usize;
         let logits = Logits { values: logits.to_vec(), batch: b, seq: s, vocab };
         let mut past = Vec::with_capacity(self.layers);

@@ -7,8 +7,6 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use super::generate::argmax;
-
 /// Sampling settings after defaults were applied (see `GenerateOptions`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SamplingParams {
@@ -138,6 +136,17 @@ fn filtered_probabilities(scores: &[f32], top_k: usize, top_p: f32, min_p: f32) 
         }
     }
     softmax(&keep)
+}
+
+/// Index of the largest value; the first one on ties (as torch.argmax).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ impl TractEngine {
         head_dim: usize,
     ) -> Result<Self, RuntimeError> {
         let context = model.display().to_string();
-        if crate::pipeline::fault::fails("tract-load") {
+        if crate::hooks::fails("tract-load") {
             return Err(RuntimeError::EngineLoad {
                 engine: "tract",
                 message: format!("{context}: injected fault (tract-load)"),

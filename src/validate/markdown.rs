@@ -29,7 +29,7 @@ fn environment() -> Environment<'static> {
         Ok(format!("{:.1}%", number(&v)? * 100.0))
     });
     env.add_filter("bytes", |v: Value| -> Result<String, JinjaError> {
-        Ok(crate::config::size::human_bytes(number(&v)? as u64))
+        Ok(crate::size::human_bytes(number(&v)? as u64))
     });
     env
 }

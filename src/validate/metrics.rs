@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Batch;
-use crate::runtime::generate::argmax;
+use crate::runtime::sampler::argmax;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogitMetrics {

@@ -16,7 +16,6 @@ pub mod unmerged;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::size::human_bytes;
 use crate::config::{Engine, ExportDtype, ExportSpec, Format, Target};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::export::ExportInputs;
@@ -31,6 +30,7 @@ use crate::runtime::ort_engine::{self, OrtEngine};
 use crate::runtime::reference::{Forward, Weight};
 use crate::runtime::tract_engine::{self, TractEngine};
 use crate::runtime::{Batch, DecoderEngine, GreedyOptions, KvCache, ReferenceEngine, StreamedModel, greedy};
+use crate::size::human_bytes;
 use candle_core::Tensor;
 use metrics::{compare_logits, first_divergence};
 use report::{EngineResult, ExportValidation, MergeCheck, Verdict};
@@ -188,16 +188,6 @@ pub fn build_reference(
     Ok(Reference { batch, logits, vocab, greedy: greedy_ids, options, merge, text })
 }
 
-/// Engines that can run an export of `format`.
-pub fn engines_for(format: Format) -> &'static [Engine] {
-    match format {
-        Format::Safetensors => &[Engine::Candle],
-        Format::Onnx => &[Engine::Ort, Engine::Tract],
-        // candle's ggml kernels on the file's own blocks.
-        Format::Gguf => &[Engine::Candle],
-    }
-}
-
 fn run_engine(
     engine: &mut dyn DecoderEngine,
     reference: &Reference,
@@ -310,16 +300,14 @@ pub fn validate_export(
         .and_then(|m| m.provenance.options["target"].as_str().and_then(|t| t.parse::<Target>().ok()));
     let target = written.or(spec.target).unwrap_or(Target::Portable);
     // The engines run after the reference: the adapter is no longer mapped.
-    let parts = crate::pipeline::memory::ModelParts::of(base, 0);
+    let parts = crate::memory::ModelParts::of(base, 0);
     let export_bytes = folder_bytes(dir);
     let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
     // The reference's text scores stay held while each engine runs.
-    let text_memory = reference
-        .text
-        .as_ref()
-        .map_or(0, |t| crate::pipeline::memory::text(t.text.scored() as u64, t.vocab as u64));
+    let text_memory =
+        reference.text.as_ref().map_or(0, |t| crate::memory::text(t.text.scored() as u64, t.vocab as u64));
     let mut results = Vec::new();
-    for &engine in engines_for(spec.format).iter().filter(|e| requested.contains(e)) {
+    for &engine in spec.format.engines().iter().filter(|e| requested.contains(e)) {
         let skipped = |why: String| EngineResult {
             engine: engine.to_string(),
             skipped: Some(why),
@@ -330,13 +318,9 @@ pub fn validate_export(
             passed: false,
             failures: Vec::new(),
         };
-        let needed = crate::pipeline::memory::engine(
-            spec,
-            engine,
-            export_bytes,
-            &parts,
-            reference.batch.input_ids.len(),
-        ) + text_memory;
+        let needed =
+            crate::memory::engine(spec, engine, export_bytes, &parts, reference.batch.input_ids.len())
+                + text_memory;
         let result = match engine {
             _ if memory_limit.is_some_and(|limit| needed > limit) => {
                 let limit = memory_limit.unwrap_or_default();
@@ -381,11 +365,11 @@ pub fn validate_export(
                 tracing::warn!(
                     "ONNX Runtime is not installed: export `{}` is not measured in ort (python3 -m pip install --no-deps {})",
                     spec.name,
-                    ort_engine::WHEEL
+                    crate::onnx_io::ORT_WHEEL
                 );
                 skipped(format!(
                     "ONNX Runtime not installed (python3 -m pip install --no-deps {})",
-                    ort_engine::WHEEL
+                    crate::onnx_io::ORT_WHEEL
                 ))
             }
             Engine::Ort => {
@@ -398,7 +382,7 @@ pub fn validate_export(
         results.push(result);
     }
     let verdict = Verdict::of(&results);
-    let runs_in = engines_for(spec.format);
+    let runs_in = spec.format.engines();
     let unverified = (verdict == Verdict::Unverified).then(|| {
         let names =
             |engines: &[Engine]| engines.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");

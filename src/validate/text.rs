@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::{kl_of_log_probs, log_sum_exp};
 use crate::error::{ConfigError, Error, ModelError};
 use crate::runtime::Batch;
-use crate::runtime::generate::argmax;
+use crate::runtime::sampler::argmax;
 
 /// Chunks scored per forward pass: as many as keep one batch's logits near this size.
 const BATCH_LOGITS_BYTES: usize = 64 << 20;

@@ -237,7 +237,7 @@ pub fn load_unmerged<'a>(
         Ok(Some(Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?))
     };
     let source = move |name: &str| -> Result<Option<Weight>, RuntimeError> {
-        crate::pipeline::interrupt::check_before(Some(name)).map_err(|e| source_error(e.into()))?;
+        crate::hooks::check_stop(Some(name)).map_err(|e| source_error(e.into()))?;
         let Some(adapter) = &adapter else { return Ok(read_base(name)?.map(Weight::Dense)) };
         if let Some(saved) = adapter.saved.get(name) {
             return Ok(Some(Weight::Dense(adapter.tensor(saved).map_err(source_error)?)));

@@ -111,7 +111,7 @@ fn f16_export_keeps_top1_and_greedy() {
             for (i, &m) in row.iter().enumerate() {
                 if m == 1 {
                     let at = (b * row.len() + i) * g.vocab;
-                    let argmax = |v: &[f32]| model_export::runtime::generate::argmax(v);
+                    let argmax = |v: &[f32]| model_export::runtime::sampler::argmax(v);
                     agree += usize::from(
                         argmax(&logits.values[at..at + g.vocab])
                             == argmax(&g.logits_merged[at..at + g.vocab]),

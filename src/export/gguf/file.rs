@@ -6,10 +6,10 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 
-use crate::loader::quantization::block_bytes;
+use crate::gguf_constants::block_bytes;
 
 /// What llama.cpp and the `gguf` package assume when `general.alignment` is absent.
-pub const ALIGNMENT: u64 = 32;
+pub use crate::gguf_constants::ALIGNMENT;
 const MAGIC: &[u8; 4] = b"GGUF";
 const VERSION: u32 = 3;
 

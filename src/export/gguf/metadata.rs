@@ -3,14 +3,14 @@
 
 use candle_core::quantized::gguf_file::Value;
 
-use super::file::ALIGNMENT;
 use crate::error::{Error, ModelError};
+use crate::gguf_constants::{
+    ALIGNMENT, GENERAL_ALIGNMENT, GENERAL_ARCHITECTURE, GENERAL_FILE_TYPE, GENERAL_NAME,
+    GENERAL_QUANTIZATION_VERSION, GENERAL_TYPE, QUANTIZATION_VERSION, arch, arch_key,
+};
 use crate::model::HfConfig;
 use crate::model::rope::RopeScaling;
 use crate::profile::Profile;
-
-/// `GGML_QNT_VERSION`: the block layouts candle and current llama.cpp share.
-const QUANTIZATION_VERSION: u32 = 2;
 
 /// `rows`: the embedding's rows (llama.cpp's vocabulary size).
 pub fn metadata(
@@ -21,7 +21,7 @@ pub fn metadata(
     file_type: u32,
 ) -> Result<Vec<(String, Value)>, Error> {
     let arch = profile.gguf.architecture;
-    let key = |k: &str| format!("{arch}.{k}");
+    let key = |k: &str| arch_key(arch, k);
     let u32_of = |field: &str, v: usize| -> Result<Value, Error> {
         u32::try_from(v).map(Value::U32).map_err(|_| {
             ModelError::Json {
@@ -32,34 +32,34 @@ pub fn metadata(
         })
     };
     let mut out = vec![
-        ("general.architecture".to_string(), Value::String(arch.into())),
-        ("general.type".to_string(), Value::String("model".into())),
-        ("general.name".to_string(), Value::String(name.into())),
-        ("general.file_type".to_string(), Value::U32(file_type)),
-        ("general.quantization_version".to_string(), Value::U32(QUANTIZATION_VERSION)),
-        ("general.alignment".to_string(), Value::U32(ALIGNMENT as u32)),
-        (key("vocab_size"), u32_of("vocab_size", rows)?),
-        (key("context_length"), u32_of("max_position_embeddings", config.max_position_embeddings)?),
-        (key("embedding_length"), u32_of("hidden_size", config.hidden_size)?),
-        (key("block_count"), u32_of("num_hidden_layers", config.num_hidden_layers)?),
-        (key("feed_forward_length"), u32_of("intermediate_size", config.intermediate_size)?),
-        (key("attention.head_count"), u32_of("num_attention_heads", config.num_attention_heads)?),
-        (key("attention.head_count_kv"), u32_of("num_key_value_heads", config.num_key_value_heads)?),
-        (key("attention.key_length"), u32_of("head_dim", config.head_dim)?),
-        (key("attention.value_length"), u32_of("head_dim", config.head_dim)?),
+        (GENERAL_ARCHITECTURE.to_string(), Value::String(arch.into())),
+        (GENERAL_TYPE.to_string(), Value::String("model".into())),
+        (GENERAL_NAME.to_string(), Value::String(name.into())),
+        (GENERAL_FILE_TYPE.to_string(), Value::U32(file_type)),
+        (GENERAL_QUANTIZATION_VERSION.to_string(), Value::U32(QUANTIZATION_VERSION)),
+        (GENERAL_ALIGNMENT.to_string(), Value::U32(ALIGNMENT as u32)),
+        (key(arch::VOCAB_SIZE), u32_of("vocab_size", rows)?),
+        (key(arch::CONTEXT_LENGTH), u32_of("max_position_embeddings", config.max_position_embeddings)?),
+        (key(arch::EMBEDDING_LENGTH), u32_of("hidden_size", config.hidden_size)?),
+        (key(arch::BLOCK_COUNT), u32_of("num_hidden_layers", config.num_hidden_layers)?),
+        (key(arch::FEED_FORWARD_LENGTH), u32_of("intermediate_size", config.intermediate_size)?),
+        (key(arch::HEAD_COUNT), u32_of("num_attention_heads", config.num_attention_heads)?),
+        (key(arch::HEAD_COUNT_KV), u32_of("num_key_value_heads", config.num_key_value_heads)?),
+        (key(arch::KEY_LENGTH), u32_of("head_dim", config.head_dim)?),
+        (key(arch::VALUE_LENGTH), u32_of("head_dim", config.head_dim)?),
         // The whole head rotates; older llama.cpp builds guess hidden/heads without this key,
         // which is wrong for Qwen3 (head_dim 128 with 1024/16 = 64).
-        (key("rope.dimension_count"), u32_of("head_dim", config.head_dim)?),
-        (key("rope.freq_base"), Value::F32(config.rope_theta as f32)),
-        (key("attention.layer_norm_rms_epsilon"), Value::F32(config.rms_norm_eps as f32)),
+        (key(arch::ROPE_DIMENSION_COUNT), u32_of("head_dim", config.head_dim)?),
+        (key(arch::ROPE_FREQ_BASE), Value::F32(config.rope_theta as f32)),
+        (key(arch::RMS_NORM_EPS), Value::F32(config.rms_norm_eps as f32)),
     ];
     // rope_scaling (YaRN or linear context extension), as the converter writes it. llama.cpp's
     // metadata holds YaRN's factor and original context only: other YaRN settings are refused.
     match &config.rope_scaling {
         RopeScaling::Default => {}
         RopeScaling::Linear { factor } => {
-            out.push((key("rope.scaling.type"), Value::String("linear".into())));
-            out.push((key("rope.scaling.factor"), Value::F32(*factor as f32)));
+            out.push((key(arch::ROPE_SCALING_TYPE), Value::String("linear".into())));
+            out.push((key(arch::ROPE_SCALING_FACTOR), Value::F32(*factor as f32)));
         }
         yarn @ RopeScaling::Yarn {
             original_max_position_embeddings,
@@ -89,11 +89,11 @@ pub fn metadata(
                 .into());
             }
             let factor = yarn.yarn_effective_factor(config.max_position_embeddings).unwrap_or(1.0);
-            out.push((key("rope.scaling.type"), Value::String("yarn".into())));
-            out.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
+            out.push((key(arch::ROPE_SCALING_TYPE), Value::String("yarn".into())));
+            out.push((key(arch::ROPE_SCALING_FACTOR), Value::F32(factor as f32)));
             let original = original_max_position_embeddings.unwrap_or(config.max_position_embeddings);
             out.push((
-                key("rope.scaling.original_context_length"),
+                key(arch::ROPE_SCALING_ORIGINAL_CONTEXT),
                 u32_of("original_max_position_embeddings", original)?,
             ));
         }

@@ -21,14 +21,15 @@ use crate::export::manifest::Manifest;
 use crate::export::onnx::folder::Fallback;
 use crate::export::staging::{Staging, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
-use crate::loader::accumulate::quantize_rows;
-use crate::loader::quantization::format_name;
-use crate::merge::{MergeInputs, execute_rows, plan_merge, row_width};
+use crate::gguf_constants::{count_types, type_name};
+use crate::merge::{MergeInputs, execute_rows, plan_merge};
 use crate::model::TensorDtype;
+use crate::model::dtype::row_width;
 use crate::monitor;
 use crate::profile::LayerTensor;
+use crate::quant::ggml::quantize_ggml_rows;
 use file::{TensorEntry, encode_header, padding};
-use types::{TensorKind, count_types, tensor_type};
+use types::{TensorKind, tensor_type};
 
 /// The file inside a GGUF export folder.
 pub const GGUF_FILE: &str = "model.gguf";
@@ -65,7 +66,7 @@ fn encode_rows(dtype: GgmlDType, rows: &[f32], width: usize, out: &mut Vec<u8>) 
         GgmlDType::F32 => rows.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         GgmlDType::F16 => rows.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         GgmlDType::BF16 => rows.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
-        blocks => quantize_rows(blocks, rows, width, out)?,
+        blocks => quantize_ggml_rows(blocks, rows, width, out)?,
     }
     Ok(())
 }
@@ -120,8 +121,8 @@ pub fn write_gguf_folder(
                 kind: "tensor-type".into(),
                 reason: format!(
                     "{gguf_name} stored as {} instead of {}: {reason}",
-                    format_name(stored),
-                    format_name(wanted)
+                    type_name(stored),
+                    type_name(wanted)
                 ),
             });
         }
@@ -174,7 +175,7 @@ pub fn write_gguf_folder(
         bytes.clear();
         encode_rows(entry.dtype, values, row_width(&t.shape), &mut bytes).map_err(|e| {
             RuntimeError::Unsupported {
-                message: format!("cannot write `{}` as {}: {e}", entry.name, format_name(entry.dtype)),
+                message: format!("cannot write `{}` as {}: {e}", entry.name, type_name(entry.dtype)),
             }
         })?;
         received += values.len();

@@ -12,6 +12,10 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::Value as Json;
 
 use crate::error::{Error, ModelError};
+use crate::gguf_constants::{
+    TOKENIZER_ADD_BOS, TOKENIZER_BOS_ID, TOKENIZER_CHAT_TEMPLATE, TOKENIZER_EOS_ID, TOKENIZER_MERGES,
+    TOKENIZER_MODEL, TOKENIZER_PAD_ID, TOKENIZER_PRE, TOKENIZER_TOKEN_TYPE, TOKENIZER_TOKENS,
+};
 use crate::model::HfConfig;
 use crate::runtime::chat::ChatTemplate;
 
@@ -122,22 +126,22 @@ pub fn metadata(dir: &Path, config: &HfConfig, rows: usize) -> Result<Vec<(Strin
     let eos = id_of(special_content(&config_json, "eos_token")).or(config.eos_token_ids.first().copied());
     let pad = id_of(special_content(&config_json, "pad_token")).or(config.pad_token_id);
     let mut out = vec![
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), Value::String("qwen2".into())),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
-        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+        (TOKENIZER_MODEL.to_string(), Value::String("gpt2".into())),
+        (TOKENIZER_PRE.to_string(), Value::String("qwen2".into())),
+        (TOKENIZER_TOKENS.to_string(), Value::Array(tokens)),
+        (TOKENIZER_TOKEN_TYPE.to_string(), Value::Array(types)),
+        (TOKENIZER_MERGES.to_string(), Value::Array(merges)),
     ];
-    for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad)] {
+    for (key, id) in [(TOKENIZER_BOS_ID, bos), (TOKENIZER_EOS_ID, eos), (TOKENIZER_PAD_ID, pad)] {
         if let Some(id) = id {
-            out.push((format!("tokenizer.ggml.{key}"), Value::U32(id)));
+            out.push((key.to_string(), Value::U32(id)));
         }
     }
     let add_bos = config_json["add_bos_token"].as_bool().unwrap_or(false);
-    out.push(("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(add_bos)));
+    out.push((TOKENIZER_ADD_BOS.to_string(), Value::Bool(add_bos)));
     match ChatTemplate::from_dir(dir) {
         Ok(template) => {
-            out.push(("tokenizer.chat_template".to_string(), Value::String(template.source().to_string())))
+            out.push((TOKENIZER_CHAT_TEMPLATE.to_string(), Value::String(template.source().to_string())))
         }
         Err(e) => tracing::warn!("the GGUF file gets no chat template: {e}"),
     }

@@ -9,12 +9,10 @@
 //! - a matrix whose rows are not a whole number of the type's blocks falls back as llama.cpp
 //!   does (q4_k -> q5_0, q6_k -> q8_0, then f16).
 
-use std::collections::BTreeMap;
-
 use candle_core::quantized::GgmlDType;
 
 use crate::config::ExportDtype;
-use crate::loader::quantization::{fitting_format, format_name};
+use crate::gguf_constants::{fitting_format, type_name};
 
 /// What a tensor is, as far as the type rules care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,21 +100,12 @@ pub fn tensor_type(
         fitting => {
             let reason = format!(
                 "rows of {cols} values are not a multiple of {}'s {}-value blocks",
-                format_name(wanted),
+                type_name(wanted),
                 wanted.block_size()
             );
             (fitting.unwrap_or(GgmlDType::F16), Some((wanted, reason)))
         }
     }
-}
-
-/// Tensors per type, by llama.cpp's type names.
-pub fn count_types(types: impl Iterator<Item = GgmlDType>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for t in types {
-        *counts.entry(format_name(t).to_string()).or_insert(0) += 1;
-    }
-    counts
 }
 
 #[cfg(test)]

@@ -14,17 +14,11 @@
 use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
 use super::weights::WeightForm;
 use crate::model::HfConfig;
+use crate::onnx_io::{
+    ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY, PRESENT_VALUE,
+    io_name,
+};
 use crate::profile::{LayerTensor, Profile};
-
-/// Names the graph's inputs and outputs follow (those of optimum and onnxruntime-genai).
-pub const PAST_KEY: &str = "past_key_values.%d.key";
-pub const PAST_VALUE: &str = "past_key_values.%d.value";
-pub const PRESENT_KEY: &str = "present.%d.key";
-pub const PRESENT_VALUE: &str = "present.%d.value";
-
-pub fn io_name(pattern: &str, layer: usize) -> String {
-    pattern.replace("%d", &layer.to_string())
-}
 
 pub const ROPE_COS: &str = "/model/rotary_emb/cos_cache";
 pub const ROPE_SIN: &str = "/model/rotary_emb/sin_cache";
@@ -252,9 +246,9 @@ pub(super) fn declare_io(g: &mut GraphBuilder, c: &HfConfig) -> Io {
         Dim::Named("past_sequence_length"),
         Dim::Named("total_sequence_length"),
     );
-    let input_ids = g.input("input_ids", Elem::I64, &[b.clone(), s.clone()]);
-    let attention_mask = g.input("attention_mask", Elem::I64, &[b.clone(), t.clone()]);
-    let position_ids = g.input("position_ids", Elem::I64, &[b.clone(), s.clone()]);
+    let input_ids = g.input(INPUT_IDS, Elem::I64, &[b.clone(), s.clone()]);
+    let attention_mask = g.input(ATTENTION_MASK, Elem::I64, &[b.clone(), t.clone()]);
+    let position_ids = g.input(POSITION_IDS, Elem::I64, &[b.clone(), s.clone()]);
     for layer in 0..c.num_hidden_layers {
         for pattern in [PAST_KEY, PAST_VALUE] {
             g.input(
@@ -264,7 +258,7 @@ pub(super) fn declare_io(g: &mut GraphBuilder, c: &HfConfig) -> Io {
             );
         }
     }
-    g.output("logits", Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
+    g.output(LOGITS, Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
     for layer in 0..c.num_hidden_layers {
         for pattern in [PRESENT_KEY, PRESENT_VALUE] {
             g.output(
@@ -374,7 +368,7 @@ pub(super) fn lm_head(
     let logits = linear(g, spec, scope, normed, &spec.head, None)?;
     let v_tail = g.const_i64(&[spec.config.vocab_size as i64], &[1]);
     let shape = g.node(scope, "Concat", &[&sizes.batch, &sizes.seq, &v_tail], vec![attr_int("axis", 0)])?;
-    g.node_into(scope, "Reshape", &[&logits, &shape], &["logits"], vec![])
+    g.node_into(scope, "Reshape", &[&logits, &shape], &[LOGITS], vec![])
 }
 
 /// `x @ W^T (+ b)` for a weight stored as HF lays it out ([out, in]), however it is stored.

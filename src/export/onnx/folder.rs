@@ -32,8 +32,7 @@ use crate::runtime::ort_engine::{self, OrtEngine};
 use crate::runtime::tract_engine::{self, TractEngine};
 use crate::runtime::{Batch, DecoderEngine};
 
-pub const MODEL_FILE: &str = "model.onnx";
-pub const DATA_FILE: &str = "model.onnx_data";
+pub use crate::onnx_io::{DATA_FILE, MODEL_FILE};
 /// Protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
 const EMBEDDED_LIMIT: u64 = (2 << 30) - (64 << 20);
 /// The protobuf limit, lowered by `MODEL_EXPORT_TEST_EMBEDDED_LIMIT` in tests so the
@@ -275,7 +274,7 @@ pub fn check_exported(
     if let Some(why) = skipped(Engine::Ort) {
         tracing::warn!("not checked in ort: {why}");
     } else if ort_engine::available() {
-        if crate::pipeline::fault::fails("ort-check") {
+        if crate::hooks::fails("ort-check") {
             return Err(
                 RuntimeError::Engine { engine: "ort", message: "injected fault (ort-check)".into() }.into()
             );

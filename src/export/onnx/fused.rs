@@ -11,9 +11,10 @@
 
 use super::builder::{BuildError, GraphBuilder, attr_float, attr_int};
 use super::decoder::{
-    DecoderSpec, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, ROPE_COS, ROPE_SIN, additive_mask,
-    declare_io, dynamic_sizes, embed, io_name, layer_weight, linear, lm_head, real_keys, swiglu_mlp,
+    DecoderSpec, ROPE_COS, ROPE_SIN, additive_mask, declare_io, dynamic_sizes, embed, layer_weight, linear,
+    lm_head, real_keys, swiglu_mlp,
 };
+use crate::onnx_io::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, io_name};
 use crate::profile::LayerTensor;
 
 struct Fused<'a, 'b> {

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::decoder::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE};
 use crate::model::ModelFolder;
+use crate::onnx_io::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE};
 
 pub fn genai_config(base: &ModelFolder, filename: &str) -> Value {
     let c = &base.config;

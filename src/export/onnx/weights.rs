@@ -9,11 +9,11 @@ use rayon::prelude::*;
 use super::builder::Elem;
 use super::data::{InitializerSink, PlannedInitializer};
 use crate::error::{Error, RuntimeError};
-use crate::merge::execute::encode_parallel;
 use crate::merge::plan::PlannedTensor;
-use crate::merge::row_width;
 use crate::model::TensorDtype;
 use crate::model::dtype::encode_into;
+use crate::model::dtype::encode_parallel;
+use crate::model::dtype::row_width;
 use crate::quant::report::QuantReportBuilder;
 use crate::quant::{ErrorSums, Quantized, Scheme, quantize_rows};
 

@@ -9,24 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::export::stream_file::StreamingFile;
 pub use crate::export::stream_file::WrittenFile;
 
-use crate::model::TensorDtype;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorEntry {
-    pub name: String,
-    pub dtype: TensorDtype,
-    pub shape: Vec<usize>,
-}
-
-impl TensorEntry {
-    pub fn new(name: impl Into<String>, dtype: TensorDtype, shape: Vec<usize>) -> Self {
-        Self { name: name.into(), dtype, shape }
-    }
-
-    pub fn byte_len(&self) -> u64 {
-        self.shape.iter().product::<usize>() as u64 * self.dtype.size_in_bytes() as u64
-    }
-}
+pub use crate::model::safetensors::TensorEntry;
 
 /// The header bytes (length prefix included) for `entries`, padded to 8 bytes as safetensors does.
 pub fn header_bytes(entries: &[TensorEntry], metadata: &[(String, String)]) -> Vec<u8> {
@@ -105,7 +88,7 @@ impl SafetensorsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SafetensorsFile;
+    use crate::model::{SafetensorsFile, TensorDtype};
 
     #[test]
     fn written_file_reads_back_with_the_same_tensors() {

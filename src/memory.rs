@@ -123,7 +123,8 @@ pub fn engines(
     parts: &ModelParts,
     prompts: usize,
 ) -> Vec<(Engine, u64)> {
-    crate::validate::engines_for(spec.format)
+    spec.format
+        .engines()
         .iter()
         .filter(|e| requested.contains(e))
         .map(|&e| (e, engine(spec, e, bytes, parts, prompts)))
