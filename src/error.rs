@@ -147,6 +147,8 @@ pub enum ProfileError {
     Unknown { name: String, known: String },
     #[error("{}model_type `{model_type}`, which no profile handles", config.as_ref().map_or("config.json has ".to_string(), |p| format!("{} has ", p.display())))]
     UnknownModelType { model_type: String, known: String, config: Option<PathBuf> },
+    #[error("the {profile} profile has no {role} tensor, which every decoder layer needs")]
+    MissingTensor { profile: &'static str, role: String },
 }
 
 impl ProfileError {
@@ -158,6 +160,9 @@ impl ProfileError {
             ProfileError::UnknownModelType { known, .. } => format!(
                 "known profiles: {known}; `cargo model-export profiles` lists what each covers. Set `profile` explicitly only if the model really is one of them"
             ),
+            ProfileError::MissingTensor { .. } => {
+                "name the tensor in the profile's [tensors.layer] table (model-profiles/*.toml)".into()
+            }
         }
     }
 }

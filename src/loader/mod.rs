@@ -48,6 +48,7 @@ use crate::error::{Error, LoadError, ModelError, RuntimeError};
 use crate::export::gguf::GGUF_FILE;
 use crate::export::onnx::folder::{DATA_FILE, MODEL_FILE};
 use crate::merge::{MergeInputs, execute_rows, plan_merge};
+use crate::model::decoder::Role as DecoderRole;
 use crate::model::dtype::row_width;
 use crate::model::{HfConfig, ModelFolder};
 use crate::runtime::chat::{ChatTemplate, Message};
@@ -182,17 +183,14 @@ fn planned_weights(
     folder: &ModelFolder,
     shapes: impl Iterator<Item = (String, Vec<usize>)>,
 ) -> Vec<PlannedWeight> {
-    let names = &folder.profile.tensors;
+    let decoder = &folder.config.decoder;
     shapes
         .map(|(name, shape)| {
-            let role = if name == names.embed {
-                Role::Embedding
-            } else if name == names.lm_head {
-                Role::Head
-            } else if shape.len() < 2 {
-                Role::Vector
-            } else {
-                Role::Linear
+            let role = match decoder.tensor(&name).map(|t| t.role) {
+                Some(DecoderRole::Embedding) => Role::Embedding,
+                Some(DecoderRole::Head) => Role::Head,
+                _ if shape.len() < 2 => Role::Vector,
+                _ => Role::Linear,
             };
             PlannedWeight { name, shape, role }
         })
@@ -584,8 +582,8 @@ impl Model {
         device: &ChosenDevice,
         threads: usize,
     ) -> Result<Parts, Error> {
-        let (config, profile) = HfConfig::read(&dir.join("config.json"), None)?;
-        let shapes = crate::model::layout::expected_tensors(&config, profile);
+        let (config, _) = HfConfig::read(&dir.join("config.json"), None)?;
+        let shapes = crate::model::layout::expected_tensors(&config);
         let parameters = shapes.iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
         let files: u64 = [MODEL_FILE, DATA_FILE]
             .iter()

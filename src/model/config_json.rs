@@ -2,6 +2,7 @@
 //! for what is absent. The raw object is kept so exports can re-write it faithfully.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -9,8 +10,12 @@ use serde_json::{Map, Value};
 use crate::error::ModelError;
 use crate::profile::Profile;
 
+use super::decoder::{DecoderDesc, Dims};
 use super::features;
 use super::rope::{RopeScaling, RopeSpec};
+
+/// Deeper than any real decoder (Qwen's deepest has 94 layers); a larger value is a broken file.
+const MAX_LAYERS: usize = 4096;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HfConfig {
@@ -38,6 +43,9 @@ pub struct HfConfig {
     pub pad_token_id: Option<u32>,
     #[serde(skip)]
     pub raw: Map<String, Value>,
+    /// The decoder this config describes under its profile, built once here.
+    #[serde(skip)]
+    pub decoder: Arc<DecoderDesc>,
 }
 
 impl HfConfig {
@@ -120,6 +128,11 @@ impl HfConfig {
             }
         };
         let num_hidden_layers = fields.required_usize("num_hidden_layers", profile)?;
+        if num_hidden_layers > MAX_LAYERS {
+            return Err(fields.invalid(format!(
+                "num_hidden_layers = {num_hidden_layers} is more layers than any decoder this tool describes (at most {MAX_LAYERS})"
+            )));
+        }
         let features =
             features::check(&raw, &model_type, num_hidden_layers).map_err(|(key, value, supported)| {
                 ModelError::UnsupportedConfig { path: path.to_path_buf(), key, value, supported }
@@ -153,8 +166,28 @@ impl HfConfig {
             pad_token_id: fields.optional_token_id("pad_token_id")?,
             model_type,
             raw: raw.clone(),
+            decoder: Arc::new(DecoderDesc::pending(profile)),
         };
-        Ok((config, profile))
+        let decoder = Arc::new(DecoderDesc::new(profile, config.dims())?);
+        Ok((HfConfig { decoder, ..config }, profile))
+    }
+
+    /// The figures the decoder's description is made of.
+    fn dims(&self) -> Dims<'_> {
+        Dims {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            max_position_embeddings: self.max_position_embeddings,
+            rope_theta: self.rope_theta,
+            rope_scaling: &self.rope_scaling,
+            rms_norm_eps: self.rms_norm_eps,
+            tie_word_embeddings: self.tie_word_embeddings,
+        }
     }
 
     /// What the RoPE tables are computed from.

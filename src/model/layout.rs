@@ -4,45 +4,22 @@
 use super::config_json::HfConfig;
 use super::folder::ModelFolder;
 use crate::error::ModelError;
-use crate::profile::{LayerTensor, Profile};
 
-/// Expected tensor names and shapes for `config` under `profile`.
-pub fn expected_tensors(config: &HfConfig, profile: &Profile) -> Vec<(String, Vec<usize>)> {
-    let hidden = config.hidden_size;
-    let q_out = config.num_attention_heads * config.head_dim;
-    let kv_out = config.num_key_value_heads * config.head_dim;
-    let inter = config.intermediate_size;
-    let mut out = vec![
-        (profile.tensors.embed.to_string(), vec![config.vocab_size, hidden]),
-        (profile.tensors.final_norm.to_string(), vec![hidden]),
-    ];
-    if !config.tie_word_embeddings {
-        out.push((profile.tensors.lm_head.to_string(), vec![config.vocab_size, hidden]));
+/// Expected tensor names and shapes for `config` under its profile, in the order a synthesized
+/// model stores them: embedding, final norm, head (when not tied), then every layer's tensors.
+pub fn expected_tensors(config: &HfConfig) -> Vec<(String, Vec<usize>)> {
+    let d = &config.decoder;
+    let mut out = vec![d.embedding.clone(), d.final_norm.weight.clone()];
+    if !d.tied {
+        out.push(d.head.clone());
     }
-    for layer in 0..config.num_hidden_layers {
-        for (role, _) in profile.tensors.layer {
-            let shape = match role {
-                LayerTensor::InputNorm | LayerTensor::PostAttentionNorm => vec![hidden],
-                LayerTensor::QProj => vec![q_out, hidden],
-                LayerTensor::KProj | LayerTensor::VProj => vec![kv_out, hidden],
-                LayerTensor::OProj => vec![hidden, q_out],
-                LayerTensor::QNorm | LayerTensor::KNorm => vec![config.head_dim],
-                LayerTensor::QBias => vec![q_out],
-                LayerTensor::KBias | LayerTensor::VBias => vec![kv_out],
-                LayerTensor::GateProj | LayerTensor::UpProj => vec![inter, hidden],
-                LayerTensor::DownProj => vec![hidden, inter],
-            };
-            if let Some(name) = profile.layer_tensor(layer, *role) {
-                out.push((name, shape));
-            }
-        }
-    }
-    out
+    out.extend(d.layer_tensors().iter().cloned());
+    out.into_iter().map(|t| (t.name, t.shape)).collect()
 }
 
 /// Everything about the folder's tensors that disagrees with its profile, one line each.
 pub fn layout_problems(folder: &ModelFolder) -> Vec<(String, String)> {
-    let expected = expected_tensors(&folder.config, folder.profile);
+    let expected = expected_tensors(&folder.config);
     let mut problems = Vec::new();
     for (name, shape) in &expected {
         match folder.tensor(name) {

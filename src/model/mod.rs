@@ -1,6 +1,7 @@
 //! Reading Hugging Face model folders: config.json, safetensors (mmap, sharded), tokenizer files.
 
 pub mod config_json;
+pub mod decoder;
 pub mod dtype;
 pub mod features;
 pub mod folder;
@@ -9,6 +10,7 @@ pub mod rope;
 pub mod safetensors;
 
 pub use config_json::HfConfig;
+pub use decoder::DecoderDesc;
 pub use dtype::TensorDtype;
 pub use folder::ModelFolder;
 pub use safetensors::{SafetensorsFile, TensorInfo};

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ErrorSums;
+use crate::model::decoder::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,22 +21,17 @@ pub enum TensorGroup {
 }
 
 impl TensorGroup {
-    /// The group of a Hugging Face tensor name (or of one of the export's own tables).
-    pub fn of(name: &str) -> Self {
-        if name.contains("embed_tokens") {
-            TensorGroup::Embeddings
-        } else if name.starts_with("lm_head") {
-            TensorGroup::LmHead
-        } else if name.contains("rotary_emb") {
-            TensorGroup::RopeTables
-        } else if name.contains("norm") {
-            TensorGroup::Norms
-        } else if name.contains(".self_attn.") {
-            TensorGroup::Attention
-        } else if name.contains(".mlp.") {
-            TensorGroup::Mlp
-        } else {
-            TensorGroup::Other
+    /// The group of a tensor with decoder role `role`; `None`: one of the export's own tables.
+    pub fn of(role: Option<Role>) -> Self {
+        match role {
+            Some(Role::Embedding) => TensorGroup::Embeddings,
+            Some(Role::Head) => TensorGroup::LmHead,
+            Some(Role::Norm) => TensorGroup::Norms,
+            Some(Role::Projection { kind, .. } | Role::Bias { kind, .. }) if kind.in_attention() => {
+                TensorGroup::Attention
+            }
+            Some(Role::Projection { .. } | Role::Bias { .. }) => TensorGroup::Mlp,
+            None => TensorGroup::Other,
         }
     }
 
@@ -113,6 +109,7 @@ impl QuantReportBuilder {
     pub fn push(
         &mut self,
         name: &str,
+        group: TensorGroup,
         shape: &[usize],
         stored: &str,
         bytes_after: u64,
@@ -121,7 +118,7 @@ impl QuantReportBuilder {
         let numel: usize = shape.iter().product();
         self.tensors.push(TensorQuant {
             name: name.to_string(),
-            group: TensorGroup::of(name),
+            group,
             stored: stored.to_string(),
             shape: shape.to_vec(),
             bytes_before: 4 * numel as u64,
@@ -197,15 +194,20 @@ impl QuantReportBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::decoder::Projection;
 
     #[test]
     fn groups_sum_bytes_and_find_the_worst_tensor() {
         let mut b = QuantReportBuilder::default();
         let err = |e: f64, n: f64| ErrorSums { squared_error: e, squared_norm: n };
-        b.push("model.embed_tokens.weight", &[10, 4], "f16", 80, Some(err(0.0, 1.0)));
-        b.push("model.layers.0.self_attn.q_proj.weight", &[4, 4], "int4", 16, Some(err(1.0, 100.0)));
-        b.push("model.layers.0.mlp.up_proj.weight", &[8, 4], "int4", 24, Some(err(4.0, 100.0)));
-        b.push("model.layers.0.input_layernorm.weight", &[4], "f32", 16, None);
+        let group = |role| TensorGroup::of(Some(role));
+        let projection = |kind| Role::Projection { layer: 0, kind };
+        b.push("model.embed_tokens.weight", group(Role::Embedding), &[10, 4], "f16", 80, Some(err(0.0, 1.0)));
+        let q = group(projection(Projection::Q));
+        b.push("model.layers.0.self_attn.q_proj.weight", q, &[4, 4], "int4", 16, Some(err(1.0, 100.0)));
+        let up = group(projection(Projection::Up));
+        b.push("model.layers.0.mlp.up_proj.weight", up, &[8, 4], "int4", 24, Some(err(4.0, 100.0)));
+        b.push("model.layers.0.input_layernorm.weight", group(Role::Norm), &[4], "f32", 16, None);
         let r = b.finish("int4", "int4-block32-asymmetric");
         assert_eq!(r.bytes_before, 160 + 64 + 128 + 16);
         assert_eq!(r.bytes_after, 80 + 16 + 24 + 16);
@@ -216,7 +218,10 @@ mod tests {
         assert!((r.error.max_relative_error - 0.2).abs() < 1e-12);
         assert_eq!(r.error.worst_tensor.as_deref(), Some("model.layers.0.mlp.up_proj.weight"));
         assert!((r.error.mean_relative_error - 0.1).abs() < 1e-12);
-        assert_eq!(TensorGroup::of("/model/rotary_emb/cos_cache"), TensorGroup::RopeTables);
-        assert_eq!(TensorGroup::of("model.layers.3.self_attn.q_norm.weight"), TensorGroup::Norms);
+        assert_eq!(
+            TensorGroup::of(Some(Role::Bias { layer: 2, kind: Projection::V })),
+            TensorGroup::Attention
+        );
+        assert_eq!(TensorGroup::of(Some(projection(Projection::Down))), TensorGroup::Mlp);
     }
 }

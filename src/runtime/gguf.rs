@@ -4,7 +4,6 @@
 //! computes them). Everything comes from the file itself, so a metadata key or tensor the
 //! writer got wrong shows up as a failed load or a failed validation.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -148,9 +147,7 @@ impl GgufFile {
     /// to f16 for the lookup (a tied head keeps multiplying in the blocks, as llama.cpp does).
     pub fn load(&self, device: &Device) -> Result<ReferenceModel, Error> {
         let source = self.weight_source(device, false)?;
-        Ok(ReferenceModel::assemble_from(self.profile, &self.config, &self.path, device, &mut |hf| {
-            source(hf)
-        })?)
+        Ok(ReferenceModel::assemble_from(&self.config, &self.path, device, &mut |hf| source(hf))?)
     }
 
     /// The same model read one layer at a time on every forward pass (CPU): each layer's blocks
@@ -158,7 +155,7 @@ impl GgufFile {
     /// so validation holds one layer, the f16 embedding or the head instead of the whole file.
     pub fn streamed(&self) -> Result<StreamedModel<'_>, Error> {
         let source = self.weight_source(&Device::Cpu, true)?;
-        Ok(StreamedModel::from_parts(self.profile, &self.config, &self.path, Box::new(source)))
+        Ok(StreamedModel::from_parts(&self.config, &self.path, Box::new(source)))
     }
 
     /// A weight by its Hugging Face name, read from the file each time it is asked for.
@@ -170,8 +167,7 @@ impl GgufFile {
         embedding_blocks: bool,
     ) -> Result<impl Fn(&str) -> Result<Option<Weight>, RuntimeError> + '_, Error> {
         let reader = std::cell::RefCell::new(open(&self.path)?);
-        let gguf_name: HashMap<String, String> =
-            self.profile.gguf_names(self.config.num_hidden_layers).into_iter().collect();
+        let decoder = &self.config.decoder;
         let names = &self.profile.tensors;
         let embed = self.profile.gguf.tensors.embed;
         let tied_quantized_head = self.config.tie_word_embeddings
@@ -184,7 +180,9 @@ impl GgufFile {
             if hf == names.lm_head && tied_quantized_head {
                 return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed)?)?)));
             }
-            let Some(name) = gguf_name.get(hf).filter(|n| self.content.tensor_infos.contains_key(*n)) else {
+            let Some(name) =
+                decoder.tensor(hf).map(|t| &t.gguf).filter(|n| self.content.tensor_infos.contains_key(*n))
+            else {
                 return Ok(None);
             };
             let q = read(name)?;

@@ -11,9 +11,10 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use super::batch::Batch;
 use crate::error::RuntimeError;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::model::{HfConfig, ModelFolder};
-use crate::profile::{LayerTensor, Profile};
+use crate::model::decoder::{LinearDesc, MlpDesc, TensorDesc};
+use crate::model::{DecoderDesc, HfConfig, ModelFolder};
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
@@ -205,10 +206,9 @@ pub struct ReferenceModel {
 /// layer, the embedding or the head at a time, plus activations and the KV cache.
 pub struct StreamedModel<'a> {
     source: Box<ReadWeight<'a>>,
-    profile: &'static Profile,
+    decoder: Arc<DecoderDesc>,
     origin: PathBuf,
     layers: usize,
-    tie_word_embeddings: bool,
     arch: Arch,
     pub vocab_size: usize,
 }
@@ -248,10 +248,9 @@ fn matrix(take: &mut TakeWeight<'_>, name: &str, device: &Device) -> Result<Opti
     })
 }
 
-/// How a model's parts are named and asked for.
+/// How a model's parts are named and asked for: the decoder's description.
 struct Assembly<'p> {
-    profile: &'p Profile,
-    tie_word_embeddings: bool,
+    decoder: &'p DecoderDesc,
     origin: &'p Path,
     device: &'p Device,
 }
@@ -261,56 +260,57 @@ impl Assembly<'_> {
         RuntimeError::MissingTensor { path: self.origin.to_path_buf(), tensor: name.to_string() }
     }
 
-    fn named(&self, layer: usize, r: LayerTensor) -> Result<String> {
-        self.profile.layer_tensor(layer, r).ok_or_else(|| RuntimeError::Unsupported {
-            message: format!("the {} profile has no {r:?} tensor", self.profile.name),
-        })
-    }
-
-    /// Optional per-layer vectors (q/k norms, biases): absent from the profile or the file.
-    fn vector(&self, take: &mut TakeWeight<'_>, layer: usize, r: LayerTensor) -> Result<Option<Tensor>> {
-        match self.profile.layer_tensor(layer, r) {
-            Some(n) => Ok(dense(take, &n, self.device)?.map(|t| t.to_dtype(DType::F32)).transpose()?),
+    /// A vector the description may leave out (q/k norms, biases); `Some` must be in the file.
+    fn vector(&self, take: &mut TakeWeight<'_>, t: Option<&TensorDesc>) -> Result<Option<Tensor>> {
+        match t {
+            Some(t) => Ok(dense(take, &t.name, self.device)?.map(|t| t.to_dtype(DType::F32)).transpose()?),
             None => Ok(None),
         }
     }
 
+    fn required(&self, take: &mut TakeWeight<'_>, t: &TensorDesc) -> Result<Tensor> {
+        Ok(dense(take, &t.name, self.device)?.ok_or_else(|| self.missing(&t.name))?.to_dtype(DType::F32)?)
+    }
+
+    fn linear(&self, take: &mut TakeWeight<'_>, l: &LinearDesc) -> Result<Linear> {
+        let weight =
+            matrix(take, &l.weight.name, self.device)?.ok_or_else(|| self.missing(&l.weight.name))?;
+        let bias = self.vector(take, l.bias.as_ref())?;
+        Ok(Linear { weight, bias })
+    }
+
     fn layer(&self, take: &mut TakeWeight<'_>, i: usize) -> Result<Layer> {
-        let required = |take: &mut TakeWeight<'_>, r: LayerTensor| -> Result<Tensor> {
-            let n = self.named(i, r)?;
-            Ok(dense(take, &n, self.device)?.ok_or_else(|| self.missing(&n))?.to_dtype(DType::F32)?)
-        };
-        let input_norm = required(take, LayerTensor::InputNorm)?;
-        let post_norm = required(take, LayerTensor::PostAttentionNorm)?;
-        let q_norm = self.vector(take, i, LayerTensor::QNorm)?;
-        let k_norm = self.vector(take, i, LayerTensor::KNorm)?;
-        let linear =
-            |take: &mut TakeWeight<'_>, r: LayerTensor, bias: Option<LayerTensor>| -> Result<Linear> {
-                let n = self.named(i, r)?;
-                let weight = matrix(take, &n, self.device)?.ok_or_else(|| self.missing(&n))?;
-                let bias = match bias {
-                    Some(b) => self.vector(take, i, b)?,
-                    None => None,
-                };
-                Ok(Linear { weight, bias })
-            };
+        let d = &self.decoder.layers[i];
+        let a = &d.attention;
+        // The order a streamed source is asked in (norms first, then q/k/v/o, then the MLP).
+        let input_norm = self.required(take, &d.input_norm.weight)?;
+        let post_norm = self.required(take, &d.post_attention_norm.weight)?;
+        let q_norm = self.vector(take, a.q_norm.as_ref().map(|n| &n.weight))?;
+        let k_norm = self.vector(take, a.k_norm.as_ref().map(|n| &n.weight))?;
+        let (q, k, v, o) = (
+            self.linear(take, &a.q)?,
+            self.linear(take, &a.k)?,
+            self.linear(take, &a.v)?,
+            self.linear(take, &a.o)?,
+        );
+        let MlpDesc::SwiGlu(mlp) = &d.mlp;
         Ok(Layer {
             input_norm,
-            q: linear(take, LayerTensor::QProj, Some(LayerTensor::QBias))?,
-            k: linear(take, LayerTensor::KProj, Some(LayerTensor::KBias))?,
-            v: linear(take, LayerTensor::VProj, Some(LayerTensor::VBias))?,
-            o: linear(take, LayerTensor::OProj, None)?,
+            q,
+            k,
+            v,
+            o,
             q_norm,
             k_norm,
             post_norm,
-            gate: linear(take, LayerTensor::GateProj, None)?,
-            up: linear(take, LayerTensor::UpProj, None)?,
-            down: linear(take, LayerTensor::DownProj, None)?,
+            gate: self.linear(take, &mlp.gate)?,
+            up: self.linear(take, &mlp.up)?,
+            down: self.linear(take, &mlp.down)?,
         })
     }
 
     fn embedding(&self, take: &mut TakeWeight<'_>) -> Result<Embedding> {
-        let name = self.profile.tensors.embed;
+        let name = &self.decoder.embedding.name;
         match take(name)? {
             Some(Weight::Adapted { base, lora }) => {
                 Ok(Embedding { table: Table::Dense(base.to_device(self.device)?), lora: Some(lora) })
@@ -335,15 +335,13 @@ impl Assembly<'_> {
         take: &mut TakeWeight<'_>,
         embedding: &mut dyn FnMut(&mut TakeWeight<'_>) -> Result<Weight>,
     ) -> Result<Head> {
-        let tensors = &self.profile.tensors;
-        let lm_head = match matrix(take, tensors.lm_head, self.device)? {
+        let d = self.decoder;
+        let lm_head = match matrix(take, &d.head.name, self.device)? {
             Some(head) => head,
-            None if self.tie_word_embeddings => embedding(take)?,
-            None => return Err(self.missing(tensors.lm_head)),
+            None if d.tied => embedding(take)?,
+            None => return Err(self.missing(&d.head.name)),
         };
-        let norm = dense(take, tensors.final_norm, self.device)?
-            .ok_or_else(|| self.missing(tensors.final_norm))?
-            .to_dtype(DType::F32)?;
+        let norm = self.required(take, &d.final_norm.weight)?;
         Ok(Head { norm, lm_head })
     }
 }
@@ -515,19 +513,18 @@ impl ReferenceModel {
     /// Builds the model of `folder`'s architecture from weights handed over one by one (dense
     /// or quantized), on `device`. Norms, biases and the embedding table must be dense.
     pub fn assemble(folder: &ModelFolder, device: &Device, take: &mut TakeWeight<'_>) -> Result<Self> {
-        Self::assemble_from(folder.profile, &folder.config, &folder.dir, device, take)
+        Self::assemble_from(&folder.config, &folder.dir, device, take)
     }
 
-    /// Like [`ReferenceModel::assemble`] for a model described by `profile` and `config`
-    /// rather than a folder (a GGUF file); `origin` names it in errors.
+    /// Like [`ReferenceModel::assemble`] for a model described by `config` rather than a
+    /// folder (a GGUF file); `origin` names it in errors.
     pub fn assemble_from(
-        profile: &Profile,
         c: &HfConfig,
         origin: &Path,
         device: &Device,
         take: &mut TakeWeight<'_>,
     ) -> Result<Self> {
-        let assembly = Assembly { profile, tie_word_embeddings: c.tie_word_embeddings, origin, device };
+        let assembly = Assembly { decoder: &c.decoder, origin, device };
         let layers = (0..c.num_hidden_layers).map(|i| assembly.layer(take, i)).collect::<Result<Vec<_>>>()?;
         let embed = assembly.embedding(take)?;
         let head = assembly.head(take, &mut |_| Ok(embed.table.as_head()))?;
@@ -561,22 +558,16 @@ pub fn read_f32_released(folder: &ModelFolder, name: &str) -> Result<Option<(Vec
 impl<'a> StreamedModel<'a> {
     /// A model of `folder`'s architecture whose weights `source` reads on demand.
     pub fn new(folder: &ModelFolder, source: Box<ReadWeight<'a>>) -> Self {
-        Self::from_parts(folder.profile, &folder.config, &folder.dir, source)
+        Self::from_parts(&folder.config, &folder.dir, source)
     }
 
     /// A model described by `profile` and `config` (a GGUF file's); `origin` names it in errors.
-    pub fn from_parts(
-        profile: &'static Profile,
-        c: &HfConfig,
-        origin: &Path,
-        source: Box<ReadWeight<'a>>,
-    ) -> Self {
+    pub fn from_parts(c: &HfConfig, origin: &Path, source: Box<ReadWeight<'a>>) -> Self {
         StreamedModel {
             source,
-            profile,
+            decoder: c.decoder.clone(),
             origin: origin.to_path_buf(),
             layers: c.num_hidden_layers,
-            tie_word_embeddings: c.tie_word_embeddings,
             arch: Arch::new(c, &Device::Cpu),
             vocab_size: c.vocab_size,
         }
@@ -595,23 +586,15 @@ impl<'a> StreamedModel<'a> {
     }
 
     /// Every weight name the model asks its source for, in the order of a forward pass.
-    pub fn weight_names(profile: &Profile, layers: usize) -> Vec<String> {
-        let t = &profile.tensors;
-        let mut names = vec![t.embed.to_string()];
-        for layer in 0..layers {
-            names.extend(t.layer.iter().filter_map(|(role, _)| profile.layer_tensor(layer, *role)));
-        }
-        names.extend([t.lm_head.to_string(), t.final_norm.to_string()]);
+    pub fn weight_names(decoder: &DecoderDesc) -> Vec<String> {
+        let mut names = vec![decoder.embedding.name.clone()];
+        names.extend(decoder.layer_tensors().iter().map(|t| t.name.clone()));
+        names.extend([decoder.head.name.clone(), decoder.final_norm.weight.name.clone()]);
         names
     }
 
     fn assembly(&self) -> Assembly<'_> {
-        Assembly {
-            profile: self.profile,
-            tie_word_embeddings: self.tie_word_embeddings,
-            origin: &self.origin,
-            device: &self.arch.device,
-        }
+        Assembly { decoder: &self.decoder, origin: &self.origin, device: &self.arch.device }
     }
 
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {

@@ -109,7 +109,7 @@ pub fn write_model(
     let config_path = dir.join("config.json");
     let config_json = shape.config_json(BOS, EOS, PAD);
     write_json(&config_path, &config_json)?;
-    let (config, profile) = HfConfig::parse(&config_path, &config_json.to_string(), None).map_err(|e| {
+    let (config, _) = HfConfig::parse(&config_path, &config_json.to_string(), None).map_err(|e| {
         Error::write(&config_path, std::io::Error::other(format!("synthetic config does not parse: {e}")))
     })?;
     write_json(
@@ -121,7 +121,7 @@ pub fn write_model(
     )?;
     write_tokenizer(dir)?;
 
-    let entries: Vec<TensorEntry> = expected_tensors(&config, profile)
+    let entries: Vec<TensorEntry> = expected_tensors(&config)
         .into_iter()
         .map(|(name, dims)| TensorEntry::new(name, shape.dtype, dims))
         .collect();
@@ -260,16 +260,14 @@ mod tests {
     fn qwen3_0_6b_shape_has_the_real_parameter_count() {
         let shape = ModelShape::by_name("qwen3-0.6b").unwrap();
         let config_json = shape.config_json(BOS, EOS, PAD).to_string();
-        let (config, profile) = HfConfig::parse(Path::new("config.json"), &config_json, None).unwrap();
-        let params: usize =
-            expected_tensors(&config, profile).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let (config, _) = HfConfig::parse(Path::new("config.json"), &config_json, None).unwrap();
+        let params: usize = expected_tensors(&config).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         // Qwen/Qwen3-0.6B: 596,049,920 parameters, 440,467,456 without the (tied) embedding.
         assert_eq!(params, 596_049_920);
         let shape = ModelShape::by_name("qwen2.5-7b").unwrap();
-        let (config, profile) =
+        let (config, _) =
             HfConfig::parse(Path::new("c"), &shape.config_json(BOS, EOS, PAD).to_string(), None).unwrap();
-        let params: usize =
-            expected_tensors(&config, profile).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let params: usize = expected_tensors(&config).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         // Qwen/Qwen2.5-7B: 7,615,616,512 parameters.
         assert_eq!(params, 7_615_616_512);
     }

@@ -281,7 +281,7 @@ fn source_error(e: Error) -> RuntimeError {
 /// Every adapted or saved module must reach the model: one that does not (a bias, a module of
 /// another architecture) would otherwise be dropped without a word.
 fn check_coverage(base: &ModelFolder, adapter: &PeftAdapter) -> Result<(), Error> {
-    let names = StreamedModel::weight_names(base.profile, base.config.num_hidden_layers);
+    let names = StreamedModel::weight_names(&base.config.decoder);
     let reached =
         |module: &str| names.iter().any(|n| n == module || n.strip_suffix(".weight") == Some(module));
     let unused: Vec<&String> =

@@ -24,9 +24,9 @@ use crate::export::stream_file::StreamingFile;
 use crate::gguf_constants::{count_types, type_name};
 use crate::merge::{MergeInputs, execute_rows, plan_merge};
 use crate::model::TensorDtype;
+use crate::model::decoder::{Projection, Role};
 use crate::model::dtype::row_width;
 use crate::monitor;
-use crate::profile::LayerTensor;
 use crate::quant::ggml::quantize_ggml_rows;
 use file::{TensorEntry, encode_header, padding};
 use types::{TensorKind, tensor_type};
@@ -82,38 +82,22 @@ pub fn write_gguf_folder(
     let config = &weights.config;
     let plan = plan_merge(weights, inputs.adapter)?;
     let dtype = options.dtype.unwrap_or_else(|| storage_dtype(base.storage_dtype()));
-    let names = profile.gguf_names(config.num_hidden_layers);
-    let hf = &profile.tensors;
-    let has_head = plan.tensors.iter().any(|t| t.name == hf.lm_head);
-    let role_of = |name: &str| -> Option<(usize, LayerTensor)> {
-        (0..config.num_hidden_layers).find_map(|layer| {
-            [LayerTensor::VProj, LayerTensor::DownProj]
-                .into_iter()
-                .find(|&r| profile.layer_tensor(layer, r).as_deref() == Some(name))
-                .map(|r| (layer, r))
-        })
-    };
+    let decoder = &config.decoder;
+    let has_head = plan.tensors.iter().any(|t| t.name == decoder.head.name);
     let mut entries = Vec::with_capacity(plan.tensors.len());
     let mut fallbacks = Vec::new();
     for t in &plan.tensors {
-        let gguf_name =
-            names.iter().find(|(h, _)| *h == t.name).map(|(_, g)| g.clone()).ok_or_else(|| {
-                RuntimeError::Unsupported {
-                    message: format!("tensor `{}` has no GGUF name in the {} profile", t.name, profile.name),
-                }
-            })?;
-        let kind = if t.shape.len() < 2 {
-            TensorKind::Vector
-        } else if t.name == hf.embed {
-            TensorKind::Embedding { tied: !has_head }
-        } else if t.name == hf.lm_head {
-            TensorKind::Head
-        } else {
-            match role_of(&t.name) {
-                Some((layer, LayerTensor::VProj)) => TensorKind::AttentionV { layer },
-                Some((layer, _)) => TensorKind::FfnDown { layer },
-                None => TensorKind::Matrix,
-            }
+        let described = decoder.tensor(&t.name).ok_or_else(|| RuntimeError::Unsupported {
+            message: format!("tensor `{}` has no GGUF name in the {} profile", t.name, profile.name),
+        })?;
+        let gguf_name = described.gguf.clone();
+        let kind = match described.role {
+            _ if t.shape.len() < 2 => TensorKind::Vector,
+            Role::Embedding => TensorKind::Embedding { tied: !has_head },
+            Role::Head => TensorKind::Head,
+            Role::Projection { layer, kind: Projection::V } => TensorKind::AttentionV { layer },
+            Role::Projection { layer, kind: Projection::Down } => TensorKind::FfnDown { layer },
+            _ => TensorKind::Matrix,
         };
         let (stored, fallback) = tensor_type(dtype, kind, row_width(&t.shape), config.num_hidden_layers);
         if let Some((wanted, reason)) = fallback {
@@ -139,7 +123,11 @@ pub fn write_gguf_folder(
         .into());
     }
     // The embedding's rows, not config.json, say how many tokens llama.cpp can look up.
-    let rows = plan.tensors.iter().find(|t| t.name == hf.embed).map_or(config.vocab_size, |t| t.shape[0]);
+    let rows = plan
+        .tensors
+        .iter()
+        .find(|t| t.name == decoder.embedding.name)
+        .map_or(config.vocab_size, |t| t.shape[0]);
 
     let staging = Staging::new(out, inputs.temp_root)?;
     let dir = staging.dir().to_path_buf();

@@ -420,7 +420,7 @@ fn write_onnx_folder_as(
     let progress = monitor::bytes_bar(total, format!("writing {}", staging.name()));
     let started = std::time::Instant::now();
     let merge_inputs = MergeInputs { base: weights, adapter, allow_non_finite: options.allow_non_finite };
-    let mut writer = WeightWriter::new(&mut sink, &data_path);
+    let mut writer = WeightWriter::new(&mut sink, &data_path, &config.decoder);
     execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
         writer.rows(t, options.storage(t, names), options.transposed(t, names), first, values, &progress)
     })?;

@@ -10,11 +10,12 @@ use super::builder::Elem;
 use super::data::{InitializerSink, PlannedInitializer};
 use crate::error::{Error, RuntimeError};
 use crate::merge::plan::PlannedTensor;
+use crate::model::DecoderDesc;
 use crate::model::TensorDtype;
 use crate::model::dtype::encode_into;
 use crate::model::dtype::encode_parallel;
 use crate::model::dtype::row_width;
-use crate::quant::report::QuantReportBuilder;
+use crate::quant::report::{QuantReportBuilder, TensorGroup};
 use crate::quant::{ErrorSums, Quantized, Scheme, quantize_rows};
 
 /// How one merged tensor is stored.
@@ -136,6 +137,7 @@ pub struct WeightWriter<'a> {
     sink: &'a mut InitializerSink,
     path: &'a std::path::Path,
     report: QuantReportBuilder,
+    decoder: &'a DecoderDesc,
     encoded: Vec<u8>,
     quantized: Quantized,
     sums: ErrorSums,
@@ -160,10 +162,11 @@ fn encode_f16(values: &[f32], out: &mut Vec<u8>) -> ErrorSums {
 
 impl<'a> WeightWriter<'a> {
     /// `path` names the file in write errors.
-    pub fn new(sink: &'a mut InitializerSink, path: &'a std::path::Path) -> Self {
+    pub fn new(sink: &'a mut InitializerSink, path: &'a std::path::Path, decoder: &'a DecoderDesc) -> Self {
         Self {
             sink,
             path,
+            decoder,
             report: QuantReportBuilder::default(),
             encoded: Vec::new(),
             quantized: Quantized::default(),
@@ -275,14 +278,15 @@ impl<'a> WeightWriter<'a> {
             Storage::F32 => None,
             _ => Some(std::mem::take(&mut self.sums)),
         };
-        self.report.push(&t.name, &t.shape, &storage.label(), std::mem::take(&mut self.bytes), error);
+        let group = TensorGroup::of(self.decoder.tensor(&t.name).map(|d| d.role));
+        self.report.push(&t.name, group, &t.shape, &storage.label(), std::mem::take(&mut self.bytes), error);
         Ok(())
     }
 
     /// An initializer written as is (the RoPE tables), counted in the report.
     pub fn raw(&mut self, name: &str, shape: &[usize], bytes: &[u8]) -> Result<(), Error> {
         self.write(bytes)?;
-        self.report.push(name, shape, "f32", std::mem::take(&mut self.bytes), None);
+        self.report.push(name, TensorGroup::RopeTables, shape, "f32", std::mem::take(&mut self.bytes), None);
         Ok(())
     }
 
