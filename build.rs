@@ -51,6 +51,9 @@ const KNOWN_CONFIG_FIELDS: &[&str] = &[
     "rope_theta",
     "rms_norm_eps",
     "tie_word_embeddings",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
 ];
 
 #[derive(Deserialize)]
@@ -66,6 +69,52 @@ struct ProfileFile {
     defaults: Defaults,
     tensors: Tensors,
     gguf: Gguf,
+    /// A mixture-of-experts MLP (Qwen3-MoE); layers without experts use `tensors.layer`'s.
+    #[serde(default)]
+    moe: Option<Moe>,
+    /// onnxruntime-genai's `model.type` for the ONNX exports (default: the first model type).
+    #[serde(default)]
+    genai_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Moe {
+    defaults: MoeDefaults,
+    tensors: MoeTensors,
+    gguf: MoeGguf,
+}
+
+/// What transformers' config class assumes when config.json leaves a MoE field out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MoeDefaults {
+    num_experts: u64,
+    num_experts_per_tok: u64,
+    moe_intermediate_size: u64,
+    norm_topk_prob: bool,
+    decoder_sparse_step: u64,
+}
+
+/// Names inside a layer (after `tensors.layer-prefix`); `expert-prefix` contains `{expert}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MoeTensors {
+    router: String,
+    expert_prefix: String,
+    gate_proj: String,
+    up_proj: String,
+    down_proj: String,
+}
+
+/// llama.cpp's names: the router, and the experts' projections stacked into 3-D tensors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MoeGguf {
+    router: String,
+    gate_exps: String,
+    up_exps: String,
+    down_exps: String,
 }
 
 /// llama.cpp's names for the architecture and its tensors.
@@ -205,6 +254,18 @@ fn check(file: &Path, p: &ProfileFile) {
     if !p.gguf.tensors.layer_prefix.contains("{layer}") {
         fail(file, "gguf.tensors.layer-prefix must contain the `{layer}` placeholder");
     }
+    if let Some(moe) = &p.moe {
+        if !moe.tensors.expert_prefix.contains("{expert}") {
+            fail(file, "moe.tensors.expert-prefix must contain the `{expert}` placeholder");
+        }
+        let d = &moe.defaults;
+        if d.num_experts == 0 || d.num_experts_per_tok == 0 || d.num_experts_per_tok > d.num_experts {
+            fail(file, "moe.defaults: num-experts-per-tok must be between 1 and num-experts");
+        }
+        if d.decoder_sparse_step == 0 || d.moe_intermediate_size == 0 {
+            fail(file, "moe.defaults: decoder-sparse-step and moe-intermediate-size must be positive");
+        }
+    }
     // Every tensor of the model needs a GGUF name, and only those.
     let hf: BTreeSet<&String> = p.tensors.layer.keys().collect();
     let gguf: BTreeSet<&String> = p.gguf.tensors.layer.keys().collect();
@@ -226,6 +287,28 @@ fn tensor_names(t: &Tensors) -> String {
     format!(
         "TensorNames {{ embed: {:?}, final_norm: {:?}, lm_head: {:?}, layer_prefix: {:?}, layer: &[{layer}] }}",
         t.embed, t.final_norm, t.lm_head, t.layer_prefix
+    )
+}
+
+fn moe_profile(moe: Option<&Moe>) -> String {
+    let Some(m) = moe else { return "None".into() };
+    let (d, t, g) = (&m.defaults, &m.tensors, &m.gguf);
+    format!(
+        "Some(MoeProfile {{ defaults: MoeDefaults {{ num_experts: {}, num_experts_per_tok: {}, moe_intermediate_size: {}, norm_topk_prob: {}, decoder_sparse_step: {} }}, router: {:?}, expert_prefix: {:?}, gate_proj: {:?}, up_proj: {:?}, down_proj: {:?}, gguf: MoeGgufNames {{ router: {:?}, gate_exps: {:?}, up_exps: {:?}, down_exps: {:?} }} }})",
+        d.num_experts,
+        d.num_experts_per_tok,
+        d.moe_intermediate_size,
+        d.norm_topk_prob,
+        d.decoder_sparse_step,
+        t.router,
+        t.expert_prefix,
+        t.gate_proj,
+        t.up_proj,
+        t.down_proj,
+        g.router,
+        g.gate_exps,
+        g.up_exps,
+        g.down_exps
     )
 }
 
@@ -254,6 +337,8 @@ fn emit(code: &mut String, p: &ProfileFile) {
         }},
         tensors: {tensors},
         gguf: GgufNames {{ architecture: {gguf_arch:?}, tensors: {gguf_tensors} }},
+        moe: {moe},
+        genai_type: {genai_type:?},
     }},",
         name = p.name,
         summary = p.summary,
@@ -269,5 +354,7 @@ fn emit(code: &mut String, p: &ProfileFile) {
         tensors = tensor_names(&p.tensors),
         gguf_arch = p.gguf.architecture,
         gguf_tensors = tensor_names(&p.gguf.tensors),
+        moe = moe_profile(p.moe.as_ref()),
+        genai_type = p.genai_type.clone().unwrap_or_else(|| p.model_types[0].clone()),
     );
 }

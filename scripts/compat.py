@@ -58,7 +58,7 @@ def check_safetensors(weights):
                 check(t.dtype == dtype, f"{name}: {k} is {t.dtype}, expected {dtype}")
         raw = json.loads((folder / "config.json").read_text())
         config = AutoConfig.from_pretrained(folder)
-        wanted = {"qwen3": "Qwen3Config", "qwen2": "Qwen2Config"}[raw["model_type"]]
+        wanted = {"qwen3": "Qwen3Config", "qwen2": "Qwen2Config", "qwen3_moe": "Qwen3MoeConfig"}[raw["model_type"]]
         check(type(config).__name__ == wanted, f"{name}: transformers reads {type(config).__name__}, not {wanted}")
         for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "vocab_size", "rms_norm_eps", "tie_word_embeddings"]:
@@ -66,26 +66,51 @@ def check_safetensors(weights):
     print(f"  safetensors: hf-f32, hf-f16 read by safetensors and transformers ({len(expected)} tensors)")
 
 
-def llama_cpp_type(file_type, name, cols, layers, tied):
+def llama_cpp_type(file_type, name, cols, layers, tied, experts):
     """The ggml type llama.cpp gives a tensor (convert_hf_to_gguf.py / llama-quantize rules)."""
     from gguf import GGMLQuantizationType as T
 
-    if not name.endswith(".weight") or name.endswith("_norm.weight"):
+    # convert_hf_to_gguf.py keeps the MoE router in f32, and llama-quantize leaves it so.
+    if not name.endswith(".weight") or name.endswith("_norm.weight") or ".ffn_gate_inp." in name:
         return T.F32
     base = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_k": T.Q4_K, "q6_k": T.Q6_K}[file_type]
-    block = {T.Q4_K: 256, T.Q6_K: 256, T.Q5_0: 32, T.Q8_0: 32, T.Q4_0: 32}
+    block = {T.Q4_K: 256, T.Q5_K: 256, T.Q6_K: 256, T.Q5_0: 32, T.Q5_1: 32, T.Q8_0: 32, T.Q4_0: 32}
     wanted = base
     if file_type in ("q4_0", "q4_k", "q6_k"):
         if name == "output.weight" or (tied and name == "token_embd.weight"):
             wanted = T.Q8_0 if cols % block[base] else T.Q6_K
-        elif file_type == "q4_k" and (".attn_v." in name or ".ffn_down." in name):
+        elif experts == 8 and (".attn_k." in name or ".attn_v." in name):
+            wanted = T.Q8_0  # llama-quantize's bump for 8-expert models
+        elif experts == 8 and file_type == "q4_k" and ".attn_output." in name:
+            wanted = T.Q5_K
+        elif file_type == "q4_k" and (".attn_v." in name or ".ffn_down" in name):
             layer = int(name.split(".")[1])
             more = layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
             wanted = T.Q6_K if more else T.Q4_K
     if wanted not in block or cols % block[wanted] == 0:
         return wanted
-    fallback = {T.Q4_K: T.Q5_0, T.Q6_K: T.Q8_0}.get(wanted, T.F16)
+    fallback = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}.get(wanted, T.F16)
     return fallback if cols % block.get(fallback, 1) == 0 else T.F16
+
+
+def stacked_experts(weights):
+    """The merged weights as convert_hf_to_gguf.py hands them to gguf-py's name map: each
+    projection of a MoE layer's experts stacked into one [experts, rows, cols] array under
+    `model.layers.N.mlp.experts.<proj>.weight`."""
+    import re
+
+    pattern = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(\w+_proj)\.weight")
+    out, stacks = {}, {}
+    for name, w in weights.items():
+        m = pattern.fullmatch(name)
+        if m is None:
+            out[name] = w
+        else:
+            stacks.setdefault((int(m[1]), m[3]), {})[int(m[2])] = w
+    for (layer, proj), experts in stacks.items():
+        check(sorted(experts) == list(range(len(experts))), f"layer {layer} {proj}: experts {sorted(experts)}")
+        out[f"model.layers.{layer}.mlp.experts.{proj}.weight"] = np.stack([experts[e] for e in sorted(experts)])
+    return out
 
 
 def field(reader, key):
@@ -98,12 +123,14 @@ def check_gguf(weights):
 
     exports = sorted(p.parent for p in OUT.glob("gguf-*/model.gguf"))
     check(len(exports) > 0, "no GGUF exports to check")
+    weights = stacked_experts(weights)
     for path in (p / "model.gguf" for p in exports):
         name = path.parent.name
         file_type = name.removeprefix("gguf-")
         reader = gguf.GGUFReader(path)
         arch = field(reader, "general.architecture")
         layers = field(reader, f"{arch}.block_count")
+        experts = field(reader, f"{arch}.expert_count") if f"{arch}.expert_count" in reader.fields else 0
         model_arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
         names = gguf.get_tensor_name_map(model_arch, layers)
         tensors = {t.name: t for t in reader.tensors}
@@ -128,12 +155,12 @@ def check_gguf(weights):
                 continue
             # gguf-py lists dimensions innermost first.
             check(list(reversed([int(d) for d in t.shape])) == list(w.shape), f"{name}: {gguf_name} shape {t.shape}")
-            want = llama_cpp_type(file_type, gguf_name, w.shape[-1], layers, tied)
+            want = llama_cpp_type(file_type, gguf_name, w.shape[-1], layers, tied, experts)
             check(t.tensor_type == want, f"{name}: {gguf_name} is {t.tensor_type.name}, llama.cpp makes {want.name}")
             values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape).astype(np.float32)
             error = float(np.abs(values - w).max())
             scale = float(np.abs(w).max()) or 1.0
-            bound = {T.F32: 0.0, T.F16: 2**-10, T.BF16: 2**-7, T.Q8_0: 1 / 127, T.Q6_K: 1 / 31, T.Q5_0: 1 / 15,
+            bound = {T.F32: 0.0, T.F16: 2**-10, T.BF16: 2**-7, T.Q8_0: 1 / 127, T.Q6_K: 1 / 31, T.Q5_0: 1 / 15, T.Q5_1: 1 / 15,
                      T.Q4_K: 1 / 7, T.Q4_0: 1 / 7}[t.tensor_type]
             check(error <= bound * scale * 1.01 + 1e-7,
                   f"{name}: {gguf_name} dequantizes {error:.3g} away (bound {bound * scale:.3g})")

@@ -84,7 +84,7 @@ validated() {
 
 gguf_all=(gguf-f32:gguf:f32 gguf-f16:gguf:f16 gguf-bf16:gguf:bf16 gguf-q8_0:gguf:q8_0 gguf-q4_0:gguf:q4_0
     gguf-q4_k:gguf:q4_k gguf-q6_k:gguf:q6_k)
-for case in qwen3-tiny:qwen3-tiny-run qwen2-tiny:qwen2-tiny-adapter; do
+for case in qwen3-tiny:qwen3-tiny-run qwen2-tiny:qwen2-tiny-adapter qwen3-moe-tiny:qwen3-moe-tiny-adapter; do
     IFS=: read -r base adapter <<< "$case"
     echo "compat: $base"
     project "$work/$base" "$fixtures/$base" "$fixtures/$adapter" \

@@ -54,6 +54,10 @@ FLOAT_BOUNDS = {
 RATIO, FLOOR = 1.25, 1e-5
 
 
+# generation_config.json's eos ids of every fixture.
+EOS_IDS = (383, 381)
+
+
 def check(ok, message):
     if not ok:
         failures.append(message)
@@ -100,7 +104,13 @@ def golden_greedy():
         ids, mask = f.get_tensor("input_ids"), f.get_tensor("attention_mask")
         greedy = f.get_tensor("greedy_ids")
     width = ids.shape[1]
-    return [([int(t) for t, m in zip(row, mrow) if m == 1], greedy[b, width:].tolist()) for b, (row, mrow) in enumerate(zip(ids, mask))]
+    rows = []
+    for b, (row, mrow) in enumerate(zip(ids, mask)):
+        new = greedy[b, width:].tolist()
+        # transformers carries a row that produced an eos id on with pad: compare up to the eos.
+        stop = next((i for i, t in enumerate(new) if t in EOS_IDS), None)
+        rows.append(([int(t) for t, m in zip(row, mrow) if m == 1], new if stop is None else new[: stop + 1]))
+    return rows
 
 
 def llama_greedy(model, prompt, count):
@@ -273,7 +283,15 @@ def main():
             ours = model.tokenize(prompt.encode(), add_bos=False, special=True)
             check(ours == ids, f"{name}: llama.cpp tokenizes {prompt!r} as {ours}, our reference ran {ids}")
         relative, cosine, kl = figures(model, reference)
-        if file_type in FLOAT_BOUNDS:
+        # A MoE routes each token to its top-k experts, and bf16 rounding of the activations
+        # that reach the router flips near ties (candle on the same file measures the same
+        # cosine): there bf16 is bounded like a quantized type, by candle's figures.
+        moe = any(key.endswith(".expert_count") for key in model.metadata)
+        if file_type == "bf16" and moe:
+            candle_cosine, candle_kl = candle_figures(folder)
+            max_relative, min_cosine, max_kl = None, 1 - RATIO * (1 - candle_cosine) - FLOOR, RATIO * candle_kl + FLOOR
+            bounds = f"MoE: candle on the same file: cosine {candle_cosine:.6f}, mean KL {candle_kl:.2e}"
+        elif file_type in FLOAT_BOUNDS:
             max_relative, min_cosine, max_kl = FLOAT_BOUNDS[file_type]
             bounds = f"bounds {max_relative}, {min_cosine}, {max_kl:.0e}"
         else:

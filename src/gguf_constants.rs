@@ -35,6 +35,9 @@ pub mod arch {
     pub const ROPE_SCALING_TYPE: &str = "rope.scaling.type";
     pub const ROPE_SCALING_FACTOR: &str = "rope.scaling.factor";
     pub const ROPE_SCALING_ORIGINAL_CONTEXT: &str = "rope.scaling.original_context_length";
+    pub const EXPERT_COUNT: &str = "expert_count";
+    pub const EXPERT_USED_COUNT: &str = "expert_used_count";
+    pub const EXPERT_FEED_FORWARD_LENGTH: &str = "expert_feed_forward_length";
 }
 
 /// `<arch>.<key>`.
@@ -71,6 +74,27 @@ pub fn type_name(format: GgmlDType) -> &'static str {
         GgmlDType::Q5K => "q5_k",
         GgmlDType::Q6K => "q6_k",
         GgmlDType::Q8K => "q8_k",
+    }
+}
+
+/// ggml's number for a tensor type (ggml.h `enum ggml_type`).
+pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
+    match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
     }
 }
 

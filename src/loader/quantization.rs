@@ -10,6 +10,7 @@ use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 
 use crate::gguf_constants::{block_bytes, fitting_format, type_name};
+use crate::quant::ggml::candle_multiplies;
 
 /// `quantization = none | q8_0 | q4_0 | q4_k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -148,7 +149,21 @@ pub fn placement(
     let Some(wanted) = wanted else { return (Placement::Dense(dtype), None) };
     let width = shape.last().copied().unwrap_or(0);
     match fitting_format(wanted, width) {
-        Some(format) if format == wanted => (Placement::Blocks(format), None),
+        Some(format) if format == wanted && candle_multiplies(format, width) => {
+            (Placement::Blocks(format), None)
+        }
+        Some(format) if !candle_multiplies(format, width) => {
+            let fallback = FormatFallback {
+                tensor: name.to_string(),
+                wanted: type_name(wanted).into(),
+                used: Placement::Dense(DType::F16).label(),
+                reason: format!(
+                    "rows of {width} values are an odd number of {}'s blocks, which candle's kernel does not multiply",
+                    type_name(format)
+                ),
+            };
+            (Placement::Dense(DType::F16), Some(fallback))
+        }
         used => {
             let placed = used.map_or(Placement::Dense(DType::F16), Placement::Blocks);
             let fallback = FormatFallback {

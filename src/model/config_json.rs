@@ -10,9 +10,12 @@ use serde_json::{Map, Value};
 use crate::error::ModelError;
 use crate::profile::Profile;
 
-use super::decoder::{DecoderDesc, Dims};
+use super::decoder::{DecoderDesc, Dims, MoeConfig};
 use super::features;
 use super::rope::{RopeScaling, RopeSpec};
+
+/// More experts than any real model has (Qwen3's largest has 128); a larger value is a broken file.
+const MAX_EXPERTS: usize = 4096;
 
 /// Deeper than any real decoder (Qwen's deepest has 94 layers); a larger value is a broken file.
 const MAX_LAYERS: usize = 4096;
@@ -34,6 +37,8 @@ pub struct HfConfig {
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
+    /// The experts, for a profile with a mixture-of-experts MLP.
+    pub moe: Option<MoeConfig>,
     /// `rope_scaling` (or transformers 5's `rope_parameters`), checked by [`super::features`].
     pub rope_scaling: RopeScaling,
     /// `torch_dtype` (or `dtype`, as transformers ≥ 4.56 writes it).
@@ -137,8 +142,13 @@ impl HfConfig {
             features::check(&raw, &model_type, num_hidden_layers).map_err(|(key, value, supported)| {
                 ModelError::UnsupportedConfig { path: path.to_path_buf(), key, value, supported }
             })?;
+        let moe = match &profile.moe {
+            Some(m) => Some(fields.moe(m, num_hidden_layers)?),
+            None => None,
+        };
         let config = HfConfig {
             path: path.to_path_buf(),
+            moe,
             architectures: fields.string_list("architectures")?.unwrap_or_default(),
             vocab_size: fields.required_usize("vocab_size", profile)?,
             hidden_size,
@@ -187,6 +197,7 @@ impl HfConfig {
             rope_scaling: &self.rope_scaling,
             rms_norm_eps: self.rms_norm_eps,
             tie_word_embeddings: self.tie_word_embeddings,
+            moe: self.moe.as_ref(),
         }
     }
 
@@ -249,6 +260,50 @@ impl Fields<'_> {
                 _ => Err(self.wrong_type(field, "a positive number", v)),
             },
         }
+    }
+
+    fn moe(&self, m: &crate::profile::MoeProfile, layers: usize) -> Result<MoeConfig, ModelError> {
+        let d = m.defaults;
+        let num_experts = self.usize("num_experts")?.unwrap_or(d.num_experts as usize);
+        let top_k = self.usize("num_experts_per_tok")?.unwrap_or(d.num_experts_per_tok as usize);
+        if num_experts > MAX_EXPERTS {
+            return Err(self.invalid(format!(
+                "num_experts = {num_experts} is more experts than this tool describes (at most {MAX_EXPERTS})"
+            )));
+        }
+        if num_experts > 0 && !(1..=num_experts).contains(&top_k) {
+            return Err(self.invalid(format!(
+                "num_experts_per_tok ({top_k}) must be between 1 and num_experts ({num_experts})"
+            )));
+        }
+        let decoder_sparse_step =
+            self.usize("decoder_sparse_step")?.unwrap_or(d.decoder_sparse_step as usize);
+        if decoder_sparse_step == 0 {
+            return Err(self.invalid("decoder_sparse_step must be at least 1".into()));
+        }
+        let mlp_only_layers = match self.get("mlp_only_layers") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v.as_u64() {
+                    Some(l) if (l as usize) < layers => Ok(l as usize),
+                    _ => Err(self.wrong_type(
+                        "mlp_only_layers",
+                        &format!("a list of layer indices below {layers}"),
+                        v,
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(v) => Err(self.wrong_type("mlp_only_layers", "a list of layer indices", v))?,
+        };
+        Ok(MoeConfig {
+            num_experts,
+            top_k,
+            intermediate: self.usize("moe_intermediate_size")?.unwrap_or(d.moe_intermediate_size as usize),
+            norm_topk_prob: self.bool("norm_topk_prob")?.unwrap_or(d.norm_topk_prob),
+            decoder_sparse_step,
+            mlp_only_layers,
+        })
     }
 
     fn bool(&self, field: &str) -> Result<Option<bool>, ModelError> {

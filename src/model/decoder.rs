@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::rope::RopeScaling;
 use crate::error::ProfileError;
-use crate::profile::{LayerTensor, Profile};
+use crate::profile::{LayerTensor, MoeProfile, Profile};
 
 /// What a tensor is to the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +25,11 @@ pub enum Role {
     Bias { layer: usize, kind: Projection },
     /// A projection's matrix in layer `layer`.
     Projection { layer: usize, kind: Projection },
+    /// The router of a mixture-of-experts layer (hidden -> experts logits); kept in f32, as
+    /// llama.cpp keeps `ffn_gate_inp`.
+    Router { layer: usize },
+    /// A projection (gate, up or down) of expert `expert` in layer `layer`.
+    Expert { layer: usize, expert: usize, kind: Projection },
 }
 
 /// The projections of a layer.
@@ -108,10 +113,24 @@ pub struct SwiGluDesc {
     pub down: LinearDesc,
 }
 
+/// Qwen3MoeSparseMoeBlock: softmax over the router's logits (f32), the top-k experts per token,
+/// their probabilities renormalised to sum to 1 when `norm_topk_prob`, and the experts' outputs
+/// summed with those weights.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoeDesc {
+    pub router: LinearDesc,
+    pub experts: Vec<SwiGluDesc>,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+    /// llama.cpp's stacked [experts, rows, cols] tensors: gate, up, down.
+    pub gguf_stacks: [String; 3],
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MlpDesc {
-    SwiGlu(SwiGluDesc),
+    SwiGlu(Box<SwiGluDesc>),
+    Moe(Box<MoeDesc>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,6 +161,32 @@ pub struct DecoderDesc {
     order: Vec<TensorDesc>,
 }
 
+/// config.json's mixture-of-experts fields (Qwen3MoeConfig), defaults from the profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoeConfig {
+    /// `num_experts`; 0 makes every layer dense.
+    pub num_experts: usize,
+    /// `num_experts_per_tok`: the top-k experts each token is routed to.
+    pub top_k: usize,
+    /// `moe_intermediate_size`: each expert's MLP width.
+    pub intermediate: usize,
+    /// `norm_topk_prob`: the top-k router probabilities are renormalised to sum to 1.
+    pub norm_topk_prob: bool,
+    /// `decoder_sparse_step`: layer i has experts when (i + 1) % step == 0 ...
+    pub decoder_sparse_step: usize,
+    /// ... and i is not in `mlp_only_layers`.
+    pub mlp_only_layers: Vec<usize>,
+}
+
+impl MoeConfig {
+    /// Whether layer `layer` routes to experts (transformers' Qwen3MoeDecoderLayer rule).
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.num_experts > 0
+            && !self.mlp_only_layers.contains(&layer)
+            && (layer + 1).is_multiple_of(self.decoder_sparse_step)
+    }
+}
+
 /// The sizes and settings of config.json the description is made of (`HfConfig` fills it).
 #[derive(Debug, Clone, Copy)]
 pub struct Dims<'a> {
@@ -157,6 +202,7 @@ pub struct Dims<'a> {
     pub rope_scaling: &'a RopeScaling,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
+    pub moe: Option<&'a MoeConfig>,
 }
 
 impl DecoderDesc {
@@ -180,9 +226,16 @@ impl DecoderDesc {
             let in_layer = |t: &crate::profile::TensorNames, suffix: &str| {
                 format!("{}{suffix}", t.layer_prefix.replace("{layer}", &layer.to_string()))
             };
-            // The layer's tensors in the profile's order (the converter's), each described once.
+            let sparse = config.moe.filter(|m| m.is_sparse(layer));
+            // The layer's tensors in the profile's order (the converter's), each described once;
+            // a layer with experts has no dense gate/up/down.
             let mut of_role = Vec::new();
             for (role, suffix) in names.layer {
+                let dense_mlp =
+                    matches!(role, LayerTensor::GateProj | LayerTensor::UpProj | LayerTensor::DownProj);
+                if dense_mlp && sparse.is_some() {
+                    continue;
+                }
                 let gguf_suffix = gguf.layer.iter().find(|(r, _)| r == role).map_or("", |(_, s)| *s);
                 let (shape, kind) = match role {
                     LayerTensor::InputNorm | LayerTensor::PostAttentionNorm => (vec![hidden], Role::Norm),
@@ -231,12 +284,22 @@ impl DecoderDesc {
                     },
                 },
                 post_attention_norm: norm(required(LayerTensor::PostAttentionNorm)?),
-                mlp: MlpDesc::SwiGlu(SwiGluDesc {
-                    intermediate: inter,
-                    gate: linear(LayerTensor::GateProj, None)?,
-                    up: linear(LayerTensor::UpProj, None)?,
-                    down: linear(LayerTensor::DownProj, None)?,
-                }),
+                mlp: match (sparse, &profile.moe) {
+                    (Some(moe), Some(names)) => {
+                        let (desc, tensors) =
+                            describe_moe(names, moe, layer, &in_layer(gguf, ""), hidden, &|s| {
+                                in_layer(&profile.tensors, s)
+                            });
+                        order.extend(tensors);
+                        MlpDesc::Moe(Box::new(desc))
+                    }
+                    _ => MlpDesc::SwiGlu(Box::new(SwiGluDesc {
+                        intermediate: inter,
+                        gate: linear(LayerTensor::GateProj, None)?,
+                        up: linear(LayerTensor::UpProj, None)?,
+                        down: linear(LayerTensor::DownProj, None)?,
+                    })),
+                },
             });
         }
         let final_norm = tensor(names.final_norm, gguf.final_norm, vec![hidden], Role::Norm);
@@ -263,6 +326,14 @@ impl DecoderDesc {
     /// tensors in the profile's order, final norm, head (listed even when tied).
     pub fn tensors(&self) -> &[TensorDesc] {
         &self.order
+    }
+
+    /// The mixture-of-experts blocks of the layers that have one.
+    pub fn moe_layers(&self) -> impl Iterator<Item = &MoeDesc> {
+        self.layers.iter().filter_map(|l| match &l.mlp {
+            MlpDesc::Moe(m) => Some(&**m),
+            MlpDesc::SwiGlu(_) => None,
+        })
     }
 
     /// The tensors of the layers, layer by layer in the profile's order.
@@ -301,6 +372,54 @@ impl DecoderDesc {
             order: Vec::new(),
         }
     }
+}
+
+/// The router and experts of MoE layer `layer`, and their tensors in the order the GGUF writer
+/// stacks them: the router, every expert's gate, every expert's up, every expert's down.
+fn describe_moe(
+    names: &MoeProfile,
+    moe: &MoeConfig,
+    layer: usize,
+    gguf_prefix: &str,
+    hidden: usize,
+    in_layer: &dyn Fn(&str) -> String,
+) -> (MoeDesc, Vec<TensorDesc>) {
+    let inter = moe.intermediate;
+    let stacks =
+        [names.gguf.gate_exps, names.gguf.up_exps, names.gguf.down_exps].map(|s| format!("{gguf_prefix}{s}"));
+    let router = TensorDesc {
+        name: in_layer(names.router),
+        gguf: format!("{gguf_prefix}{}", names.gguf.router),
+        shape: vec![moe.num_experts, hidden],
+        role: Role::Router { layer },
+    };
+    let expert = |e: usize, i: usize, suffix: &str, kind: Projection, shape: Vec<usize>| TensorDesc {
+        name: in_layer(&format!("{}{suffix}", names.expert_prefix.replace("{expert}", &e.to_string()))),
+        gguf: stacks[i].clone(),
+        shape,
+        role: Role::Expert { layer, expert: e, kind },
+    };
+    let linear = |weight| LinearDesc { weight, bias: None };
+    let experts: Vec<SwiGluDesc> = (0..moe.num_experts)
+        .map(|e| SwiGluDesc {
+            intermediate: inter,
+            gate: linear(expert(e, 0, names.gate_proj, Projection::Gate, vec![inter, hidden])),
+            up: linear(expert(e, 1, names.up_proj, Projection::Up, vec![inter, hidden])),
+            down: linear(expert(e, 2, names.down_proj, Projection::Down, vec![hidden, inter])),
+        })
+        .collect();
+    let mut order = vec![router.clone()];
+    order.extend(experts.iter().map(|x| x.gate.weight.clone()));
+    order.extend(experts.iter().map(|x| x.up.weight.clone()));
+    order.extend(experts.iter().map(|x| x.down.weight.clone()));
+    let desc = MoeDesc {
+        router: linear(router),
+        experts,
+        top_k: moe.top_k,
+        norm_topk_prob: moe.norm_topk_prob,
+        gguf_stacks: stacks,
+    };
+    (desc, order)
 }
 
 fn projection(layer: usize, kind: Projection) -> Role {

@@ -18,7 +18,8 @@ pub enum Support {
     RefusedUnlessDefault(&'static str),
 }
 
-/// (key, support). Keys not listed are not read by transformers' Qwen2/Qwen3 models either
+/// (key, support); the expert keys are Qwen3-MoE's. Keys not listed are not read by
+/// transformers' Qwen2/Qwen3/Qwen3-MoE models either
 /// (transformers keeps them as plain attributes), except `partial_rotary_factor` and
 /// `quantization_config`, which it does read and which are listed.
 pub const CONFIG_KEYS: &[(&str, Support)] = &[
@@ -53,6 +54,14 @@ pub const CONFIG_KEYS: &[(&str, Support)] = &[
         "quantization_config",
         Support::RefusedUnlessDefault("an unquantized base model (no quantization_config)"),
     ),
+    ("num_experts", Support::Implemented),
+    ("num_experts_per_tok", Support::Implemented),
+    ("moe_intermediate_size", Support::Implemented),
+    ("norm_topk_prob", Support::Implemented),
+    ("decoder_sparse_step", Support::Implemented),
+    ("mlp_only_layers", Support::Implemented),
+    ("router_aux_loss_coef", Support::NoEffect),
+    ("output_router_logits", Support::NoEffect),
     ("attention_dropout", Support::NoEffect),
     ("initializer_range", Support::NoEffect),
     ("use_cache", Support::NoEffect),
@@ -109,7 +118,7 @@ pub fn check(raw: &Map<String, Value>, model_type: &str, layers: usize) -> Resul
             ));
         }
     }
-    if model_type == "qwen3"
+    if matches!(model_type, "qwen3" | "qwen3_moe")
         && let Some(bias) = get("attention_bias")
         && bias.as_bool() != Some(false)
     {

@@ -54,6 +54,38 @@ pub struct GgufNames {
     pub tensors: TensorNames,
 }
 
+/// What transformers assumes when config.json leaves a mixture-of-experts field out.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MoeDefaults {
+    pub num_experts: u64,
+    pub num_experts_per_tok: u64,
+    pub moe_intermediate_size: u64,
+    pub norm_topk_prob: bool,
+    pub decoder_sparse_step: u64,
+}
+
+/// llama.cpp's names of a MoE layer: the router, and each projection of all experts stacked.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MoeGgufNames {
+    pub router: &'static str,
+    pub gate_exps: &'static str,
+    pub up_exps: &'static str,
+    pub down_exps: &'static str,
+}
+
+/// A mixture-of-experts MLP: names inside a layer (after the layer prefix); `expert_prefix`
+/// contains `{expert}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MoeProfile {
+    pub defaults: MoeDefaults,
+    pub router: &'static str,
+    pub expert_prefix: &'static str,
+    pub gate_proj: &'static str,
+    pub up_proj: &'static str,
+    pub down_proj: &'static str,
+    pub gguf: MoeGgufNames,
+}
+
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Profile {
     pub name: &'static str,
@@ -66,6 +98,11 @@ pub struct Profile {
     pub defaults: ConfigDefaults,
     pub tensors: TensorNames,
     pub gguf: GgufNames,
+    /// Layers with experts instead of the dense MLP (which `tensors.layer` still names, for the
+    /// layers config.json keeps dense).
+    pub moe: Option<MoeProfile>,
+    /// onnxruntime-genai's `model.type` for this architecture's ONNX exports.
+    pub genai_type: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/profiles.rs"));

@@ -7,6 +7,14 @@ use rayon::prelude::*;
 
 use crate::error::RuntimeError;
 
+/// Whether candle's kernels multiply rows of `width` values in `format`: its q4_1, q5_0 and
+/// q5_1 dot products take an even number of 32-value blocks per row (llama.cpp's take any);
+/// a tensor that fails this is multiplied dequantized instead.
+pub fn candle_multiplies(format: GgmlDType, width: usize) -> bool {
+    let paired = matches!(format, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+    !paired || (width / format.block_size()).is_multiple_of(2)
+}
+
 /// Rows quantized per task: enough work to amortise a task, small enough to spread.
 const ROWS_PER_TASK: usize = 64;
 

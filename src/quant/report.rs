@@ -30,7 +30,9 @@ impl TensorGroup {
             Some(Role::Projection { kind, .. } | Role::Bias { kind, .. }) if kind.in_attention() => {
                 TensorGroup::Attention
             }
-            Some(Role::Projection { .. } | Role::Bias { .. }) => TensorGroup::Mlp,
+            Some(Role::Projection { .. } | Role::Bias { .. } | Role::Router { .. } | Role::Expert { .. }) => {
+                TensorGroup::Mlp
+            }
             None => TensorGroup::Other,
         }
     }

@@ -5,11 +5,11 @@
 //! writer got wrong shows up as a failed load or a failed validation.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device};
 use serde_json::json;
 
@@ -20,7 +20,9 @@ use crate::gguf_constants::{
     arch_key, block_bytes,
 };
 use crate::model::HfConfig;
+use crate::model::decoder::Role;
 use crate::profile::Profile;
+use crate::quant::ggml::candle_multiplies;
 
 fn not_gguf(path: &Path, reason: String) -> Error {
     ModelError::NotAModel { path: path.to_path_buf(), reason }.into()
@@ -116,6 +118,14 @@ impl GgufFile {
             }
             config["rope_scaling"] = scaling;
         }
+        if profile.moe.is_some() {
+            // llama.cpp's graph: experts in every layer, top-k weights always renormalised.
+            config["num_experts"] = json!(number(arch::EXPERT_COUNT)?);
+            config["num_experts_per_tok"] = json!(number(arch::EXPERT_USED_COUNT)?);
+            config["moe_intermediate_size"] = json!(number(arch::EXPERT_FEED_FORWARD_LENGTH)?);
+            config["norm_topk_prob"] = json!(true);
+            config["decoder_sparse_step"] = json!(1);
+        }
         let (config, profile) = HfConfig::parse(path, &config.to_string(), Some(profile))?;
         Ok(Self { path: path.to_path_buf(), content, profile, config })
     }
@@ -173,19 +183,46 @@ impl GgufFile {
         let tied_quantized_head = self.config.tie_word_embeddings
             && self.content.tensor_infos.get(embed).is_some_and(|t| is_blocks(t.ggml_dtype));
         let device = device.clone();
-        let read = move |name: &str| -> Result<QTensor, RuntimeError> {
-            Ok(self.content.tensor(&mut *reader.borrow_mut(), name, &device)?)
+        // A whole tensor, or expert `e`'s slice of a stacked [experts, rows, cols] one (each
+        // expert's blocks are contiguous, so only its bytes are read).
+        let read = move |name: &str, expert: Option<usize>| -> Result<QTensor, RuntimeError> {
+            let Some(e) = expert else {
+                return Ok(self.content.tensor(&mut *reader.borrow_mut(), name, &device)?);
+            };
+            let info = &self.content.tensor_infos[name];
+            let dims = info.shape.dims();
+            let (experts, inner) = (dims[0].max(1), &dims[1..]);
+            let bytes = block_bytes(info.ggml_dtype, inner.iter().product()) as usize;
+            if e >= experts {
+                return Err(RuntimeError::Unsupported {
+                    message: format!("`{name}` stacks {experts} experts; expert {e} is not in it"),
+                });
+            }
+            let mut data = vec![0u8; bytes];
+            let start = self.content.tensor_data_offset + info.offset + (e * bytes) as u64;
+            let mut file = reader.borrow_mut();
+            file.seek(SeekFrom::Start(start)).and_then(|_| file.read_exact(&mut data)).map_err(|source| {
+                RuntimeError::Unsupported {
+                    message: format!("{}: reading `{name}`: {source}", self.path.display()),
+                }
+            })?;
+            let storage = QStorage::from_data(std::borrow::Cow::Owned(data), &device, info.ggml_dtype)?;
+            Ok(QTensor::new(storage, inner)?)
         };
         Ok(move |hf: &str| -> Result<Option<Weight>, RuntimeError> {
             if hf == names.lm_head && tied_quantized_head {
-                return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed)?)?)));
+                return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed, None)?)?)));
             }
-            let Some(name) =
-                decoder.tensor(hf).map(|t| &t.gguf).filter(|n| self.content.tensor_infos.contains_key(*n))
+            let Some(described) =
+                decoder.tensor(hf).filter(|t| self.content.tensor_infos.contains_key(&t.gguf))
             else {
                 return Ok(None);
             };
-            let q = read(name)?;
+            let expert = match described.role {
+                Role::Expert { expert, .. } => Some(expert),
+                _ => None,
+            };
+            let q = read(&described.gguf, expert)?;
             let device = q.device();
             Ok(Some(match q.dtype() {
                 GgmlDType::F32 => Weight::Dense(q.dequantize(&device)?),
@@ -193,6 +230,9 @@ impl GgufFile {
                 GgmlDType::BF16 => Weight::Dense(q.dequantize(&device)?.to_dtype(DType::BF16)?),
                 _ if hf == names.embed && embedding_blocks => Weight::Quantized(QMatMul::from_qtensor(q)?),
                 _ if hf == names.embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(&device)?),
+                dtype if !candle_multiplies(dtype, q.shape().dims().last().copied().unwrap_or(0)) => {
+                    Weight::Dense(q.dequantize_f16(&device)?)
+                }
                 _ => Weight::Quantized(QMatMul::from_qtensor(q)?),
             }))
         })

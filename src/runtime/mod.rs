@@ -7,6 +7,8 @@ pub mod engine;
 pub mod generate;
 pub mod generation;
 pub mod gguf;
+pub mod linear;
+pub mod moe;
 pub mod ort_engine;
 pub mod reference;
 pub mod sampler;

@@ -6,87 +6,20 @@
 //! weights, on any candle device; activations stay f32 either way.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 use super::batch::Batch;
 use crate::error::RuntimeError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::model::decoder::{LinearDesc, MlpDesc, TensorDesc};
+use super::linear::{Linear, SwiGlu};
+pub use super::linear::{LoraBranch, Weight};
+use super::moe::Moe;
+use crate::model::decoder::{LinearDesc, MlpDesc, SwiGluDesc, TensorDesc};
 use crate::model::{DecoderDesc, HfConfig, ModelFolder};
 
 type Result<T> = std::result::Result<T, RuntimeError>;
-
-/// A weight as the model holds it: a dense tensor (f32, f16 or bf16), quantized blocks, or an
-/// f32 base weight with a LoRA side branch that is not merged into it.
-pub enum Weight {
-    Dense(Tensor),
-    Quantized(QMatMul),
-    Adapted { base: Tensor, lora: LoraBranch },
-}
-
-/// A LoRA update applied beside its base weight, as peft's forward does before
-/// `merge_and_unload`: `y = W x + s · (B (A x) + b_B)`, or with DoRA
-/// `y = m / ‖W + s·B A‖ ⊙ (W x + s · B (A x))`. For an embedding, `A` is [r, vocab] and
-/// `B` [hidden, r], and the rows of `Aᵀ` are looked up by token.
-pub struct LoraBranch {
-    /// [r, in] (embedding: [r, vocab]), f32.
-    pub a: Tensor,
-    /// [out, r] (embedding: [hidden, r]), f32.
-    pub b: Tensor,
-    /// `lora_B.bias` ([out]), with `lora_bias = true`.
-    pub b_bias: Option<Tensor>,
-    pub scale: f64,
-    /// DoRA: magnitude over the row norm of the adapted weight ([out]).
-    pub dora_scale: Option<Tensor>,
-}
-
-impl LoraBranch {
-    /// `s · (B (A x) + b_B)` for x of shape [rows, in].
-    fn delta(&self, x: &Tensor) -> Result<Tensor> {
-        let low = x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
-        let low = match &self.b_bias {
-            Some(bias) => low.broadcast_add(bias)?,
-            None => low,
-        };
-        Ok((low * self.scale)?)
-    }
-}
-
-impl Weight {
-    /// `x @ W^T` for x of shape [rows, in] in f32; f16/bf16 weights multiply in their own dtype.
-    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
-            Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
-            Weight::Quantized(q) => q.forward(x)?,
-            Weight::Adapted { base, lora } => {
-                let y = (x.matmul(&base.t()?)? + lora.delta(x)?)?;
-                match &lora.dora_scale {
-                    Some(m) => y.broadcast_mul(m)?,
-                    None => y,
-                }
-            }
-        })
-    }
-}
-
-struct Linear {
-    weight: Weight,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// `x @ W^T (+ b)` for x of shape [rows, in].
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.matmul_t(x)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-}
 
 struct Layer {
     input_norm: Tensor,
@@ -97,9 +30,12 @@ struct Layer {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: Mlp,
+}
+
+enum Mlp {
+    SwiGlu(SwiGlu),
+    Moe(Moe),
 }
 
 /// The embedding table (f32, or f16/bf16 when loaded so; rows are looked up, then cast) and an
@@ -293,20 +229,23 @@ impl Assembly<'_> {
             self.linear(take, &a.v)?,
             self.linear(take, &a.o)?,
         );
-        let MlpDesc::SwiGlu(mlp) = &d.mlp;
-        Ok(Layer {
-            input_norm,
-            q,
-            k,
-            v,
-            o,
-            q_norm,
-            k_norm,
-            post_norm,
-            gate: self.linear(take, &mlp.gate)?,
-            up: self.linear(take, &mlp.up)?,
-            down: self.linear(take, &mlp.down)?,
-        })
+        let swiglu = |take: &mut TakeWeight<'_>, m: &SwiGluDesc| -> Result<SwiGlu> {
+            Ok(SwiGlu {
+                gate: self.linear(take, &m.gate)?,
+                up: self.linear(take, &m.up)?,
+                down: self.linear(take, &m.down)?,
+            })
+        };
+        let mlp = match &d.mlp {
+            MlpDesc::SwiGlu(m) => Mlp::SwiGlu(swiglu(take, m)?),
+            MlpDesc::Moe(m) => Mlp::Moe(Moe {
+                router: self.linear(take, &m.router)?,
+                experts: m.experts.iter().map(|e| swiglu(take, e)).collect::<Result<_>>()?,
+                top_k: m.top_k,
+                norm_topk_prob: m.norm_topk_prob,
+            }),
+        };
+        Ok(Layer { input_norm, q, k, v, o, q_norm, k_norm, post_norm, mlp })
     }
 
     fn embedding(&self, take: &mut TakeWeight<'_>) -> Result<Embedding> {
@@ -465,9 +404,10 @@ impl Arch {
                 let attn = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b * s, h * d))?;
                 let x = (&x + layer.o.forward(&attn)?.reshape((b, s, ()))?)?;
                 let normed = rms_norm(&x, &layer.post_norm, self.eps)?.reshape((b * s, ()))?;
-                let mlp = layer
-                    .down
-                    .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
+                let mlp = match &layer.mlp {
+                    Mlp::SwiGlu(m) => m.forward(&normed)?,
+                    Mlp::Moe(m) => m.forward(&normed)?,
+                };
                 Ok((x + mlp.reshape((b, s, ()))?)?)
             })?;
         }

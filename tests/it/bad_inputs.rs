@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use crate::common::{Project, fixture};
+use crate::common::{Project, copy_dir, fixture};
 
 /// A copy of the qwen3-tiny base and its training run, to break.
 struct Inputs {
@@ -32,19 +32,6 @@ impl Inputs {
 
     fn checkpoint(&self) -> PathBuf {
         self.run().join("checkpoint-4")
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

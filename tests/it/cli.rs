@@ -58,13 +58,14 @@ fn unknown_subcommand_is_usage_error() {
 }
 
 #[test]
-fn profiles_lists_qwen2_and_qwen3() {
+fn profiles_lists_qwen2_qwen3_and_qwen3_moe() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_in(dir.path(), &["profiles", "--message-format", "json"], &[]);
     assert_eq!(out.code, 0);
     let names: Vec<String> =
         out.json().as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["qwen2", "qwen3"]);
+    assert_eq!(names, ["qwen2", "qwen3", "qwen3_moe"]);
+    assert_eq!(out.json()[2]["moe"]["gguf"]["gate_exps"], "ffn_gate_exps.weight");
     assert_eq!(out.json()[1]["tensors"]["layer_prefix"], "model.layers.{layer}.");
 }
 

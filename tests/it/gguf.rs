@@ -15,7 +15,7 @@ use model_export::model::ModelFolder;
 use model_export::validate::metrics::compare_logits;
 use model_export::validate::report::ValidationReport;
 
-use crate::common::{Project, RANDOM_WEIGHTS_4BIT, fixture};
+use crate::common::{Project, RANDOM_WEIGHTS_4BIT, copy_dir, fixture};
 use crate::generate::reproduces_greedy_ids;
 use crate::reference::golden;
 
@@ -130,6 +130,82 @@ fn the_file_carries_llama_cpp_names_metadata_and_tokenizer() {
         assert_eq!((q.ggml_dtype, q.shape.dims()), (GgmlDType::F16, &[64usize, 64][..]));
         assert_eq!(names["token_embd.weight"].shape.dims(), [384, 64]);
     }
+}
+
+#[test]
+fn qwen3_moe_experts_are_stacked_as_llama_cpp_reads_them_and_reproduce_transformers() {
+    let temp = tempfile::tempdir().unwrap();
+    let (case, base, adapter) = ("qwen3-moe-tiny", "qwen3-moe-tiny", "qwen3-moe-tiny-adapter");
+    for dtype in [ExportDtype::F32, ExportDtype::F16] {
+        let out = temp.path().join(format!("moe-{dtype}"));
+        write(&fixture(base), Some(&fixture(adapter)), dtype, &out);
+        reproduces_greedy_ids(case, &LoadOptions::new(&out));
+        let c = content(&out);
+        let m = &c.metadata;
+        assert_eq!(m["general.architecture"].to_string().unwrap(), "qwen3moe");
+        for (key, value) in
+            [("expert_count", 8), ("expert_used_count", 2), ("expert_feed_forward_length", 32)]
+        {
+            assert_eq!(m[&format!("qwen3moe.{key}")].to_u32().unwrap(), value, "{key}");
+        }
+        assert_eq!(m["qwen3moe.feed_forward_length"].to_u32().unwrap(), 128);
+        let names = &c.tensor_infos;
+        // 2 layers of 8 attention/norm tensors + router + 3 stacks, embedding, head, final norm.
+        assert_eq!(names.len(), 2 * (8 + 1 + 3) + 3, "{:?}", names.keys().collect::<Vec<_>>());
+        let router = &names["blk.1.ffn_gate_inp.weight"];
+        assert_eq!((router.ggml_dtype, router.shape.dims()), (GgmlDType::F32, &[8usize, 64][..]));
+        let stored = if dtype == ExportDtype::F32 { GgmlDType::F32 } else { GgmlDType::F16 };
+        for (name, dims) in [("gate", [8usize, 32, 64]), ("up", [8, 32, 64]), ("down", [8, 64, 32])] {
+            let t = &names[&format!("blk.0.ffn_{name}_exps.weight")];
+            assert_eq!((t.ggml_dtype, t.shape.dims()), (stored, &dims[..]), "{name}");
+        }
+        assert!(!names.contains_key("blk.0.ffn_gate.weight"));
+        if dtype == ExportDtype::F32 {
+            let g = golden(case);
+            let logits = Model::load(&LoadOptions::new(&out)).unwrap().logits(&g.batch).unwrap();
+            let error = crate::reference::relative_error(&logits.values, &g.logits_merged, &g.batch, g.vocab);
+            assert!(error <= crate::reference::GOLDEN_RELATIVE, "{case}: f32 gguf {error} from transformers");
+            // Expert 5 of layer 1 read back from its slice of the stack equals the merged weight.
+            let merged = ModelFolder::open(&fixture("reference/qwen3-moe-tiny-merged"), None).unwrap();
+            let name = "model.layers.1.mlp.experts.5.down_proj.weight";
+            let (file, info) = merged.tensor(name).unwrap();
+            let mut want = Vec::new();
+            file.read_f32(info, &mut want).unwrap();
+            let stack = &names["blk.1.ffn_down_exps.weight"];
+            let mut reader = std::fs::File::open(out.join(GGUF_FILE)).unwrap();
+            let all = c.tensor(&mut reader, "blk.1.ffn_down_exps.weight", &candle_core::Device::Cpu).unwrap();
+            let all = all
+                .dequantize(&candle_core::Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let per = stack.shape.elem_count() / 8;
+            let worst =
+                all[5 * per..6 * per].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst <= 1e-6, "expert 5's slice is {worst} from peft's merged weight");
+        }
+    }
+}
+
+#[test]
+fn a_moe_llama_cpp_cannot_run_is_refused_by_name() {
+    let temp = tempfile::tempdir().unwrap();
+    let base = temp.path().join("base");
+    copy_dir(&fixture("qwen3-moe-tiny"), &base);
+    let config_path = base.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["norm_topk_prob"] = serde_json::json!(false);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let folder = ModelFolder::open(&base, None).unwrap();
+    let options = GgufOptions { dtype: Some(ExportDtype::F16), allow_non_finite: false };
+    let err = write_gguf_folder(&ExportInputs::from_base(&folder, None), &options, &temp.path().join("out"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("norm_topk_prob = false") && err.contains("qwen3moe"), "{err}");
+    assert!(!temp.path().join("out").exists());
 }
 
 fn report(project: &Project) -> ValidationReport {

@@ -64,6 +64,12 @@ fn qwen2_rslora_adapter_merge_equals_peft() {
 }
 
 #[test]
+fn qwen3_moe_merge_of_attention_and_every_expert_equals_peft() {
+    // LoRA on q/k/v/o and on gate/up/down of each of the 8 experts; the router untouched.
+    assert_matches_peft("qwen3-moe-tiny", "qwen3-moe-tiny", "qwen3-moe-tiny-adapter");
+}
+
+#[test]
 fn merged_folder_is_complete_and_clean() {
     let dir = tempfile::tempdir().unwrap();
     let (out, merged) = merge(dir.path(), &fixture("qwen3-tiny"), &fixture("qwen3-tiny-run"), &[]);

@@ -75,6 +75,32 @@ fn qwen2_biased_f32_matches_transformers_in_both_engines() {
 }
 
 #[test]
+fn qwen3_moe_routed_experts_match_transformers_in_both_engines_and_both_targets() {
+    // Router softmax, top-2 of 8 experts, renormalised weights: standard ops in both targets
+    // (ONNX Runtime's MoE contrib op is not used; see docs/onnx.md).
+    check_case("qwen3-moe-tiny", "qwen3-moe-tiny", "qwen3-moe-tiny-adapter", OnnxOptions::default());
+    if !ort_present() {
+        return;
+    }
+    // The ort target's fused attention runs in ONNX Runtime only; its experts are the same ops.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("onnx");
+    let ort = OnnxOptions { target: model_export::config::Target::Ort, ..OnnxOptions::default() };
+    let (base, report) = export("qwen3-moe-tiny", "qwen3-moe-tiny-adapter", &out, &ort);
+    assert!(report.checked_in.contains(&"ort") && report.fallbacks.is_empty(), "{:?}", report.fallbacks);
+    let g = golden("qwen3-moe-tiny");
+    let c = &base.config;
+    let mut engine =
+        OrtEngine::load(&out.join("model.onnx"), c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 2)
+            .unwrap();
+    let logits = engine.step(&g.batch).unwrap();
+    let error = crate::reference::relative_error(&logits.values, &g.logits_merged, &g.batch, g.vocab);
+    assert!(error <= crate::reference::GOLDEN_RELATIVE, "ort target: logits off by {error}");
+    let options = GreedyOptions { max_new_tokens: 12, eos_token_ids: vec![383, 381], pad_token_id: 381 };
+    assert_eq!(greedy(&mut engine, &g.batch, &options).unwrap(), g.greedy_ids, "ort target: greedy ids");
+}
+
+#[test]
 fn external_data_and_opset_18_give_the_same_model() {
     let options = OnnxOptions { external_data: Some(true), opset: 18, ..OnnxOptions::default() };
     check_case("qwen3-tiny", "qwen3-tiny", "qwen3-tiny-run", options);

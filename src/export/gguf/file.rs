@@ -6,7 +6,7 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 
-use crate::gguf_constants::block_bytes;
+use crate::gguf_constants::{block_bytes, ggml_type_id};
 
 /// What llama.cpp and the `gguf` package assume when `general.alignment` is absent.
 pub use crate::gguf_constants::ALIGNMENT;
@@ -25,27 +25,6 @@ pub struct TensorEntry {
 impl TensorEntry {
     pub fn bytes(&self) -> u64 {
         block_bytes(self.dtype, self.shape.iter().product())
-    }
-}
-
-/// ggml's number for a tensor type (ggml.h `enum ggml_type`).
-pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
-    match dtype {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
     }
 }
 

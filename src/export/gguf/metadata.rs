@@ -53,6 +53,12 @@ pub fn metadata(
         (key(arch::ROPE_FREQ_BASE), Value::F32(config.rope_theta as f32)),
         (key(arch::RMS_NORM_EPS), Value::F32(config.rms_norm_eps as f32)),
     ];
+    if let Some(moe) = config.decoder.moe_layers().next() {
+        let width = moe.experts.first().map_or(0, |e| e.intermediate);
+        out.push((key(arch::EXPERT_COUNT), u32_of("num_experts", moe.experts.len())?));
+        out.push((key(arch::EXPERT_USED_COUNT), u32_of("num_experts_per_tok", moe.top_k)?));
+        out.push((key(arch::EXPERT_FEED_FORWARD_LENGTH), u32_of("moe_intermediate_size", width)?));
+    }
     // rope_scaling (YaRN or linear context extension), as the converter writes it. llama.cpp's
     // metadata holds YaRN's factor and original context only: other YaRN settings are refused.
     match &config.rope_scaling {

@@ -23,13 +23,15 @@ use crate::export::staging::{Staging, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
 use crate::gguf_constants::{count_types, type_name};
 use crate::merge::{MergeInputs, execute_rows, plan_merge};
+use crate::model::DecoderDesc;
 use crate::model::TensorDtype;
-use crate::model::decoder::{Projection, Role};
+use crate::model::decoder::{MoeDesc, Projection, Role};
 use crate::model::dtype::row_width;
 use crate::monitor;
+use crate::profile::Profile;
 use crate::quant::ggml::quantize_ggml_rows;
 use file::{TensorEntry, encode_header, padding};
-use types::{TensorKind, tensor_type};
+use types::{ModelShape, TensorKind, tensor_type};
 
 /// The file inside a GGUF export folder.
 pub const GGUF_FILE: &str = "model.gguf";
@@ -71,6 +73,35 @@ fn encode_rows(dtype: GgmlDType, rows: &[f32], width: usize, out: &mut Vec<u8>) 
     Ok(())
 }
 
+/// What llama.cpp's graph for the architecture cannot express, refused by name.
+fn refuse_what_llama_cpp_cannot_run(decoder: &DecoderDesc, profile: &Profile) -> Result<(), Error> {
+    let moe: Vec<&MoeDesc> = decoder.moe_layers().collect();
+    if moe.is_empty() {
+        return Ok(());
+    }
+    let refuse = |key: &str, value: String, why: &str| -> Result<(), Error> {
+        Err(RuntimeError::Unsupported {
+            message: format!("config.json has {key} = {value}: {why} (llama.cpp's `{}` graph); export safetensors or ONNX for this model", profile.gguf.architecture),
+        }
+        .into())
+    };
+    if moe.len() != decoder.layers.len() {
+        return refuse(
+            "mlp_only_layers / decoder_sparse_step",
+            format!("{} dense layers", decoder.layers.len() - moe.len()),
+            "GGUF needs experts in every layer",
+        );
+    }
+    if let Some(m) = moe.iter().find(|m| !m.norm_topk_prob) {
+        return refuse(
+            "norm_topk_prob",
+            m.norm_topk_prob.to_string(),
+            "llama.cpp always renormalises the top-k weights",
+        );
+    }
+    Ok(())
+}
+
 /// Writes the GGUF export of `inputs` at `out`.
 pub fn write_gguf_folder(
     inputs: &ExportInputs<'_>,
@@ -80,26 +111,68 @@ pub fn write_gguf_folder(
     let (base, weights) = (inputs.base, inputs.weights);
     let profile = weights.profile;
     let config = &weights.config;
-    let plan = plan_merge(weights, inputs.adapter)?;
+    let mut plan = plan_merge(weights, inputs.adapter)?;
     let dtype = options.dtype.unwrap_or_else(|| storage_dtype(base.storage_dtype()));
     let decoder = &config.decoder;
+    refuse_what_llama_cpp_cannot_run(decoder, profile)?;
     let has_head = plan.tensors.iter().any(|t| t.name == decoder.head.name);
-    let mut entries = Vec::with_capacity(plan.tensors.len());
-    let mut fallbacks = Vec::new();
-    for t in &plan.tensors {
+    // One entry per GGUF tensor: a tensor of the plan, or every expert's projection stacked
+    // into one [experts, rows, cols] tensor; the plan is reordered so that each entry's members
+    // follow each other (experts in order) and the data streams in the header's order.
+    let mut members: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut stack_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, t) in plan.tensors.iter().enumerate() {
         let described = decoder.tensor(&t.name).ok_or_else(|| RuntimeError::Unsupported {
             message: format!("tensor `{}` has no GGUF name in the {} profile", t.name, profile.name),
         })?;
-        let gguf_name = described.gguf.clone();
-        let kind = match described.role {
-            _ if t.shape.len() < 2 => TensorKind::Vector,
-            Role::Embedding => TensorKind::Embedding { tied: !has_head },
-            Role::Head => TensorKind::Head,
-            Role::Projection { layer, kind: Projection::V } => TensorKind::AttentionV { layer },
-            Role::Projection { layer, kind: Projection::Down } => TensorKind::FfnDown { layer },
+        let stacked = matches!(described.role, Role::Expert { .. });
+        match stack_of.get(&described.gguf) {
+            Some(&group) if stacked => members[group].1.push(i),
+            _ => {
+                if stacked {
+                    stack_of.insert(described.gguf.clone(), members.len());
+                }
+                members.push((described.gguf.clone(), vec![i]));
+            }
+        }
+    }
+    let expert_of = |i: usize| match decoder.tensor(&plan.tensors[i].name).map(|d| d.role) {
+        Some(Role::Expert { expert, .. }) => expert,
+        _ => 0,
+    };
+    members.iter_mut().for_each(|(_, group)| group.sort_by_key(|&i| expert_of(i)));
+    let experts = decoder.moe_layers().next().map_or(0, |m| m.experts.len());
+    let shape = ModelShape { layers: config.num_hidden_layers, experts };
+    let mut entries = Vec::with_capacity(members.len());
+    let mut fallbacks = Vec::new();
+    for (gguf_name, group) in &members {
+        let first = &plan.tensors[group[0]];
+        let role = decoder.tensor(&first.name).map(|d| d.role);
+        if let Some(other) = group.iter().map(|&i| &plan.tensors[i]).find(|t| t.shape != first.shape) {
+            return Err(RuntimeError::Unsupported {
+                message: format!(
+                    "`{}` and `{}` differ in shape; {gguf_name} stacks them",
+                    first.name, other.name
+                ),
+            }
+            .into());
+        }
+        let kind = match role {
+            _ if first.shape.len() < 2 => TensorKind::Vector,
+            // llama.cpp keeps the router (`ffn_gate_inp`) in f32 in every file type.
+            Some(Role::Router { .. }) => TensorKind::Vector,
+            Some(Role::Embedding) => TensorKind::Embedding { tied: !has_head },
+            Some(Role::Head) => TensorKind::Head,
+            Some(Role::Projection { layer, kind: Projection::V }) => TensorKind::AttentionV { layer },
+            Some(Role::Projection { kind: Projection::K, .. }) => TensorKind::AttentionK,
+            Some(Role::Projection { kind: Projection::O, .. }) => TensorKind::AttentionOutput,
+            Some(
+                Role::Projection { layer, kind: Projection::Down }
+                | Role::Expert { layer, kind: Projection::Down, .. },
+            ) => TensorKind::FfnDown { layer },
             _ => TensorKind::Matrix,
         };
-        let (stored, fallback) = tensor_type(dtype, kind, row_width(&t.shape), config.num_hidden_layers);
+        let (stored, fallback) = tensor_type(dtype, kind, row_width(&first.shape), shape);
         if let Some((wanted, reason)) = fallback {
             fallbacks.push(Fallback {
                 kind: "tensor-type".into(),
@@ -110,8 +183,19 @@ pub fn write_gguf_folder(
                 ),
             });
         }
-        entries.push(TensorEntry { name: gguf_name, shape: t.shape.clone(), dtype: stored });
+        let shape = match role {
+            Some(Role::Expert { .. }) => [vec![group.len()], first.shape.clone()].concat(),
+            _ => first.shape.clone(),
+        };
+        entries.push(TensorEntry { name: gguf_name.clone(), shape, dtype: stored });
     }
+    let order: Vec<usize> = members.iter().flat_map(|(_, group)| group.iter().copied()).collect();
+    let mut taken: Vec<Option<crate::merge::plan::PlannedTensor>> =
+        plan.tensors.drain(..).map(Some).collect();
+    plan.tensors = order.iter().filter_map(|&i| taken[i].take()).collect();
+    // The entry each planned tensor (in the new order) is part of.
+    let entry_of: Vec<usize> =
+        members.iter().enumerate().flat_map(|(e, (_, group))| std::iter::repeat_n(e, group.len())).collect();
 
     if let Some(empty) = plan.tensors.iter().find(|t| t.shape.contains(&0)) {
         return Err(RuntimeError::Unsupported {
@@ -150,16 +234,17 @@ pub fn write_gguf_folder(
     let started = std::time::Instant::now();
     let merge_inputs =
         MergeInputs { base: weights, adapter: inputs.adapter, allow_non_finite: options.allow_non_finite };
-    // Entries are in plan order, which is the order the merge hands tensors over.
+    // The merge hands tensors over in plan order, which is now the entries' order.
     let index_of: std::collections::HashMap<&str, usize> =
-        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    let mut received = 0;
+        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), entry_of[i])).collect();
+    let (mut received, mut current) = (0, usize::MAX);
     let mut bytes = Vec::new();
-    execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
-        if first == 0 {
-            received = 0;
+    execute_rows(&plan, &merge_inputs, &mut |t, _, values| {
+        let index = index_of[t.name.as_str()];
+        if index != current {
+            (received, current) = (0, index);
         }
-        let entry = &entries[index_of[t.name.as_str()]];
+        let entry = &entries[index];
         bytes.clear();
         encode_rows(entry.dtype, values, row_width(&t.shape), &mut bytes).map_err(|e| {
             RuntimeError::Unsupported {
@@ -167,7 +252,7 @@ pub fn write_gguf_folder(
             }
         })?;
         received += values.len();
-        if received == t.shape.iter().product::<usize>() {
+        if received == entry.shape.iter().product::<usize>() {
             // Tensors start aligned: pad after the last block of rows.
             let end = writer.position() + bytes.len() as u64;
             bytes.resize(bytes.len() + padding(end), 0);

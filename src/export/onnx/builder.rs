@@ -20,6 +20,7 @@ const OPS: &[(&str, i64)] = &[
     ("Cast", 13),
     ("Concat", 13),
     ("DequantizeLinear", 13),
+    ("Div", 14),
     ("Expand", 13),
     ("Gather", 13),
     ("Gemm", 13),
@@ -32,12 +33,14 @@ const OPS: &[(&str, i64)] = &[
     ("ReduceMean", 13),
     ("ReduceSum", 13),
     ("Reshape", 14),
+    ("ScatterElements", 13),
     ("Shape", 15),
     ("Sigmoid", 13),
     ("Slice", 13),
     ("Softmax", 13),
     ("Sqrt", 13),
     ("Sub", 14),
+    ("TopK", 11),
     ("Transpose", 13),
     ("Unsqueeze", 13),
     ("Where", 16),
@@ -101,6 +104,8 @@ pub enum BuildError {
     Opset { op: String, node: String, needed: i64, opset: i64 },
     #[error("the {profile} profile names no {role:?} weight, which the decoder graph needs")]
     MissingWeight { role: crate::profile::LayerTensor, profile: &'static str },
+    #[error("layer {layer} routes to experts but the description lists none")]
+    NoExperts { layer: String },
 }
 
 pub fn attr_int(name: &str, value: i64) -> AttributeProto {
@@ -219,6 +224,22 @@ impl GraphBuilder {
         let output = format!("{name}_output_0");
         self.push(name, op, inputs, &[&output], attributes)?;
         Ok(output)
+    }
+
+    /// Adds a node named `{scope}/{op}` with `count` outputs, and returns their names.
+    pub fn node_outputs(
+        &mut self,
+        scope: &str,
+        op: &str,
+        inputs: &[&str],
+        count: usize,
+        attributes: Vec<AttributeProto>,
+    ) -> Result<Vec<String>, BuildError> {
+        let name = self.unique(format!("{scope}/{op}"));
+        let outputs: Vec<String> = (0..count).map(|i| format!("{name}_output_{i}")).collect();
+        let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        self.push(name, op, inputs, &refs, attributes)?;
+        Ok(outputs)
     }
 
     /// Adds a node whose outputs carry given names (graph outputs such as `present.0.key`).

@@ -14,6 +14,7 @@
 use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
 use super::weights::WeightForm;
 use crate::model::HfConfig;
+use crate::model::decoder::{MlpDesc, MoeDesc, SwiGluDesc};
 use crate::onnx_io::{
     ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY, PRESENT_VALUE,
     io_name,
@@ -222,7 +223,7 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
             &x,
             &required(LayerTensor::PostAttentionNorm)?,
         )?;
-        let down = swiglu_mlp(e.g, spec, &root, layer, &normed)?;
+        let down = mlp(e.g, spec, &root, layer, &normed)?;
         x = e.g.node(&format!("{root}/mlp_residual"), "Add", &[&x, &down], vec![])?;
     }
 
@@ -355,6 +356,81 @@ pub(super) fn swiglu_mlp(
     let act = g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
     let act = g.node(&mlp, "Mul", &[&act, &up], vec![])?;
     linear(g, spec, &format!("{mlp}/down_proj"), &act, &weight(LayerTensor::DownProj)?, None)
+}
+
+/// Layer `layer`'s MLP as the decoder's description has it: SwiGLU, or routed experts.
+pub(super) fn mlp(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    root: &str,
+    layer: usize,
+    normed: &str,
+) -> Result<String, BuildError> {
+    match spec.config.decoder.layers.get(layer).map(|l| &l.mlp) {
+        Some(MlpDesc::Moe(moe)) => moe_mlp(g, spec, root, moe, normed),
+        _ => swiglu_mlp(g, spec, root, layer, normed),
+    }
+}
+
+/// One SwiGLU on `x` with the weights `m` names, its nodes under `scope`.
+fn swiglu_of(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    scope: &str,
+    m: &SwiGluDesc,
+    x: &str,
+) -> Result<String, BuildError> {
+    let gate = linear(g, spec, &format!("{scope}/gate_proj"), x, &m.gate.weight.name, None)?;
+    let up = linear(g, spec, &format!("{scope}/up_proj"), x, &m.up.weight.name, None)?;
+    let sig = g.node(&format!("{scope}/act_fn"), "Sigmoid", &[&gate], vec![])?;
+    let act = g.node(&format!("{scope}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
+    let act = g.node(scope, "Mul", &[&act, &up], vec![])?;
+    linear(g, spec, &format!("{scope}/down_proj"), &act, &m.down.weight.name, None)
+}
+
+/// Qwen3MoeSparseMoeBlock in standard ops (tract and every ONNX Runtime run it): Softmax of
+/// the router's logits, TopK (largest first, the lower index on ties, as torch.topk), the top-k
+/// probabilities renormalised when `norm_topk_prob`, scattered into a dense [tokens, experts]
+/// weight matrix; every expert is evaluated on every token and added with its column of
+/// weights (zero for the tokens not routed to it), in expert order.
+fn moe_mlp(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    root: &str,
+    moe: &MoeDesc,
+    x: &str,
+) -> Result<String, BuildError> {
+    let scope = format!("{root}/mlp");
+    let logits = linear(g, spec, &format!("{scope}/gate"), x, &moe.router.weight.name, None)?;
+    let probs = g.node(&scope, "Softmax", &[&logits], vec![attr_int("axis", -1)])?;
+    let k = g.const_i64(&[moe.top_k as i64], &[1]);
+    let top = g.node_outputs(&scope, "TopK", &[&probs, &k], 2, vec![attr_int("axis", -1)])?;
+    let (values, indices) = (&top[0], &top[1]);
+    let values = if moe.norm_topk_prob {
+        let axes = g.const_i64(&[-1], &[1]);
+        let sum = g.node(&scope, "ReduceSum", &[values, &axes], vec![attr_int("keepdims", 1)])?;
+        g.node(&scope, "Div", &[values, &sum], vec![])?
+    } else {
+        values.clone()
+    };
+    let zero = g.const_f32(&[0.0], &[]);
+    let zeros = g.node(&scope, "Mul", &[&probs, &zero], vec![])?;
+    let weights =
+        g.node(&scope, "ScatterElements", &[&zeros, indices, &values], vec![attr_int("axis", 1)])?;
+    let axes = g.const_i64(&[1], &[1]);
+    let mut sum: Option<String> = None;
+    for (e, expert) in moe.experts.iter().enumerate() {
+        let scope = format!("{scope}/experts.{e}");
+        let y = swiglu_of(g, spec, &scope, expert, x)?;
+        let (from, to) = (g.const_i64(&[e as i64], &[1]), g.const_i64(&[e as i64 + 1], &[1]));
+        let column = g.node(&scope, "Slice", &[&weights, &from, &to, &axes], vec![])?;
+        let weighted = g.node(&scope, "Mul", &[&y, &column], vec![])?;
+        sum = Some(match sum {
+            Some(acc) => g.node(&scope, "Add", &[&acc, &weighted], vec![])?,
+            None => weighted,
+        });
+    }
+    sum.ok_or(BuildError::NoExperts { layer: root.to_string() })
 }
 
 /// The output head on the final hidden states, reshaped to the `logits` output.

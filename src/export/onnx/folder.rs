@@ -24,6 +24,8 @@ use crate::export::staging::{Staging, exported_config, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
 use crate::merge::plan::PlannedTensor;
 use crate::merge::{MergeInputs, execute_rows, plan_merge};
+use crate::model::DecoderDesc;
+use crate::model::decoder::Role;
 use crate::model::{ModelFolder, TensorDtype};
 use crate::monitor;
 use crate::quant::{QuantReport, Scheme};
@@ -154,8 +156,15 @@ impl OnnxOptions {
 
     /// How tensor `t` is stored: norms, biases and tables stay f32; the embedding table f16
     /// in every reduced precision; the head follows `quant.head`.
-    fn storage(&self, t: &PlannedTensor, names: &crate::profile::TensorNames) -> Storage {
+    /// The router of a mixture-of-experts layer stays f32 in every precision, as llama.cpp
+    /// keeps `ffn_gate_inp`: its probabilities choose the experts, and a rounded one can
+    /// change the choice.
+    fn storage(&self, t: &PlannedTensor, decoder: &DecoderDesc) -> Storage {
         let matrix = t.shape.len() == 2;
+        let role = decoder.tensor(&t.name).map(|d| d.role);
+        if matches!(role, Some(Role::Router { .. })) {
+            return Storage::F32;
+        }
         match (self.precision, self.scheme()) {
             (OnnxPrecision::F32, _) => Storage::F32,
             (_, None) => {
@@ -168,7 +177,7 @@ impl OnnxOptions {
             (_, Some(scheme)) => {
                 if !matrix {
                     Storage::F32
-                } else if t.name == names.embed || (t.name == names.lm_head && !self.quant.head) {
+                } else if role == Some(Role::Embedding) || (role == Some(Role::Head) && !self.quant.head) {
                     Storage::F16
                 } else {
                     Storage::Quantized(scheme)
@@ -179,10 +188,10 @@ impl OnnxOptions {
 
     /// Whether tensor `t` is stored transposed, for a `MatMul`: float matrices other than the
     /// embedding table (which `Gather` reads by row; a head tied to it stays `Gemm(transB=1)`).
-    fn transposed(&self, t: &PlannedTensor, names: &crate::profile::TensorNames) -> bool {
+    fn transposed(&self, t: &PlannedTensor, decoder: &DecoderDesc) -> bool {
         t.shape.len() == 2
-            && t.name != names.embed
-            && !matches!(self.storage(t, names), Storage::Quantized(_))
+            && decoder.tensor(&t.name).map(|d| d.role) != Some(Role::Embedding)
+            && !matches!(self.storage(t, decoder), Storage::Quantized(_))
     }
 }
 
@@ -366,6 +375,7 @@ fn write_onnx_folder_as(
     let (base, detection, weights, adapter) = (inputs.base, inputs.detection, inputs.weights, inputs.adapter);
     let mut plan = plan_merge(weights, adapter)?;
     let config = &weights.config;
+    let decoder = &config.decoder;
     let names = &weights.profile.tensors;
     let has_head = plan.tensors.iter().any(|t| t.name == names.lm_head);
     if options.scheme().is_some() && options.quant.head && !has_head {
@@ -385,7 +395,7 @@ fn write_onnx_folder_as(
     let mut planned: Vec<PlannedInitializer> = Vec::new();
     let mut forms: HashMap<String, WeightForm> = HashMap::new();
     for t in &plan.tensors {
-        let (inits, form) = plan_initializers(t, options.storage(t, names), options.transposed(t, names));
+        let (inits, form) = plan_initializers(t, options.storage(t, decoder), options.transposed(t, decoder));
         planned.extend(inits);
         forms.insert(t.name.clone(), form);
     }
@@ -422,7 +432,7 @@ fn write_onnx_folder_as(
     let merge_inputs = MergeInputs { base: weights, adapter, allow_non_finite: options.allow_non_finite };
     let mut writer = WeightWriter::new(&mut sink, &data_path, &config.decoder);
     execute_rows(&plan, &merge_inputs, &mut |t, first, values| {
-        writer.rows(t, options.storage(t, names), options.transposed(t, names), first, values, &progress)
+        writer.rows(t, options.storage(t, decoder), options.transposed(t, decoder), first, values, &progress)
     })?;
     let (rows, cols) = (config.max_position_embeddings, table_cols);
     for (name, table) in [(ROPE_COS, &cos), (ROPE_SIN, &sin)] {

@@ -12,7 +12,7 @@
 use super::builder::{BuildError, GraphBuilder, attr_float, attr_int};
 use super::decoder::{
     DecoderSpec, ROPE_COS, ROPE_SIN, additive_mask, declare_io, dynamic_sizes, embed, layer_weight, linear,
-    lm_head, real_keys, swiglu_mlp,
+    lm_head, mlp, real_keys,
 };
 use crate::onnx_io::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, io_name};
 use crate::profile::LayerTensor;
@@ -178,7 +178,7 @@ pub fn build_fused_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Resu
         let (normed, sum) =
             f.skip_norm(&scope, &out, &residual, &required(LayerTensor::PostAttentionNorm)?, true)?;
         residual = sum;
-        pending = Some(swiglu_mlp(f.g, spec, &root, layer, &normed)?);
+        pending = Some(mlp(f.g, spec, &root, layer, &normed)?);
     }
 
     let normed = match pending {

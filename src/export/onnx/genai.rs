@@ -51,7 +51,7 @@ pub fn genai_config(base: &ModelFolder, filename: &str) -> Value {
             },
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "type": base.profile.model_types.first().copied().unwrap_or(base.profile.name),
+            "type": base.profile.genai_type,
             "vocab_size": c.vocab_size
         },
         "search": {
