@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use criterion::{Criterion, criterion_group, criterion_main};
 use model_export::checkpoint::detect;
 use model_export::export::onnx::builder::{Data, Elem, GraphBuilder};
-use model_export::export::onnx::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
+use model_export::export::onnx::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN};
+use model_export::export::onnx::emitter::build_decoder;
 use model_export::export::onnx::weights::WeightForm;
 use model_export::export::safetensors::{MergeOptions, write_merged_folder};
 use model_export::model::ModelFolder;
@@ -38,12 +39,11 @@ fn graph_builder(c: &mut Criterion) {
             }
             let spec = DecoderSpec {
                 config,
-                profile: base.profile,
-                head: base.profile.tensors.embed.to_string(),
+                head: config.decoder.embedding.name.clone(),
                 weight: &|_| WeightForm::Float(Elem::F32),
                 accuracy_level: 0,
             };
-            build_decoder(&mut g, &spec).unwrap();
+            build_decoder(&mut g, &spec, model_export::config::Target::Portable).unwrap();
             g.finish("main_graph", &[]).encode_to_vec().len()
         })
     });

@@ -41,7 +41,7 @@ impl ModelParts {
         for (_, t) in base.tensors() {
             let name = t.name.as_str();
             let bytes = t.numel() as u64 * 4;
-            match crate::checkpoint::adapter_config::layer_index(name).and_then(|i| layers.get_mut(i)) {
+            match base.config.decoder.layer_of(name).and_then(|i| layers.get_mut(i)) {
                 Some(layer) => *layer += bytes,
                 None => largest = largest.max(bytes),
             }

@@ -218,7 +218,7 @@ impl Adapter {
     /// Checks every tensor against the base model it will be merged into.
     pub fn check_fits(&self, base: &ModelFolder) -> Result<(), CheckpointError> {
         let cfg = &base.config;
-        let lm_head_module = base.profile.tensors.lm_head.trim_end_matches(".weight");
+        let lm_head_module = base.config.decoder.head.name.trim_end_matches(".weight");
         let base_shape = |tensor: &str| -> Option<Vec<usize>> {
             match base.tensor(tensor) {
                 Some((_, info)) => Some(info.shape.clone()),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::CheckpointError;
-use crate::profile::Profile;
+use crate::model::DecoderDesc;
 
 /// Which modules a LoRA adapts, in the three forms PEFT accepts.
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +35,7 @@ impl TargetModules {
     }
 
     /// Whether PEFT would adapt `module` (a module path such as `model.layers.0.self_attn.q_proj`).
-    pub fn matches(&self, module: &str, profile: &Profile) -> bool {
+    pub fn matches(&self, module: &str, decoder: &DecoderDesc) -> bool {
         match self {
             TargetModules::List(items) => {
                 items.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
@@ -43,9 +43,7 @@ impl TargetModules {
             TargetModules::Regex(pattern) => {
                 Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(module))
             }
-            TargetModules::AllLinear => {
-                profile.linear_module_suffixes().any(|suffix| module.ends_with(&format!(".{suffix}")))
-            }
+            TargetModules::AllLinear => decoder.is_linear(module),
         }
     }
 }
@@ -241,9 +239,9 @@ pub fn layer_index(module: &str) -> Option<usize> {
 
 impl AdapterConfig {
     /// Whether PEFT adapted `module`: selected by `target_modules`, not excluded, in a chosen layer.
-    pub fn selects(&self, module: &str, profile: &Profile) -> bool {
-        self.target_modules.matches(module, profile)
-            && !self.exclude_modules.as_ref().is_some_and(|e| e.matches(module, profile))
+    pub fn selects(&self, module: &str, decoder: &DecoderDesc) -> bool {
+        self.target_modules.matches(module, decoder)
+            && !self.exclude_modules.as_ref().is_some_and(|e| e.matches(module, decoder))
             && self
                 .layers_to_transform
                 .as_ref()
@@ -300,7 +298,11 @@ mod tests {
 
     #[test]
     fn target_forms() {
-        let profile = Profile::by_name("qwen3").unwrap();
+        let json = r#"{"model_type":"qwen3","vocab_size":10,"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":6,"num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-6}"#;
+        let (config, _) =
+            crate::model::HfConfig::parse(std::path::Path::new("config.json"), json, None).unwrap();
+        let profile = &*config.decoder;
         let list = TargetModules::List(vec!["q_proj".into()]);
         assert!(list.matches("model.layers.0.self_attn.q_proj", profile));
         assert!(!list.matches("model.layers.0.self_attn.xq_proj", profile));

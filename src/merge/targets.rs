@@ -13,7 +13,7 @@ fn adaptable_modules(base: &ModelFolder) -> Vec<String> {
         .filter(|(_, t)| t.shape.len() == 2)
         .filter_map(|(_, t)| t.name.strip_suffix(".weight").map(str::to_string))
         .collect();
-    let head = base.profile.tensors.lm_head.trim_end_matches(".weight");
+    let head = base.config.decoder.head.name.trim_end_matches(".weight");
     if base.config.tie_word_embeddings && !modules.iter().any(|m| m == head) {
         modules.push(head.to_string());
     }
@@ -22,7 +22,7 @@ fn adaptable_modules(base: &ModelFolder) -> Vec<String> {
 
 pub fn check_targets(base: &ModelFolder, adapter: &Adapter) -> Result<(), CheckpointError> {
     let config = &adapter.config;
-    let profile = base.profile;
+    let decoder = &*base.config.decoder;
     let candidates = adaptable_modules(base);
     let config_error =
         |message: String| CheckpointError::AdapterConfig { path: config.path.clone(), message };
@@ -30,7 +30,7 @@ pub fn check_targets(base: &ModelFolder, adapter: &Adapter) -> Result<(), Checkp
     if let TargetModules::List(targets) = &config.target_modules {
         for target in targets {
             let single = TargetModules::List(vec![target.clone()]);
-            if !candidates.iter().any(|m| single.matches(m, profile)) {
+            if !candidates.iter().any(|m| single.matches(m, decoder)) {
                 return Err(config_error(format!(
                     "target module `{target}` matches no module of the base model ({}): was the adapter trained for another architecture?",
                     base.dir.display()
@@ -38,7 +38,7 @@ pub fn check_targets(base: &ModelFolder, adapter: &Adapter) -> Result<(), Checkp
             }
         }
     }
-    let selected: Vec<&String> = candidates.iter().filter(|m| config.selects(m, profile)).collect();
+    let selected: Vec<&String> = candidates.iter().filter(|m| config.selects(m, decoder)).collect();
     if selected.is_empty() {
         return Err(config_error(format!(
             "`target_modules` ({}) selects no module of the base model ({})",
@@ -60,7 +60,7 @@ pub fn check_targets(base: &ModelFolder, adapter: &Adapter) -> Result<(), Checkp
     }
     for module in selected {
         if !adapter.modules.contains_key(module) {
-            let embedding = module == base.profile.tensors.embed.trim_end_matches(".weight");
+            let embedding = module == decoder.embedding.name.trim_end_matches(".weight");
             let suffix = if embedding { "lora_embedding_A" } else { "lora_A.weight" };
             return Err(CheckpointError::AdapterTensor {
                 path: adapter.file.path().to_path_buf(),

@@ -159,6 +159,9 @@ pub struct DecoderDesc {
     index: HashMap<String, usize>,
     #[serde(skip)]
     order: Vec<TensorDesc>,
+    /// The layer of each tensor of `order` (None: embedding, final norm, head).
+    #[serde(skip)]
+    layer_of: Vec<Option<usize>>,
 }
 
 /// config.json's mixture-of-experts fields (Qwen3MoeConfig), defaults from the profile.
@@ -222,6 +225,7 @@ impl DecoderDesc {
         let mut order =
             vec![tensor(names.embed, gguf.embed, vec![config.vocab_size, hidden], Role::Embedding)];
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let mut layer_of = vec![None];
         for layer in 0..config.num_hidden_layers {
             let in_layer = |t: &crate::profile::TensorNames, suffix: &str| {
                 format!("{}{suffix}", t.layer_prefix.replace("{layer}", &layer.to_string()))
@@ -301,11 +305,13 @@ impl DecoderDesc {
                     })),
                 },
             });
+            layer_of.resize(order.len(), Some(layer));
         }
         let final_norm = tensor(names.final_norm, gguf.final_norm, vec![hidden], Role::Norm);
         let head = tensor(names.lm_head, gguf.lm_head, vec![config.vocab_size, hidden], Role::Head);
         order.push(final_norm.clone());
         order.push(head.clone());
+        layer_of.resize(order.len(), None);
         let index = order.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(DecoderDesc {
             profile: profile.name,
@@ -319,6 +325,7 @@ impl DecoderDesc {
             head,
             index,
             order,
+            layer_of,
         })
     }
 
@@ -326,6 +333,14 @@ impl DecoderDesc {
     /// tensors in the profile's order, final norm, head (listed even when tied).
     pub fn tensors(&self) -> &[TensorDesc] {
         &self.order
+    }
+
+    /// Whether `module` (a tensor name without `.weight`) is one of the linear layers PEFT's
+    /// `all-linear` targets: every projection, expert projection and router, never the head.
+    pub fn is_linear(&self, module: &str) -> bool {
+        self.tensor(&format!("{module}.weight")).is_some_and(|t| {
+            matches!(t.role, Role::Projection { .. } | Role::Expert { .. } | Role::Router { .. })
+        })
     }
 
     /// The mixture-of-experts blocks of the layers that have one.
@@ -344,6 +359,12 @@ impl DecoderDesc {
     /// The description of the tensor called `name`, if the decoder reads one.
     pub fn tensor(&self, name: &str) -> Option<&TensorDesc> {
         self.index.get(name).map(|&i| &self.order[i])
+    }
+
+    /// The layer that reads the tensor called `name` (None: embedding, final norm, head, or a
+    /// tensor the decoder does not read).
+    pub fn layer_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).and_then(|&i| self.layer_of[i])
     }
 
     /// The tensors a checkpoint of this model stores: all of them, less the head when tied.
@@ -370,6 +391,7 @@ impl DecoderDesc {
             head: nothing,
             index: HashMap::new(),
             order: Vec::new(),
+            layer_of: Vec::new(),
         }
     }
 }
@@ -424,4 +446,75 @@ fn describe_moe(
 
 fn projection(layer: usize, kind: Projection) -> Role {
     Role::Projection { layer, kind }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::HfConfig;
+
+    fn describe(json: &str) -> Arc<DecoderDesc> {
+        HfConfig::parse(Path::new("config.json"), json, None).unwrap().0.decoder
+    }
+
+    const DENSE: &str = r#""vocab_size":384,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"rms_norm_eps":1e-6"#;
+
+    #[test]
+    fn a_dense_layer_is_described_with_names_shapes_roles_and_llama_cpp_names() {
+        let d = describe(&format!(r#"{{"model_type":"qwen2",{DENSE}}}"#));
+        // embedding, 2 layers of 12 tensors (9 + 3 biases), final norm, head (listed though tied or not)
+        assert_eq!(d.tensors().len(), 1 + 2 * 12 + 2);
+        let k_bias = d.tensor("model.layers.1.self_attn.k_proj.bias").unwrap();
+        assert_eq!((k_bias.gguf.as_str(), k_bias.shape.as_slice()), ("blk.1.attn_k.bias", &[32usize][..]));
+        assert_eq!(k_bias.role, Role::Bias { layer: 1, kind: Projection::K });
+        assert_eq!(
+            d.tensor("model.layers.0.post_attention_layernorm.weight").unwrap().gguf,
+            "blk.0.ffn_norm.weight"
+        );
+        assert_eq!(d.tensor("lm_head.weight").unwrap().gguf, "output.weight");
+        assert_eq!(d.layer_of("model.layers.1.mlp.down_proj.weight"), Some(1));
+        assert_eq!(d.layer_of("model.norm.weight"), None);
+        assert!(d.is_linear("model.layers.0.mlp.up_proj") && !d.is_linear("lm_head"));
+        let MlpDesc::SwiGlu(mlp) = &d.layers[1].mlp else { panic!("dense") };
+        assert_eq!(mlp.down.weight.shape, [64, 128]);
+        assert!(d.layers[0].attention.q_norm.is_none() && d.layers[0].attention.q.bias.is_some());
+    }
+
+    #[test]
+    fn a_moe_layer_routes_to_experts_and_dense_layers_keep_the_mlp() {
+        let d = describe(&format!(
+            r#"{{"model_type":"qwen3_moe",{DENSE},"num_experts":4,"num_experts_per_tok":2,
+            "moe_intermediate_size":32,"norm_topk_prob":true,"mlp_only_layers":[1]}}"#
+        ));
+        let MlpDesc::Moe(moe) = &d.layers[0].mlp else { panic!("layer 0 has experts") };
+        assert_eq!((moe.experts.len(), moe.top_k, moe.norm_topk_prob), (4, 2, true));
+        assert_eq!(moe.router.weight.name, "model.layers.0.mlp.gate.weight");
+        assert_eq!(moe.router.weight.shape, [4, 64]);
+        let down = &moe.experts[3].down.weight;
+        assert_eq!(down.name, "model.layers.0.mlp.experts.3.down_proj.weight");
+        assert_eq!(
+            (down.gguf.as_str(), down.shape.as_slice()),
+            ("blk.0.ffn_down_exps.weight", &[64usize, 32][..])
+        );
+        assert_eq!(down.role, Role::Expert { layer: 0, expert: 3, kind: Projection::Down });
+        assert!(d.tensor("model.layers.0.mlp.gate_proj.weight").is_none());
+        assert!(
+            d.is_linear("model.layers.0.mlp.gate") && d.is_linear("model.layers.0.mlp.experts.1.up_proj")
+        );
+        // mlp_only_layers = [1]: the dense MLP of intermediate_size.
+        let MlpDesc::SwiGlu(dense) = &d.layers[1].mlp else { panic!("layer 1 is dense") };
+        assert_eq!(dense.gate.weight.shape, [128, 64]);
+        assert_eq!(d.moe_layers().count(), 1);
+        // Stacks are listed expert by expert, gate, then up, then down.
+        let names: Vec<&str> = d.layer_tensors().iter().map(|t| t.name.as_str()).collect();
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(
+            at("model.layers.0.mlp.experts.3.gate_proj.weight")
+                < at("model.layers.0.mlp.experts.0.up_proj.weight")
+        );
+    }
 }

@@ -29,7 +29,7 @@ pub fn layout_problems(folder: &ModelFolder) -> Vec<(String, String)> {
             Some(_) => {}
         }
     }
-    let lm_head = folder.profile.tensors.lm_head;
+    let lm_head = folder.config.decoder.head.name.as_str();
     for (_, info) in folder.tensors() {
         // A tied model may still store its head (some exporters do); it must then match.
         let tied_head = folder.config.tie_word_embeddings && info.name == lm_head;

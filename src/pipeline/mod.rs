@@ -181,8 +181,9 @@ pub fn build_plan(
     let mut reference_pending = force || !crate::validate::cache::holds(state.path(), &reference_digest);
     let memory_limit = config.max_memory.value.map(|b| b.0).or_else(crate::monitor::available_memory);
     let base_bytes_per_weight = base.tensor_bytes() as f64 / parameters.max(1) as f64;
-    let embedding_params = base.tensor(base.profile.tensors.embed).map_or(0, |(_, t)| t.numel() as u64);
-    let separate_head = base.tensor(base.profile.tensors.lm_head).is_some();
+    let decoder = &base.config.decoder;
+    let embedding_params = base.tensor(&decoder.embedding.name).map_or(0, |(_, t)| t.numel() as u64);
+    let separate_head = base.tensor(&decoder.head.name).is_some();
     let onnxruntime = crate::runtime::ort_engine::find_onnxruntime().map(|p| p.display().to_string());
     let mut validations = Vec::new();
     let mut any_validation_runs = false;

@@ -130,53 +130,6 @@ impl Profile {
             }
         })
     }
-
-    /// Full tensor name of a layer tensor, or `None` when the architecture has no such tensor.
-    pub fn layer_tensor(&self, layer: usize, role: LayerTensor) -> Option<String> {
-        self.tensors.layer.iter().find(|(r, _)| *r == role).map(|(_, suffix)| {
-            format!("{}{suffix}", self.tensors.layer_prefix.replace("{layer}", &layer.to_string()))
-        })
-    }
-
-    /// Every tensor name of a model with `layers` layers paired with its GGUF name, in the
-    /// order llama.cpp's converter writes them (embedding, layers, final norm, head).
-    pub fn gguf_names(&self, layers: usize) -> Vec<(String, String)> {
-        let (hf, gguf) = (&self.tensors, &self.gguf.tensors);
-        let mut names = vec![(hf.embed.to_string(), gguf.embed.to_string())];
-        for layer in 0..layers {
-            let prefix = |t: &TensorNames| t.layer_prefix.replace("{layer}", &layer.to_string());
-            let (hf_prefix, gguf_prefix) = (prefix(hf), prefix(gguf));
-            for (role, suffix) in hf.layer {
-                if let Some((_, gguf_suffix)) = gguf.layer.iter().find(|(r, _)| r == role) {
-                    names.push((format!("{hf_prefix}{suffix}"), format!("{gguf_prefix}{gguf_suffix}")));
-                }
-            }
-        }
-        names.push((hf.final_norm.to_string(), gguf.final_norm.to_string()));
-        names.push((hf.lm_head.to_string(), gguf.lm_head.to_string()));
-        names
-    }
-
-    /// Module names (tensor name without `.weight`) of the linear layers PEFT's `all-linear`
-    /// targets: every layer projection, never the output head.
-    pub fn linear_module_suffixes(&self) -> impl Iterator<Item = &'static str> {
-        self.tensors
-            .layer
-            .iter()
-            .filter(|(role, _)| {
-                matches!(
-                    role,
-                    LayerTensor::QProj
-                        | LayerTensor::KProj
-                        | LayerTensor::VProj
-                        | LayerTensor::OProj
-                        | LayerTensor::GateProj
-                        | LayerTensor::UpProj
-                        | LayerTensor::DownProj
-                )
-            })
-            .map(|(_, name)| name.strip_suffix(".weight").unwrap_or(name))
-    }
 }
 
 fn known_names() -> String {
@@ -190,36 +143,14 @@ mod tests {
     #[test]
     fn generated_profiles_are_found_by_name_and_model_type() {
         let qwen3 = Profile::by_name("qwen3").unwrap();
-        assert!(qwen3.qk_norm && !qwen3.qkv_bias);
+        assert!(qwen3.qk_norm && !qwen3.qkv_bias && qwen3.moe.is_none());
         assert_eq!(qwen3.defaults.head_dim, Some(128));
         let qwen2 = Profile::for_model_type("qwen2").unwrap();
         assert_eq!(qwen2.name, "qwen2");
         assert!(qwen2.qkv_bias);
-        assert_eq!(
-            qwen2.layer_tensor(3, LayerTensor::QBias).as_deref(),
-            Some("model.layers.3.self_attn.q_proj.bias")
-        );
-        assert_eq!(qwen2.layer_tensor(0, LayerTensor::QNorm), None);
-    }
-
-    #[test]
-    fn gguf_names_follow_llama_cpp() {
-        let qwen2 = Profile::by_name("qwen2").unwrap();
-        let names = qwen2.gguf_names(2);
-        // embedding, 2 layers of 12 tensors (9 + 3 biases), final norm, head
-        assert_eq!(names.len(), 1 + 2 * 12 + 2);
-        let find = |hf: &str| names.iter().find(|(h, _)| h == hf).map(|(_, g)| g.as_str());
-        assert_eq!(find("model.layers.1.self_attn.k_proj.bias"), Some("blk.1.attn_k.bias"));
-        assert_eq!(find("model.layers.0.post_attention_layernorm.weight"), Some("blk.0.ffn_norm.weight"));
-        assert_eq!(find("lm_head.weight"), Some("output.weight"));
-        let qwen3 = Profile::by_name("qwen3").unwrap();
-        assert_eq!(qwen3.gguf.architecture, "qwen3");
-        let names = qwen3.gguf_names(1);
-        assert!(
-            names.iter().any(
-                |(h, g)| h == "model.layers.0.self_attn.q_norm.weight" && g == "blk.0.attn_q_norm.weight"
-            )
-        );
+        let moe = Profile::for_model_type("qwen3_moe").unwrap();
+        assert_eq!((moe.gguf.architecture, moe.genai_type), ("qwen3moe", "qwen3"));
+        assert_eq!(moe.moe.map(|m| m.expert_prefix), Some("mlp.experts.{expert}."));
     }
 
     #[test]
@@ -227,12 +158,5 @@ mod tests {
         let err = Profile::for_model_type("llama").unwrap_err();
         assert_eq!(err.to_string(), "config.json has model_type `llama`, which no profile handles");
         assert!(err.help().contains("qwen2, qwen3"));
-    }
-
-    #[test]
-    fn all_linear_covers_the_seven_projections() {
-        let names: Vec<_> = Profile::by_name("qwen3").unwrap().linear_module_suffixes().collect();
-        assert_eq!(names.len(), 7);
-        assert!(names.contains(&"mlp.down_proj"));
     }
 }

@@ -141,7 +141,7 @@ impl GgufFile {
         let expanded = self
             .content
             .tensor_infos
-            .get(self.profile.gguf.tensors.embed)
+            .get(&self.config.decoder.embedding.gguf)
             .filter(|t| is_blocks(t.ggml_dtype))
             .map_or(0, |t| 2 * t.shape.elem_count() as u64);
         self.tensor_bytes() + expanded
@@ -178,8 +178,8 @@ impl GgufFile {
     ) -> Result<impl Fn(&str) -> Result<Option<Weight>, RuntimeError> + '_, Error> {
         let reader = std::cell::RefCell::new(open(&self.path)?);
         let decoder = &self.config.decoder;
-        let names = &self.profile.tensors;
-        let embed = self.profile.gguf.tensors.embed;
+        let (hf_embed, hf_head) = (decoder.embedding.name.as_str(), decoder.head.name.as_str());
+        let embed = decoder.embedding.gguf.as_str();
         let tied_quantized_head = self.config.tie_word_embeddings
             && self.content.tensor_infos.get(embed).is_some_and(|t| is_blocks(t.ggml_dtype));
         let device = device.clone();
@@ -210,7 +210,7 @@ impl GgufFile {
             Ok(QTensor::new(storage, inner)?)
         };
         Ok(move |hf: &str| -> Result<Option<Weight>, RuntimeError> {
-            if hf == names.lm_head && tied_quantized_head {
+            if hf == hf_head && tied_quantized_head {
                 return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed, None)?)?)));
             }
             let Some(described) =
@@ -228,8 +228,8 @@ impl GgufFile {
                 GgmlDType::F32 => Weight::Dense(q.dequantize(&device)?),
                 GgmlDType::F16 => Weight::Dense(q.dequantize_f16(&device)?),
                 GgmlDType::BF16 => Weight::Dense(q.dequantize(&device)?.to_dtype(DType::BF16)?),
-                _ if hf == names.embed && embedding_blocks => Weight::Quantized(QMatMul::from_qtensor(q)?),
-                _ if hf == names.embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(&device)?),
+                _ if hf == hf_embed && embedding_blocks => Weight::Quantized(QMatMul::from_qtensor(q)?),
+                _ if hf == hf_embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(&device)?),
                 dtype if !candle_multiplies(dtype, q.shape().dims().last().copied().unwrap_or(0)) => {
                     Weight::Dense(q.dequantize_f16(&device)?)
                 }

@@ -230,8 +230,8 @@ pub fn load_unmerged<'a>(
     if let Some(adapter) = &adapter {
         check_coverage(base, adapter)?;
     }
-    let embed_name = base.profile.tensors.embed;
-    let head_name = base.profile.tensors.lm_head;
+    let embed_name = base.config.decoder.embedding.name.as_str();
+    let head_name = base.config.decoder.head.name.as_str();
     let read_base = move |name: &str| -> Result<Option<Tensor>, RuntimeError> {
         let Some((values, shape)) = read_f32_released(base, name)? else { return Ok(None) };
         Ok(Some(Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?))

@@ -102,8 +102,6 @@ pub enum BuildError {
     UnknownOp { op: String },
     #[error("op {op} (node {node}) needs opset {needed}, the export targets opset {opset}")]
     Opset { op: String, node: String, needed: i64, opset: i64 },
-    #[error("the {profile} profile names no {role:?} weight, which the decoder graph needs")]
-    MissingWeight { role: crate::profile::LayerTensor, profile: &'static str },
     #[error("layer {layer} routes to experts but the description lists none")]
     NoExperts { layer: String },
 }

@@ -14,12 +14,11 @@
 use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
 use super::weights::WeightForm;
 use crate::model::HfConfig;
-use crate::model::decoder::{MlpDesc, MoeDesc, SwiGluDesc};
+use crate::model::decoder::{LayerDesc, LinearDesc, MlpDesc, MoeDesc, NormDesc, SwiGluDesc};
 use crate::onnx_io::{
     ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY, PRESENT_VALUE,
     io_name,
 };
-use crate::profile::{LayerTensor, Profile};
 
 pub const ROPE_COS: &str = "/model/rotary_emb/cos_cache";
 pub const ROPE_SIN: &str = "/model/rotary_emb/sin_cache";
@@ -27,7 +26,6 @@ pub const ROPE_SIN: &str = "/model/rotary_emb/sin_cache";
 /// What the graph needs to know about the weights it references.
 pub struct DecoderSpec<'a> {
     pub config: &'a HfConfig,
-    pub profile: &'static Profile,
     /// The initializer used as output head: `lm_head.weight`, or the embedding when tied.
     pub head: String,
     /// How the graph reads each weight (f16 is cast to f32 where used; quantized matrices go
@@ -37,157 +35,226 @@ pub struct DecoderSpec<'a> {
     pub accuracy_level: i64,
 }
 
-struct Emitter<'a, 'b> {
-    g: &'a mut GraphBuilder,
-    spec: &'a DecoderSpec<'b>,
-}
-
-impl Emitter<'_, '_> {
-    fn linear(
+/// What differs between the targets, block by block; the layer loop ([`build_decoder`]) and
+/// the shared pieces (inputs, embedding, MLP and experts, head) are one. Each variant keeps its
+/// own residual stream: the portable graph adds explicitly, the `ort` target folds the add into
+/// the next `SkipSimplifiedLayerNormalization`.
+pub(super) trait Blocks {
+    /// Everything before the first layer (masks, rotary tables, shapes, the embedding).
+    fn prelude(
         &mut self,
-        scope: &str,
-        x: &str,
-        weight: &str,
-        bias: Option<&str>,
-    ) -> Result<String, BuildError> {
-        linear(self.g, self.spec, scope, x, weight, bias)
-    }
+        g: &mut GraphBuilder,
+        spec: &DecoderSpec<'_>,
+        io: &Io,
+        sizes: &Sizes,
+    ) -> Result<(), BuildError>;
+    /// The layer's input norm.
+    fn input_norm(
+        &mut self,
+        g: &mut GraphBuilder,
+        root: &str,
+        layer: &LayerDesc,
+    ) -> Result<String, BuildError>;
+    /// Attention on the normed input, its residual, and the post-attention norm (the MLP's input).
+    fn attention(
+        &mut self,
+        g: &mut GraphBuilder,
+        spec: &DecoderSpec<'_>,
+        root: &str,
+        layer: &LayerDesc,
+        normed: &str,
+    ) -> Result<String, BuildError>;
+    /// The MLP's output joins the residual stream.
+    fn mlp_residual(&mut self, g: &mut GraphBuilder, root: &str, out: String) -> Result<(), BuildError>;
+    /// The final norm of the residual stream.
+    fn final_norm(&mut self, g: &mut GraphBuilder, weight: &str) -> Result<String, BuildError>;
+}
 
-    /// RMSNorm over the last axis, as transformers computes it in f32.
-    fn rms_norm(&mut self, scope: &str, x: &str, weight: &str) -> Result<String, BuildError> {
-        let eps = self.g.const_f32(&[self.spec.config.rms_norm_eps as f32], &[]);
-        let sq = self.g.node(scope, "Mul", &[x, x], vec![])?;
-        let mean = self.g.reduce_mean(scope, &sq, &[-1])?;
-        let shifted = self.g.node(scope, "Add", &[&mean, &eps], vec![])?;
-        let root = self.g.node(scope, "Sqrt", &[&shifted], vec![])?;
-        let inverse = self.g.node(scope, "Reciprocal", &[&root], vec![])?;
-        let normed = self.g.node(scope, "Mul", &[x, &inverse], vec![])?;
-        self.g.node(scope, "Mul", &[&normed, weight], vec![])
-    }
+/// RMSNorm over the last axis, as transformers computes it in f32.
+fn rms_norm(
+    g: &mut GraphBuilder,
+    eps: f64,
+    scope: &str,
+    x: &str,
+    weight: &str,
+) -> Result<String, BuildError> {
+    let eps = g.const_f32(&[eps as f32], &[]);
+    let sq = g.node(scope, "Mul", &[x, x], vec![])?;
+    let mean = g.reduce_mean(scope, &sq, &[-1])?;
+    let shifted = g.node(scope, "Add", &[&mean, &eps], vec![])?;
+    let root = g.node(scope, "Sqrt", &[&shifted], vec![])?;
+    let inverse = g.node(scope, "Reciprocal", &[&root], vec![])?;
+    let normed = g.node(scope, "Mul", &[x, &inverse], vec![])?;
+    g.node(scope, "Mul", &[&normed, weight], vec![])
+}
 
-    /// `x * cos + rotate_half(x) * sin` with rotate_half = [-x2, x1].
-    fn rope(&mut self, scope: &str, x: &str, cos: &str, sin: &str) -> Result<String, BuildError> {
-        let half = self.spec.config.head_dim as i64 / 2;
-        let axes = self.g.const_i64(&[-1], &[1]);
-        let (zero, mid, end) = (
-            self.g.const_i64(&[0], &[1]),
-            self.g.const_i64(&[half], &[1]),
-            self.g.const_i64(&[2 * half], &[1]),
-        );
-        let lo = self.g.node(scope, "Slice", &[x, &zero, &mid, &axes], vec![])?;
-        let hi = self.g.node(scope, "Slice", &[x, &mid, &end, &axes], vec![])?;
-        let neg = self.g.node(scope, "Neg", &[&hi], vec![])?;
-        let rotated = self.g.node(scope, "Concat", &[&neg, &lo], vec![attr_int("axis", -1)])?;
-        let a = self.g.node(scope, "Mul", &[x, cos], vec![])?;
-        let b = self.g.node(scope, "Mul", &[&rotated, sin], vec![])?;
-        self.g.node(scope, "Add", &[&a, &b], vec![])
+/// `x * cos + rotate_half(x) * sin` with rotate_half = [-x2, x1].
+fn rope(
+    g: &mut GraphBuilder,
+    head_dim: usize,
+    scope: &str,
+    x: &str,
+    cos: &str,
+    sin: &str,
+) -> Result<String, BuildError> {
+    let half = head_dim as i64 / 2;
+    let axes = g.const_i64(&[-1], &[1]);
+    let (zero, mid, end) =
+        (g.const_i64(&[0], &[1]), g.const_i64(&[half], &[1]), g.const_i64(&[2 * half], &[1]));
+    let lo = g.node(scope, "Slice", &[x, &zero, &mid, &axes], vec![])?;
+    let hi = g.node(scope, "Slice", &[x, &mid, &end, &axes], vec![])?;
+    let neg = g.node(scope, "Neg", &[&hi], vec![])?;
+    let rotated = g.node(scope, "Concat", &[&neg, &lo], vec![attr_int("axis", -1)])?;
+    let a = g.node(scope, "Mul", &[x, cos], vec![])?;
+    let b = g.node(scope, "Mul", &[&rotated, sin], vec![])?;
+    g.node(scope, "Add", &[&a, &b], vec![])
+}
+
+/// The portable target's blocks: standard ops, explicit residual adds.
+pub(super) struct Portable {
+    eps: f64,
+    head_dim: usize,
+    /// The residual stream, [batch*seq, hidden].
+    x: String,
+    cos: String,
+    sin: String,
+    mask: String,
+    q_shape: String,
+    kv_shape: String,
+    attn_flat: String,
+    /// Query heads per kv head, and the constants that repeat kv heads for them.
+    rep: i64,
+    expand: String,
+    grouped: String,
+    axis2: String,
+    scale: String,
+}
+
+impl Portable {
+    pub(super) fn new(c: &HfConfig) -> Self {
+        Portable {
+            eps: c.rms_norm_eps,
+            head_dim: c.head_dim,
+            x: String::new(),
+            cos: String::new(),
+            sin: String::new(),
+            mask: String::new(),
+            q_shape: String::new(),
+            kv_shape: String::new(),
+            attn_flat: String::new(),
+            rep: 1,
+            expand: String::new(),
+            grouped: String::new(),
+            axis2: String::new(),
+            scale: String::new(),
+        }
     }
 }
 
-/// Emits the whole decoder into `g`; weights are referenced by their Hugging Face names.
-pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(), BuildError> {
-    let c = spec.config;
-    let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
-    let io = declare_io(g, c);
-    let sizes = dynamic_sizes(g, &io)?;
-    let (batch, seq, total_scalar) = (sizes.batch.clone(), sizes.seq.clone(), sizes.total_scalar.clone());
-    let past_scalar = g.node("/model/shapes", "Sub", &[&total_scalar, &sizes.seq_scalar], vec![])?;
-    let (attention_mask, position_ids) = (io.attention_mask, io.position_ids);
-    let mut x = embed(g, spec, &io.input_ids)?;
-    let mut e = Emitter { g, spec };
-    let names = &spec.profile.tensors;
+impl Blocks for Portable {
+    fn prelude(
+        &mut self,
+        g: &mut GraphBuilder,
+        spec: &DecoderSpec<'_>,
+        io: &Io,
+        sizes: &Sizes,
+    ) -> Result<(), BuildError> {
+        let c = spec.config;
+        let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let (batch, seq, total_scalar) = (&sizes.batch, &sizes.seq, &sizes.total_scalar);
+        let past_scalar = g.node("/model/shapes", "Sub", &[total_scalar, &sizes.seq_scalar], vec![])?;
+        self.x = embed(g, spec, &io.input_ids)?;
 
-    // cos/sin for each position: [batch, 1, seq, head_dim].
-    let scope = "/model/rotary_emb";
-    let axis1 = e.g.const_i64(&[1], &[1]);
-    let cos = e.g.node(scope, "Gather", &[ROPE_COS, &position_ids], vec![attr_int("axis", 0)])?;
-    let cos = e.g.node(scope, "Unsqueeze", &[&cos, &axis1], vec![])?;
-    let sin = e.g.node(scope, "Gather", &[ROPE_SIN, &position_ids], vec![attr_int("axis", 0)])?;
-    let sin = e.g.node(scope, "Unsqueeze", &[&sin, &axis1], vec![])?;
+        // cos/sin for each position: [batch, 1, seq, head_dim].
+        let scope = "/model/rotary_emb";
+        let axis1 = g.const_i64(&[1], &[1]);
+        let cos = g.node(scope, "Gather", &[ROPE_COS, &io.position_ids], vec![attr_int("axis", 0)])?;
+        self.cos = g.node(scope, "Unsqueeze", &[&cos, &axis1], vec![])?;
+        let sin = g.node(scope, "Gather", &[ROPE_SIN, &io.position_ids], vec![attr_int("axis", 0)])?;
+        self.sin = g.node(scope, "Unsqueeze", &[&sin, &axis1], vec![])?;
 
-    // Additive mask [batch, 1, seq, total]: key j visible to query i (absolute past + i) when
-    // j <= past + i and attention_mask[j] == 1.
-    let scope = "/model/attn_mask";
-    let (zero_s, one_s) = (e.g.const_i64(&[0], &[]), e.g.const_i64(&[1], &[]));
-    let keys = e.g.node(scope, "Range", &[&zero_s, &total_scalar, &one_s], vec![])?;
-    let queries = e.g.node(scope, "Range", &[&past_scalar, &total_scalar, &one_s], vec![])?;
-    let axis0 = e.g.const_i64(&[0], &[1]);
-    let keys_row = e.g.node(scope, "Unsqueeze", &[&keys, &axis0], vec![])?;
-    let queries_col = e.g.node(scope, "Unsqueeze", &[&queries, &axis1], vec![])?;
-    let causal = e.g.node(scope, "LessOrEqual", &[&keys_row, &queries_col], vec![])?;
-    let real = real_keys(e.g, scope, &attention_mask)?;
-    let allowed = e.g.node(scope, "And", &[&causal, &real], vec![])?;
-    let mask = additive_mask(e.g, scope, &allowed)?;
+        // Additive mask [batch, 1, seq, total]: key j visible to query i (absolute past + i) when
+        // j <= past + i and attention_mask[j] == 1.
+        let scope = "/model/attn_mask";
+        let (zero_s, one_s) = (g.const_i64(&[0], &[]), g.const_i64(&[1], &[]));
+        let keys = g.node(scope, "Range", &[&zero_s, total_scalar, &one_s], vec![])?;
+        let queries = g.node(scope, "Range", &[&past_scalar, total_scalar, &one_s], vec![])?;
+        let axis0 = g.const_i64(&[0], &[1]);
+        let keys_row = g.node(scope, "Unsqueeze", &[&keys, &axis0], vec![])?;
+        let queries_col = g.node(scope, "Unsqueeze", &[&queries, &axis1], vec![])?;
+        let causal = g.node(scope, "LessOrEqual", &[&keys_row, &queries_col], vec![])?;
+        let real = real_keys(g, scope, &io.attention_mask)?;
+        let allowed = g.node(scope, "And", &[&causal, &real], vec![])?;
+        self.mask = additive_mask(g, scope, &allowed)?;
 
-    // Shapes for splitting heads: [batch, seq, heads, head_dim].
-    let scope = "/model/shapes";
-    let q_tail = e.g.const_i64(&[h, d], &[2]);
-    let kv_tail = e.g.const_i64(&[kvh, d], &[2]);
-    let q_shape = e.g.node(scope, "Concat", &[&batch, &seq, &q_tail], vec![attr_int("axis", 0)])?;
-    let kv_shape = e.g.node(scope, "Concat", &[&batch, &seq, &kv_tail], vec![attr_int("axis", 0)])?;
-    let attn_flat = e.g.const_i64(&[-1, h * d], &[2]);
-    let rep = h / kvh;
-    let expand = e.g.const_i64(&[1, 1, rep, 1, 1], &[5]);
-    let grouped = e.g.const_i64(&[0, h, -1, d], &[4]);
-    let axis2 = e.g.const_i64(&[2], &[1]);
-    let scale = e.g.const_f32(&[1.0 / (d as f32).sqrt()], &[]);
+        // Shapes for splitting heads: [batch, seq, heads, head_dim].
+        let scope = "/model/shapes";
+        let q_tail = g.const_i64(&[h, d], &[2]);
+        let kv_tail = g.const_i64(&[kvh, d], &[2]);
+        self.q_shape = g.node(scope, "Concat", &[batch, seq, &q_tail], vec![attr_int("axis", 0)])?;
+        self.kv_shape = g.node(scope, "Concat", &[batch, seq, &kv_tail], vec![attr_int("axis", 0)])?;
+        self.attn_flat = g.const_i64(&[-1, h * d], &[2]);
+        self.rep = h / kvh;
+        self.expand = g.const_i64(&[1, 1, self.rep, 1, 1], &[5]);
+        self.grouped = g.const_i64(&[0, h, -1, d], &[4]);
+        self.axis2 = g.const_i64(&[2], &[1]);
+        self.scale = g.const_f32(&[1.0 / (d as f32).sqrt()], &[]);
+        Ok(())
+    }
 
-    let tensor = |layer: usize, role: LayerTensor| spec.profile.layer_tensor(layer, role);
-    for layer in 0..c.num_hidden_layers {
-        let root = format!("/model/layers.{layer}");
-        let required = |role: LayerTensor| layer_weight(spec, layer, role);
-        let normed =
-            e.rms_norm(&format!("{root}/input_layernorm"), &x, &required(LayerTensor::InputNorm)?)?;
+    fn input_norm(
+        &mut self,
+        g: &mut GraphBuilder,
+        root: &str,
+        layer: &LayerDesc,
+    ) -> Result<String, BuildError> {
+        rms_norm(g, self.eps, &format!("{root}/input_layernorm"), &self.x, &layer.input_norm.weight.name)
+    }
 
+    fn attention(
+        &mut self,
+        g: &mut GraphBuilder,
+        spec: &DecoderSpec<'_>,
+        root: &str,
+        layer: &LayerDesc,
+        normed: &str,
+    ) -> Result<String, BuildError> {
+        let a = &layer.attention;
         let attn = format!("{root}/attn");
-        let heads = |e: &mut Emitter<'_, '_>,
-                     proj: LayerTensor,
-                     bias: LayerTensor,
-                     norm: Option<LayerTensor>,
+        let (eps, head_dim) = (self.eps, self.head_dim);
+        let heads = |g: &mut GraphBuilder,
+                     proj: &LinearDesc,
+                     norm: Option<&NormDesc>,
                      shape: &str,
                      label: &str|
          -> Result<String, BuildError> {
             let scope = format!("{attn}/{label}");
-            let bias = tensor(layer, bias);
-            let y = e.linear(&scope, &normed, &required(proj)?, bias.as_deref())?;
-            let y = e.g.node(&scope, "Reshape", &[&y, shape], vec![])?;
-            let y = match norm.and_then(|n| tensor(layer, n)) {
-                Some(w) => e.rms_norm(&format!("{attn}/{label}_norm"), &y, &w)?,
+            let bias = proj.bias.as_ref().map(|b| b.name.as_str());
+            let y = linear(g, spec, &scope, normed, &proj.weight.name, bias)?;
+            let y = g.node(&scope, "Reshape", &[&y, shape], vec![])?;
+            let y = match norm {
+                Some(n) => rms_norm(g, eps, &format!("{attn}/{label}_norm"), &y, &n.weight.name)?,
                 None => y,
             };
-            e.g.node(&scope, "Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])])
+            g.node(&scope, "Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])])
         };
-        let q = heads(
-            &mut e,
-            LayerTensor::QProj,
-            LayerTensor::QBias,
-            Some(LayerTensor::QNorm),
-            &q_shape,
-            "q_proj",
-        )?;
-        let k = heads(
-            &mut e,
-            LayerTensor::KProj,
-            LayerTensor::KBias,
-            Some(LayerTensor::KNorm),
-            &kv_shape,
-            "k_proj",
-        )?;
-        let v = heads(&mut e, LayerTensor::VProj, LayerTensor::VBias, None, &kv_shape, "v_proj")?;
-        let q = e.rope(&format!("{attn}/q_rotary"), &q, &cos, &sin)?;
-        let k = e.rope(&format!("{attn}/k_rotary"), &k, &cos, &sin)?;
+        let q = heads(g, &a.q, a.q_norm.as_ref(), &self.q_shape, "q_proj")?;
+        let k = heads(g, &a.k, a.k_norm.as_ref(), &self.kv_shape, "k_proj")?;
+        let v = heads(g, &a.v, None, &self.kv_shape, "v_proj")?;
+        let q = rope(g, head_dim, &format!("{attn}/q_rotary"), &q, &self.cos, &self.sin)?;
+        let k = rope(g, head_dim, &format!("{attn}/k_rotary"), &k, &self.cos, &self.sin)?;
 
-        let present_k = io_name(PRESENT_KEY, layer);
-        let present_v = io_name(PRESENT_VALUE, layer);
-        let (past_k, past_v) = (io_name(PAST_KEY, layer), io_name(PAST_VALUE, layer));
-        e.g.node_into(
+        let i = layer.index;
+        let (present_k, present_v) = (io_name(PRESENT_KEY, i), io_name(PRESENT_VALUE, i));
+        let (past_k, past_v) = (io_name(PAST_KEY, i), io_name(PAST_VALUE, i));
+        g.node_into(
             &format!("{attn}/k_cache"),
             "Concat",
             &[&past_k, &k],
             &[&present_k],
             vec![attr_int("axis", 2)],
         )?;
-        e.g.node_into(
+        g.node_into(
             &format!("{attn}/v_cache"),
             "Concat",
             &[&past_v, &v],
@@ -195,40 +262,40 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>) -> Result<(),
             vec![attr_int("axis", 2)],
         )?;
         // GQA: each kv head serves `rep` query heads, as transformers' repeat_kv lays them out.
-        let (k_all, v_all) = if rep > 1 {
+        let (k_all, v_all) = if self.rep > 1 {
             let scope = format!("{attn}/repeat_kv");
-            let repeat = |e: &mut Emitter<'_, '_>, x: &str| -> Result<String, BuildError> {
-                let y = e.g.node(&scope, "Unsqueeze", &[x, &axis2], vec![])?;
-                let y = e.g.node(&scope, "Expand", &[&y, &expand], vec![])?;
-                e.g.node(&scope, "Reshape", &[&y, &grouped], vec![])
+            let repeat = |g: &mut GraphBuilder, x: &str| -> Result<String, BuildError> {
+                let y = g.node(&scope, "Unsqueeze", &[x, &self.axis2], vec![])?;
+                let y = g.node(&scope, "Expand", &[&y, &self.expand], vec![])?;
+                g.node(&scope, "Reshape", &[&y, &self.grouped], vec![])
             };
-            (repeat(&mut e, &present_k)?, repeat(&mut e, &present_v)?)
+            (repeat(g, &present_k)?, repeat(g, &present_v)?)
         } else {
             (present_k.clone(), present_v.clone())
         };
         let scope = format!("{attn}/sdpa");
-        let k_t = e.g.node(&scope, "Transpose", &[&k_all], vec![attr_ints("perm", &[0, 1, 3, 2])])?;
-        let scores = e.g.node(&scope, "MatMul", &[&q, &k_t], vec![])?;
-        let scores = e.g.node(&scope, "Mul", &[&scores, &scale], vec![])?;
-        let scores = e.g.node(&scope, "Add", &[&scores, &mask], vec![])?;
-        let probs = e.g.node(&scope, "Softmax", &[&scores], vec![attr_int("axis", -1)])?;
-        let context = e.g.node(&scope, "MatMul", &[&probs, &v_all], vec![])?;
-        let context = e.g.node(&scope, "Transpose", &[&context], vec![attr_ints("perm", &[0, 2, 1, 3])])?;
-        let context = e.g.node(&scope, "Reshape", &[&context, &attn_flat], vec![])?;
-        let out = e.linear(&format!("{attn}/o_proj"), &context, &required(LayerTensor::OProj)?, None)?;
-        x = e.g.node(&format!("{root}/attn_residual"), "Add", &[&x, &out], vec![])?;
-
-        let normed = e.rms_norm(
-            &format!("{root}/post_attention_layernorm"),
-            &x,
-            &required(LayerTensor::PostAttentionNorm)?,
-        )?;
-        let down = mlp(e.g, spec, &root, layer, &normed)?;
-        x = e.g.node(&format!("{root}/mlp_residual"), "Add", &[&x, &down], vec![])?;
+        let k_t = g.node(&scope, "Transpose", &[&k_all], vec![attr_ints("perm", &[0, 1, 3, 2])])?;
+        let scores = g.node(&scope, "MatMul", &[&q, &k_t], vec![])?;
+        let scores = g.node(&scope, "Mul", &[&scores, &self.scale], vec![])?;
+        let scores = g.node(&scope, "Add", &[&scores, &self.mask], vec![])?;
+        let probs = g.node(&scope, "Softmax", &[&scores], vec![attr_int("axis", -1)])?;
+        let context = g.node(&scope, "MatMul", &[&probs, &v_all], vec![])?;
+        let context = g.node(&scope, "Transpose", &[&context], vec![attr_ints("perm", &[0, 2, 1, 3])])?;
+        let context = g.node(&scope, "Reshape", &[&context, &self.attn_flat], vec![])?;
+        let out = linear(g, spec, &format!("{attn}/o_proj"), &context, &a.o.weight.name, None)?;
+        self.x = g.node(&format!("{root}/attn_residual"), "Add", &[&self.x, &out], vec![])?;
+        let post = &layer.post_attention_norm.weight.name;
+        rms_norm(g, eps, &format!("{root}/post_attention_layernorm"), &self.x, post)
     }
 
-    let normed = e.rms_norm("/model/norm", &x, names.final_norm)?;
-    lm_head(e.g, spec, &normed, &sizes)
+    fn mlp_residual(&mut self, g: &mut GraphBuilder, root: &str, out: String) -> Result<(), BuildError> {
+        self.x = g.node(&format!("{root}/mlp_residual"), "Add", &[&self.x, &out], vec![])?;
+        Ok(())
+    }
+
+    fn final_norm(&mut self, g: &mut GraphBuilder, weight: &str) -> Result<String, BuildError> {
+        rms_norm(g, self.eps, "/model/norm", &self.x, weight)
+    }
 }
 
 /// The graph inputs every decoder takes, with the outputs declared.
@@ -302,7 +369,7 @@ pub(super) fn embed(
     input_ids: &str,
 ) -> Result<String, BuildError> {
     let scope = "/model/embed_tokens";
-    let table = spec.profile.tensors.embed;
+    let table = spec.config.decoder.embedding.name.as_str();
     let embedded = g.node(scope, "Gather", &[table, input_ids], vec![attr_int("axis", 0)])?;
     let embedded = match (spec.weight)(table) {
         WeightForm::Float(Elem::F16) => g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
@@ -329,50 +396,22 @@ pub(super) fn additive_mask(g: &mut GraphBuilder, scope: &str, allowed: &str) ->
     g.node(scope, "Where", &[allowed, &open, &closed], vec![])
 }
 
-/// A layer's weight by role, or an error naming the role the profile lacks.
-pub(super) fn layer_weight(
-    spec: &DecoderSpec<'_>,
-    layer: usize,
-    role: LayerTensor,
-) -> Result<String, BuildError> {
-    spec.profile
-        .layer_tensor(layer, role)
-        .ok_or(BuildError::MissingWeight { role, profile: spec.profile.name })
-}
-
-/// SwiGLU: `down(silu(gate(x)) * up(x))`, SiLU as `gate * Sigmoid(gate)`.
-pub(super) fn swiglu_mlp(
-    g: &mut GraphBuilder,
-    spec: &DecoderSpec<'_>,
-    root: &str,
-    layer: usize,
-    normed: &str,
-) -> Result<String, BuildError> {
-    let mlp = format!("{root}/mlp");
-    let weight = |role| layer_weight(spec, layer, role);
-    let gate = linear(g, spec, &format!("{mlp}/gate_proj"), normed, &weight(LayerTensor::GateProj)?, None)?;
-    let up = linear(g, spec, &format!("{mlp}/up_proj"), normed, &weight(LayerTensor::UpProj)?, None)?;
-    let sig = g.node(&format!("{mlp}/act_fn"), "Sigmoid", &[&gate], vec![])?;
-    let act = g.node(&format!("{mlp}/act_fn"), "Mul", &[&gate, &sig], vec![])?;
-    let act = g.node(&mlp, "Mul", &[&act, &up], vec![])?;
-    linear(g, spec, &format!("{mlp}/down_proj"), &act, &weight(LayerTensor::DownProj)?, None)
-}
-
-/// Layer `layer`'s MLP as the decoder's description has it: SwiGLU, or routed experts.
+/// A layer's MLP as the decoder's description has it: SwiGLU, or routed experts.
 pub(super) fn mlp(
     g: &mut GraphBuilder,
     spec: &DecoderSpec<'_>,
     root: &str,
-    layer: usize,
+    layer: &LayerDesc,
     normed: &str,
 ) -> Result<String, BuildError> {
-    match spec.config.decoder.layers.get(layer).map(|l| &l.mlp) {
-        Some(MlpDesc::Moe(moe)) => moe_mlp(g, spec, root, moe, normed),
-        _ => swiglu_mlp(g, spec, root, layer, normed),
+    match &layer.mlp {
+        MlpDesc::SwiGlu(m) => swiglu_of(g, spec, &format!("{root}/mlp"), m, normed),
+        MlpDesc::Moe(moe) => moe_mlp(g, spec, root, moe, normed),
     }
 }
 
-/// One SwiGLU on `x` with the weights `m` names, its nodes under `scope`.
+/// SwiGLU `down(silu(gate(x)) * up(x))` on `x`, SiLU as `gate * Sigmoid(gate)`, with the
+/// weights `m` names, its nodes under `scope`.
 fn swiglu_of(
     g: &mut GraphBuilder,
     spec: &DecoderSpec<'_>,

@@ -12,8 +12,8 @@ use prost::Message;
 
 use super::builder::{Elem, GraphBuilder};
 use super::data::{InitializerSink, PlannedInitializer};
-use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN, build_decoder};
-use super::fused::build_fused_decoder;
+use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN};
+use super::emitter::build_decoder;
 use super::genai::genai_config;
 use super::weights::{Storage, WeightForm, WeightWriter, plan_initializers, scheme_label};
 use crate::config::{Engine, ExportDtype, Target};
@@ -455,16 +455,12 @@ fn write_onnx_folder_as(
     let weight = |name: &str| forms.get(name).cloned().unwrap_or(WeightForm::Float(Elem::F32));
     let spec = DecoderSpec {
         config,
-        profile: weights.profile,
         head: head.to_string(),
         weight: &weight,
         accuracy_level: options.quant.accuracy_level,
     };
-    match options.target {
-        Target::Portable => build_decoder(&mut graph, &spec),
-        Target::Ort => build_fused_decoder(&mut graph, &spec),
-    }
-    .map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
+    build_decoder(&mut graph, &spec, options.target)
+        .map_err(|e| RuntimeError::Unsupported { message: e.to_string() })?;
     let metadata = vec![
         ("model_type".to_string(), config.model_type.clone()),
         ("export_dtype".to_string(), options.precision.as_str().to_string()),

@@ -4,6 +4,7 @@
 pub mod builder;
 pub mod data;
 pub mod decoder;
+pub mod emitter;
 pub mod folder;
 pub mod fused;
 pub mod genai;
