@@ -12,7 +12,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["model"],
     &["quant"],
     &["checkpoint"],
-    &["config::schema", "config::table"],
+    &["config::schema", "config::registry", "config::table"],
     &["presets"],
     &["config"],
     &["merge"],

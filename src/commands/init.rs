@@ -11,7 +11,7 @@ use super::Context;
 use super::output::print_json;
 use crate::cli::InitArgs;
 use crate::config::resolve::DEFAULT_PROMPTS;
-use crate::config::schema::{ExportDtype, Format, Target};
+use crate::config::schema::{Format, Target};
 use crate::error::{ConfigError, Error};
 use crate::init::{
     Answers, ChosenExport, check_adapter, check_base, check_disk, manifest_edit, planned_exports,
@@ -248,22 +248,15 @@ fn ask_exports(theme: &ColorfulTheme) -> Result<Vec<ChosenExport>, Error> {
         let formats = Format::ALL;
         let f = choose(theme, "Format", &formats.iter().map(|f| f.as_str()).collect::<Vec<_>>())?;
         let format = formats[f];
-        let dtypes: Vec<ExportDtype> = ExportDtype::ALL
-            .iter()
-            .copied()
-            .filter(|d| match format {
-                Format::Onnx => !d.is_ggml_block(),
-                Format::Gguf => !d.is_quantized(),
-                Format::Safetensors => !d.is_quantized() && !d.is_ggml_block(),
-            })
-            .collect();
+        let dtypes = format.info().dtypes;
         let d = choose(theme, "dtype", &dtypes.iter().map(|d| d.as_str()).collect::<Vec<_>>())?;
         let dtype = dtypes[d];
-        let target = if format == Format::Onnx {
-            let t = choose(theme, "target", &Target::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>())?;
-            Some(Target::ALL[t])
-        } else {
+        let targets = format.info().targets;
+        let target = if targets.is_empty() {
             None
+        } else {
+            let t = choose(theme, "target", &targets.iter().map(|t| t.as_str()).collect::<Vec<_>>())?;
+            Some(targets[t])
         };
         let suggested = match target {
             Some(Target::Ort) => format!("{format}-{dtype}-ort"),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Context;
 use super::output::{print_json, table};
 use crate::config::{Config, EmbeddingsMode, Engine, ExportDtype, ExportSpec, Format, Overrides, Target};
-use crate::error::{ConfigError, Error};
+use crate::error::Error;
 use crate::export::ExportInputs;
 use crate::export::gguf::{GgufOptions, write_gguf_folder};
 use crate::export::manifest::read_manifest;
@@ -76,19 +76,6 @@ fn float_dtype(dtype: ExportDtype) -> Option<TensorDtype> {
     }
 }
 
-/// Refuses, before anything is written, an export no engine can run.
-fn check_supported(config: &Config, spec: &ExportSpec) -> Result<(), ConfigError> {
-    match (spec.format, spec.dtype) {
-        (Format::Onnx, Some(ExportDtype::Bf16)) => Err(ConfigError::Invalid {
-            origin: config.origin(),
-            key: format!("export `{}`.dtype", spec.name),
-            message: "bf16 ONNX is not run by tract or ONNX Runtime's CPU provider".into(),
-            help: "use f16 (same size, runs everywhere), or bf16 safetensors".into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// The ONNX writer's options for an export entry.
 pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> OnnxOptions {
     let precision = match spec.dtype {
@@ -136,9 +123,6 @@ pub struct RunFlags {
 
 pub fn run(ctx: &Context, overrides: &Overrides, flags: RunFlags) -> Result<(), Error> {
     let config = ctx.load_config(overrides)?;
-    for export in &config.exports {
-        check_supported(&config, &export.value)?;
-    }
     let (base, detection) = super::detect::open_inputs(&config)?;
     // The tokenizer the exports will carry: the checkpoint's when it has one, else the base's.
     let tokenizer_dir = crate::checkpoint::detect::tokenizer_dir(detection.as_ref(), &base.dir);
@@ -462,15 +446,13 @@ fn print_stages(metrics: &[StageMetrics]) {
     println!("\nstages\n{t}");
 }
 
-/// Writes every declared export from `inputs`, refusing unsupported entries before anything is written.
+/// Writes every declared export from `inputs` (entries no engine runs were refused when the
+/// config was resolved, by `config::registry`).
 pub fn run_exports(
     config: &Config,
     inputs: &ExportInputs<'_>,
     skip_check: bool,
 ) -> Result<Vec<ExportResult>, Error> {
-    for export in &config.exports {
-        check_supported(config, &export.value)?;
-    }
     config
         .exports
         .iter()

@@ -97,7 +97,13 @@ fn formats() -> String {
     Format::accepted()
 }
 fn dtypes() -> String {
-    ExportDtype::accepted()
+    let by_format: Vec<String> = super::registry::FORMATS
+        .iter()
+        .map(|f| {
+            format!("{}: {}", f.format, f.dtypes.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
+        })
+        .collect();
+    format!("{} ({})", ExportDtype::accepted(), by_format.join("; "))
 }
 fn targets() -> String {
     Target::accepted()

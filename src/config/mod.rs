@@ -4,6 +4,7 @@
 pub mod env;
 pub mod keys;
 pub mod manifest;
+pub mod registry;
 pub mod resolve;
 pub mod schema;
 pub mod source;

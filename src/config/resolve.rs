@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::registry::or_list;
 use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS, Target};
 use super::source::{Source, Sourced};
 use super::table::{ExportEntry, TableLayer};
@@ -472,7 +473,8 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                         "dtype",
                         format!("`{dtype}` is an ONNX quantization; GGUF uses llama.cpp's block formats"),
                         &format!(
-                            "use dtype = \"{instead}\"; GGUF takes f32, f16, bf16, q8_0, q4_0, q4_k or q6_k"
+                            "use dtype = \"{instead}\"; GGUF takes {}",
+                            or_list(Format::Gguf.info().dtypes)
                         ),
                     ));
                 }
@@ -495,7 +497,10 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                     return Err(fail(
                         "dtype",
                         format!("`{dtype}` safetensors is not a format transformers loads"),
-                        "use f32, f16 or bf16 for safetensors; for int8/int4 use format = \"onnx\"",
+                        &format!(
+                            "use {} for safetensors; for int8/int4 use format = \"onnx\"",
+                            or_list(Format::Safetensors.info().dtypes)
+                        ),
                     ));
                 }
                 if entry.target.is_some() {
@@ -531,6 +536,18 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                     ));
                 }
             }
+        }
+        if let Some(dtype) = entry.dtype.filter(|d| !entry.format.writes(*d)) {
+            let info = entry.format.info();
+            let (reason, help) = match info.refused.iter().find(|(d, _, _)| *d == dtype) {
+                Some((_, reason, help)) => (reason.to_string(), help.to_string()),
+                None => (
+                    format!("{} exports do not take `{dtype}`", entry.format),
+                    format!("use {}", or_list(info.dtypes)),
+                ),
+            };
+            let message = format!("export `{}`: {reason}", entry.name);
+            return Err(fail("dtype", message, &help));
         }
         let blocks = entry.dtype == Some(ExportDtype::Int4)
             || (entry.dtype == Some(ExportDtype::Int8) && entry.target == Some(Target::Ort));

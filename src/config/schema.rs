@@ -77,27 +77,15 @@ name_enum!(
     EmbeddingsMode { Auto => "auto", F16 => "f16", Quantized => "quantized" }
 );
 
-impl Format {
-    /// Engines that can run an export of this format.
-    pub fn engines(self) -> &'static [Engine] {
-        match self {
-            Format::Safetensors => &[Engine::Candle],
-            Format::Onnx => &[Engine::Ort, Engine::Tract],
-            // candle's ggml kernels on the file's own blocks.
-            Format::Gguf => &[Engine::Candle],
-        }
-    }
-}
-
 impl ExportDtype {
-    /// ONNX's quantized dtypes.
+    /// ONNX's quantized dtypes: written by ONNX only (`config::registry`).
     pub fn is_quantized(self) -> bool {
-        matches!(self, ExportDtype::Int8 | ExportDtype::Int4)
+        self.formats() == [Format::Onnx]
     }
 
     /// llama.cpp's block formats, written only as GGUF.
     pub fn is_ggml_block(self) -> bool {
-        matches!(self, ExportDtype::Q8_0 | ExportDtype::Q4_0 | ExportDtype::Q4K | ExportDtype::Q6K)
+        self.formats() == [Format::Gguf]
     }
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::config::registry::DefaultDtype;
 use crate::config::schema::{ExportDtype, Format, Target};
 use crate::error::{ConfigError, Error};
 use crate::model::ModelFolder;
@@ -82,16 +83,9 @@ pub fn planned_exports(answers: &Answers) -> Result<Vec<ChosenExport>, Error> {
 pub fn estimated_bytes(base: &ModelFolder, exports: &[ChosenExport], merged: bool) -> u64 {
     let parameters = base.parameter_count();
     let per = |dtype: Option<ExportDtype>, format: Format| -> f64 {
-        match dtype {
-            Some(ExportDtype::F32) => 4.0,
-            Some(ExportDtype::F16 | ExportDtype::Bf16) => 2.0,
-            Some(ExportDtype::Int8) => 1.1,
-            Some(ExportDtype::Int4) => 0.6,
-            Some(ExportDtype::Q8_0) => 1.07,
-            Some(ExportDtype::Q6K) => 0.83,
-            Some(ExportDtype::Q4K | ExportDtype::Q4_0) => 0.65,
-            None if format == Format::Onnx => 4.0,
-            None => base.storage_dtype().size_in_bytes() as f64,
+        match (dtype, format.info().default_dtype) {
+            (Some(d), _) | (None, DefaultDtype::Fixed(d)) => d.scheme().bytes_per_weight,
+            (None, DefaultDtype::Base) => base.storage_dtype().size_in_bytes() as f64,
         }
     };
     let exports: f64 = exports.iter().map(|e| per(e.dtype, e.format) * parameters as f64).sum();

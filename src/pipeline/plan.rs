@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::config::registry::DefaultDtype;
 use crate::config::schema::{ExportDtype, ExportSpec, Format};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,19 +93,9 @@ pub fn report_stage_id() -> String {
 /// Bytes per weight of an export, as written (quantized: codes, scales and zero points, with
 /// small models keeping f16 embeddings, hence the margin).
 pub fn bytes_per_weight(spec: &ExportSpec, base_bytes_per_weight: f64) -> f64 {
-    match (spec.format, spec.dtype) {
-        (_, Some(ExportDtype::F32)) => 4.0,
-        (_, Some(ExportDtype::F16 | ExportDtype::Bf16)) => 2.0,
-        // Quantized ONNX matrices: int8 per channel, int4 blocks of 32 with f32 scales and 4-bit
-        // zero points (measured 0.64 on the 7B shape); embeddings stay f16 (`export_bytes`).
-        (_, Some(ExportDtype::Int8)) => 1.03,
-        (_, Some(ExportDtype::Int4)) => 0.64,
-        // Block bytes per weight: q8_0 34/32, q6_k 210/256, q4_k 144/256 (some tensors q6_k), q4_0 18/32.
-        (_, Some(ExportDtype::Q8_0)) => 1.07,
-        (_, Some(ExportDtype::Q6K)) => 0.83,
-        (_, Some(ExportDtype::Q4K | ExportDtype::Q4_0)) => 0.65,
-        (Format::Onnx, None) => 4.0,
-        (Format::Safetensors | Format::Gguf, None) => base_bytes_per_weight,
+    match (spec.dtype, spec.format.info().default_dtype) {
+        (Some(d), _) | (None, DefaultDtype::Fixed(d)) => d.scheme().bytes_per_weight,
+        (None, DefaultDtype::Base) => base_bytes_per_weight,
     }
 }
 

@@ -30,73 +30,21 @@ pub struct Tolerance {
     pub min_text_top1: Option<f64>,
 }
 
-/// f32: `max |Δ| ≤ 1e-4 · max(1, RMS)` (measurements in docs/validation.md).
-pub const F32_RELATIVE: f64 = 1e-4;
-/// f16: `max |Δ| ≤ 1e-1 · max(1, RMS)`, beside cosine and top-1.
-pub const F16_RELATIVE: f64 = 1e-1;
-
-/// 4-bit types (int4, q4_0, q4_k): mean KL divergence from the reference, in nats, and top-1
-/// agreement on an evaluation text. Chosen from trained weights (docs/validation.md, "Tolerances
-/// from trained weights"): the trained fixture measures 1.1e-3 to 1.3e-3 and 94-95% (q4_k 3.6e-4
-/// and 97%); llama.cpp's published figures for 7-8B models at 4 bits are 0.01-0.04 nats and
-/// 90-95%, their distributions being far more peaked; the bars leave room above both.
-pub const MAX_MEAN_KL_4BIT: f64 = 0.1;
-pub const MIN_TEXT_TOP1_4BIT: f64 = 0.85;
+pub use crate::config::registry::{F16_RELATIVE, F32_RELATIVE, MAX_MEAN_KL_4BIT, MIN_TEXT_TOP1_4BIT};
 
 impl Tolerance {
+    /// The dtype's bars from `config::registry`.
     pub fn default_for(dtype: ExportDtype) -> Self {
-        match dtype {
-            ExportDtype::F32 => Self {
-                max_abs_error: None,
-                max_relative_error: Some(F32_RELATIVE),
-                min_cosine: 0.999_999,
-                min_top1: 1.0,
-                top1_margin: 1e-3,
-                greedy_must_match: true,
-                max_mean_kl: Some(1e-6),
-                min_text_top1: Some(0.999),
-            },
-            ExportDtype::F16 => Self {
-                max_abs_error: None,
-                max_relative_error: Some(F16_RELATIVE),
-                min_cosine: 0.9999,
-                min_top1: 0.99,
-                top1_margin: 2e-2,
-                greedy_must_match: false,
-                max_mean_kl: Some(1e-3),
-                min_text_top1: Some(0.98),
-            },
-            ExportDtype::Bf16 => Self {
-                max_abs_error: None,
-                max_relative_error: None,
-                min_cosine: 0.999,
-                min_top1: 0.98,
-                top1_margin: 5e-2,
-                greedy_must_match: false,
-                max_mean_kl: Some(5e-3),
-                min_text_top1: Some(0.97),
-            },
-            // GGUF q8_0: acceptance asks cosine >= 0.999 against the f32 logits.
-            ExportDtype::Q8_0 | ExportDtype::Q6K => Self {
-                max_abs_error: None,
-                max_relative_error: None,
-                min_cosine: 0.999,
-                min_top1: 0.95,
-                top1_margin: 5e-2,
-                greedy_must_match: false,
-                max_mean_kl: Some(1e-2),
-                min_text_top1: Some(0.95),
-            },
-            ExportDtype::Int8 | ExportDtype::Int4 | ExportDtype::Q4_0 | ExportDtype::Q4K => Self {
-                max_abs_error: None,
-                max_relative_error: None,
-                min_cosine: 0.99,
-                min_top1: 0.9,
-                top1_margin: 0.1,
-                greedy_must_match: false,
-                max_mean_kl: Some(MAX_MEAN_KL_4BIT),
-                min_text_top1: Some(MIN_TEXT_TOP1_4BIT),
-            },
+        let b = dtype.scheme().bars;
+        Self {
+            max_abs_error: None,
+            max_relative_error: b.max_relative_error,
+            min_cosine: b.min_cosine,
+            min_top1: b.min_top1,
+            top1_margin: b.top1_margin,
+            greedy_must_match: b.greedy_must_match,
+            max_mean_kl: Some(b.max_mean_kl),
+            min_text_top1: Some(b.min_text_top1),
         }
     }
 

@@ -42,32 +42,15 @@ pub enum TensorKind {
     Matrix,
 }
 
-/// llama.cpp's `general.file_type` (`enum llama_ftype`) for a file of `dtype`.
+/// llama.cpp's `general.file_type` (`enum llama_ftype`) for a file of `dtype` (ONNX-only
+/// dtypes are refused for GGUF when the config is resolved; they would read as f16).
 pub fn file_type(dtype: ExportDtype) -> u32 {
-    match dtype {
-        ExportDtype::F32 => 0,
-        ExportDtype::F16 => 1,
-        ExportDtype::Q4_0 => 2,
-        ExportDtype::Q8_0 => 7,
-        ExportDtype::Q4K => 15, // MOSTLY_Q4_K_M
-        ExportDtype::Q6K => 18,
-        ExportDtype::Bf16 => 32,
-        // Refused for GGUF when the config is resolved.
-        ExportDtype::Int8 | ExportDtype::Int4 => 1,
-    }
+    dtype.scheme().gguf.map_or(1, |g| g.file_type)
 }
 
 /// The file's base type for matrices.
 fn base_type(dtype: ExportDtype) -> GgmlDType {
-    match dtype {
-        ExportDtype::F32 => GgmlDType::F32,
-        ExportDtype::F16 | ExportDtype::Int8 | ExportDtype::Int4 => GgmlDType::F16,
-        ExportDtype::Bf16 => GgmlDType::BF16,
-        ExportDtype::Q8_0 => GgmlDType::Q8_0,
-        ExportDtype::Q4_0 => GgmlDType::Q4_0,
-        ExportDtype::Q4K => GgmlDType::Q4K,
-        ExportDtype::Q6K => GgmlDType::Q6K,
-    }
+    dtype.scheme().gguf.map_or(GgmlDType::F16, |g| g.base)
 }
 
 /// llama-quantize's choice of layers that get more bits: the first and last eighth, and every
