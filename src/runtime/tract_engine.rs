@@ -41,9 +41,18 @@ fn tract_load_error(context: &str) -> impl Fn(TractError) -> RuntimeError + '_ {
 /// run them by itself; the validator keeps the KV cache, so `detect_kv_cache` is not used.
 const REWRITES: &[&str] = &["detect_apply_rope", "detect_scaled_masked_softmax"];
 
-/// Why tract cannot run an export of this dtype and target, if it cannot.
-pub fn unsupported(dtype: ExportDtype, target: Target, symmetric: bool) -> Option<&'static str> {
+/// Why tract cannot run an export of this dtype and target, if it cannot; `experts`: the model
+/// has mixture-of-experts layers.
+pub fn unsupported(
+    dtype: ExportDtype,
+    target: Target,
+    symmetric: bool,
+    experts: bool,
+) -> Option<&'static str> {
     match (dtype, target) {
+        (ExportDtype::F32 | ExportDtype::F16, Target::Ort) if experts => Some(
+            "tract has no com.microsoft MoE, which the ort target's float experts use (ONNX Runtime runs them)",
+        ),
         (ExportDtype::Int4, _) if symmetric => Some(
             "tract 0.23.9 miscomputes MatMulNBits whose zero points all equal 8 (symmetric int4): cosine 0.46 where ONNX Runtime gives 0.99",
         ),

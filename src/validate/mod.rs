@@ -302,7 +302,9 @@ pub fn validate_export(
     // The engines run after the reference: the adapter is no longer mapped.
     let parts = crate::memory::ModelParts::of(base, 0);
     let export_bytes = folder_bytes(dir);
-    let tract_unsupported = tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false));
+    let experts = base.config.decoder.moe_layers().next().is_some();
+    let tract_unsupported =
+        tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false), experts);
     // The reference's text scores stay held while each engine runs.
     let text_memory =
         reference.text.as_ref().map_or(0, |t| crate::memory::text(t.text.scored() as u64, t.vocab as u64));

@@ -88,6 +88,12 @@ fn qwen3_moe_routed_experts_match_transformers_in_both_engines_and_both_targets(
     let ort = OnnxOptions { target: model_export::config::Target::Ort, ..OnnxOptions::default() };
     let (base, report) = export("qwen3-moe-tiny", "qwen3-moe-tiny-adapter", &out, &ort);
     assert!(report.checked_in.contains(&"ort") && report.fallbacks.is_empty(), "{:?}", report.fallbacks);
+    // The float experts go through ONNX Runtime's own MoE op, one per layer.
+    let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+    let graph = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice()).unwrap();
+    let moe =
+        graph.graph.unwrap().node.into_iter().filter(|n| n.op_type == "MoE" && n.domain == "com.microsoft");
+    assert_eq!(moe.count(), 2, "one com.microsoft MoE node per layer");
     let g = golden("qwen3-moe-tiny");
     let c = &base.config;
     let mut engine =

@@ -48,7 +48,7 @@ const OPS: &[(&str, i64)] = &[
 
 /// ONNX Runtime's contrib ops (domain `com.microsoft`, version 1), which tract also reads.
 const MICROSOFT_OPS: &[&str] =
-    &["GroupQueryAttention", "MatMulNBits", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"];
+    &["GroupQueryAttention", "MatMulNBits", "MoE", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"];
 /// ONNX Runtime's contrib ops registered in the default domain.
 const RUNTIME_DEFAULT_DOMAIN_OPS: &[&str] = &["SimplifiedLayerNormalization"];
 pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
@@ -115,6 +115,15 @@ pub fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,
         ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn attr_string(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: value.as_bytes().to_vec(),
         ..Default::default()
     }
 }

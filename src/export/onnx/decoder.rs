@@ -14,7 +14,7 @@
 use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
 use super::weights::WeightForm;
 use crate::model::HfConfig;
-use crate::model::decoder::{LayerDesc, LinearDesc, MlpDesc, MoeDesc, NormDesc, SwiGluDesc};
+use crate::model::decoder::{LayerDesc, LinearDesc, MoeDesc, NormDesc, SwiGluDesc};
 use crate::onnx_io::{
     ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY, PRESENT_VALUE,
     io_name,
@@ -64,6 +64,17 @@ pub(super) trait Blocks {
         layer: &LayerDesc,
         normed: &str,
     ) -> Result<String, BuildError>;
+    /// A mixture-of-experts MLP on the normed input; standard ops unless the target has better.
+    fn moe(
+        &mut self,
+        g: &mut GraphBuilder,
+        spec: &DecoderSpec<'_>,
+        root: &str,
+        moe: &MoeDesc,
+        normed: &str,
+    ) -> Result<String, BuildError> {
+        moe_mlp(g, spec, root, moe, normed)
+    }
     /// The MLP's output joins the residual stream.
     fn mlp_residual(&mut self, g: &mut GraphBuilder, root: &str, out: String) -> Result<(), BuildError>;
     /// The final norm of the residual stream.
@@ -396,23 +407,9 @@ pub(super) fn additive_mask(g: &mut GraphBuilder, scope: &str, allowed: &str) ->
     g.node(scope, "Where", &[allowed, &open, &closed], vec![])
 }
 
-/// A layer's MLP as the decoder's description has it: SwiGLU, or routed experts.
-pub(super) fn mlp(
-    g: &mut GraphBuilder,
-    spec: &DecoderSpec<'_>,
-    root: &str,
-    layer: &LayerDesc,
-    normed: &str,
-) -> Result<String, BuildError> {
-    match &layer.mlp {
-        MlpDesc::SwiGlu(m) => swiglu_of(g, spec, &format!("{root}/mlp"), m, normed),
-        MlpDesc::Moe(moe) => moe_mlp(g, spec, root, moe, normed),
-    }
-}
-
 /// SwiGLU `down(silu(gate(x)) * up(x))` on `x`, SiLU as `gate * Sigmoid(gate)`, with the
 /// weights `m` names, its nodes under `scope`.
-fn swiglu_of(
+pub(super) fn swiglu_of(
     g: &mut GraphBuilder,
     spec: &DecoderSpec<'_>,
     scope: &str,
@@ -432,7 +429,7 @@ fn swiglu_of(
 /// probabilities renormalised when `norm_topk_prob`, scattered into a dense [tokens, experts]
 /// weight matrix; every expert is evaluated on every token and added with its column of
 /// weights (zero for the tokens not routed to it), in expert order.
-fn moe_mlp(
+pub(super) fn moe_mlp(
     g: &mut GraphBuilder,
     spec: &DecoderSpec<'_>,
     root: &str,

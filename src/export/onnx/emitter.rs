@@ -4,9 +4,10 @@
 //! inputs, embedding, MLP and experts, and head are the same code for both.
 
 use super::builder::{BuildError, GraphBuilder};
-use super::decoder::{Blocks, DecoderSpec, Portable, declare_io, dynamic_sizes, lm_head, mlp};
+use super::decoder::{Blocks, DecoderSpec, Portable, declare_io, dynamic_sizes, lm_head, swiglu_of};
 use super::fused::Fused;
 use crate::config::Target;
+use crate::model::decoder::MlpDesc;
 
 /// Emits the whole decoder of `spec.config.decoder` into `g` with `blocks`' ops; weights are
 /// referenced by their Hugging Face names.
@@ -23,7 +24,10 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>, target: Targe
         let root = format!("/model/layers.{}", layer.index);
         let normed = blocks.input_norm(g, &root, layer)?;
         let normed = blocks.attention(g, spec, &root, layer, &normed)?;
-        let out = mlp(g, spec, &root, layer, &normed)?;
+        let out = match &layer.mlp {
+            MlpDesc::SwiGlu(m) => swiglu_of(g, spec, &format!("{root}/mlp"), m, &normed)?,
+            MlpDesc::Moe(moe) => blocks.moe(g, spec, &root, moe, &normed)?,
+        };
         blocks.mlp_residual(g, &root, out)?;
     }
     let normed = blocks.final_norm(g, &decoder.final_norm.weight.name)?;

@@ -188,9 +188,13 @@ impl OnnxOptions {
 
     /// Whether tensor `t` is stored transposed, for a `MatMul`: float matrices other than the
     /// embedding table (which `Gather` reads by row; a head tied to it stays `Gemm(transB=1)`).
+    /// In the `ort` target float experts stay [out, in]: ONNX Runtime's `MoE` op stacks them so.
     fn transposed(&self, t: &PlannedTensor, decoder: &DecoderDesc) -> bool {
+        let role = decoder.tensor(&t.name).map(|d| d.role);
+        let stacked_expert = self.target == Target::Ort && matches!(role, Some(Role::Expert { .. }));
         t.shape.len() == 2
-            && decoder.tensor(&t.name).map(|d| d.role) != Some(Role::Embedding)
+            && role != Some(Role::Embedding)
+            && !stacked_expert
             && !matches!(self.storage(t, decoder), Storage::Quantized(_))
     }
 }
@@ -271,7 +275,8 @@ pub fn check_exported(
     let (layers, kv, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
     let mut checked = Vec::new();
     let skipped = |engine: Engine| skip.iter().find(|(e, _)| *e == engine).map(|(_, why)| why.as_str());
-    let tract_skip = tract_engine::unsupported(dtype, target, symmetric).or(skipped(Engine::Tract));
+    let experts = c.decoder.moe_layers().next().is_some();
+    let tract_skip = tract_engine::unsupported(dtype, target, symmetric, experts).or(skipped(Engine::Tract));
     match tract_skip {
         Some(why) => tracing::info!("not checked in tract: {why}"),
         None => {

@@ -9,12 +9,13 @@
 //! as the portable graph; its own rotary path is not used, because it derives positions from
 //! sequence lengths, which is wrong for left padding.
 
-use super::builder::{BuildError, GraphBuilder, attr_float, attr_int};
+use super::builder::{BuildError, Elem, GraphBuilder, attr_float, attr_int, attr_string};
 use super::decoder::{
-    Blocks, DecoderSpec, Io, ROPE_COS, ROPE_SIN, Sizes, additive_mask, embed, linear, real_keys,
+    Blocks, DecoderSpec, Io, ROPE_COS, ROPE_SIN, Sizes, additive_mask, embed, linear, moe_mlp, real_keys,
 };
+use super::weights::WeightForm;
 use crate::model::HfConfig;
-use crate::model::decoder::{LayerDesc, LinearDesc, NormDesc};
+use crate::model::decoder::{LayerDesc, LinearDesc, MoeDesc, NormDesc};
 use crate::onnx_io::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, io_name};
 
 /// The `ort` target's blocks. Activations are [batch*seq, hidden] between blocks and
@@ -204,6 +205,69 @@ impl Blocks for Fused {
         let out = linear(g, spec, &format!("{attn}/o_proj"), &context, &a.o.weight.name, None)?;
         self.pending = Some(out);
         self.fold(g, &format!("{root}/post_attention_layernorm"), &layer.post_attention_norm.weight.name)
+    }
+
+    /// ONNX Runtime's `MoE` op (its CPU kernel: SwiGLU experts with gate and up interleaved row
+    /// by row in fc1, [experts, 2 * intermediate, hidden], and down in fc2; measured equal to
+    /// transformers' block within f32 rounding, docs/onnx.md) when the experts are float;
+    /// quantized experts are standard ops, as in the portable graph.
+    fn moe(
+        &mut self,
+        g: &mut GraphBuilder,
+        spec: &DecoderSpec<'_>,
+        root: &str,
+        moe: &MoeDesc,
+        normed: &str,
+    ) -> Result<String, BuildError> {
+        let float = |name: &str| match (spec.weight)(name) {
+            WeightForm::Float(elem) => Some(elem),
+            _ => None,
+        };
+        let all_float = moe
+            .experts
+            .iter()
+            .all(|e| [&e.gate, &e.up, &e.down].iter().all(|l| float(&l.weight.name).is_some()));
+        if !all_float {
+            return moe_mlp(g, spec, root, moe, normed);
+        }
+        let scope = format!("{root}/mlp");
+        let logits = linear(g, spec, &format!("{scope}/gate"), normed, &moe.router.weight.name, None)?;
+        let experts_scope = format!("{scope}/experts");
+        let as_f32 = |g: &mut GraphBuilder, name: &str| -> Result<String, BuildError> {
+            match float(name) {
+                Some(Elem::F16) => g.node(&experts_scope, "Cast", &[name], vec![attr_int("to", 1)]),
+                _ => Ok(name.to_string()),
+            }
+        };
+        let (axis0, axis1) = (g.const_i64(&[0], &[1]), g.const_i64(&[1], &[1]));
+        let inter = moe.experts.first().map_or(0, |e| e.intermediate) as i64;
+        let hidden = spec.config.hidden_size as i64;
+        let pair_shape = g.const_i64(&[2 * inter, hidden], &[2]);
+        let (mut fc1, mut fc2) = (Vec::new(), Vec::new());
+        for expert in &moe.experts {
+            let gate = as_f32(g, &expert.gate.weight.name)?;
+            let up = as_f32(g, &expert.up.weight.name)?;
+            let gate = g.node(&experts_scope, "Unsqueeze", &[&gate, &axis1], vec![])?;
+            let up = g.node(&experts_scope, "Unsqueeze", &[&up, &axis1], vec![])?;
+            let pairs = g.node(&experts_scope, "Concat", &[&gate, &up], vec![attr_int("axis", 1)])?;
+            let interleaved = g.node(&experts_scope, "Reshape", &[&pairs, &pair_shape], vec![])?;
+            fc1.push(g.node(&experts_scope, "Unsqueeze", &[&interleaved, &axis0], vec![])?);
+            let down = as_f32(g, &expert.down.weight.name)?;
+            fc2.push(g.node(&experts_scope, "Unsqueeze", &[&down, &axis0], vec![])?);
+        }
+        let (fc1, fc2): (Vec<&str>, Vec<&str>) =
+            (fc1.iter().map(String::as_str).collect(), fc2.iter().map(String::as_str).collect());
+        let fc1 = g.node(&experts_scope, "Concat", &fc1, vec![attr_int("axis", 0)])?;
+        let fc2 = g.node(&experts_scope, "Concat", &fc2, vec![attr_int("axis", 0)])?;
+        let attributes = vec![
+            attr_int("k", moe.top_k as i64),
+            attr_string("activation_type", "swiglu"),
+            attr_int("swiglu_fusion", 1),
+            attr_float("activation_alpha", 1.0),
+            attr_float("activation_beta", 0.0),
+            attr_int("normalize_routing_weights", i64::from(moe.norm_topk_prob)),
+        ];
+        g.node(&scope, "MoE", &[normed, &logits, &fc1, "", &fc2], attributes)
     }
 
     fn mlp_residual(&mut self, _: &mut GraphBuilder, _: &str, out: String) -> Result<(), BuildError> {
