@@ -13,7 +13,8 @@ llama-cpp-python, which builds the llama.cpp it vendors). For each gguf-* export
 - each quantized type's blocks are byte-identical to what llama.cpp's own quantizer
   (`llama_model_quantize` to Q8_0 / Q4_0 / Q4_K_M / Q6_K, no importance matrix) makes of our f32
   file, and its KL is at most 1.05x that of the same quantizer run on our f16 file;
-- f32 greedy-generates transformers' golden ids (the reference's, for a model without golden data);
+- f32 greedy-generates transformers' golden ids (the reference's, for a model without golden data),
+  and so does f16 on the fixtures;
 - the chat template in the file renders, in llama.cpp's own template engine
   (`llama_chat_apply_template`) and in llama-cpp-python's Jinja formatter, to the prompt text
   transformers' `apply_chat_template` gives.
@@ -302,8 +303,9 @@ def main():
         check(cosine >= min_cosine, f"{name}: cosine {cosine:.6f} < {min_cosine:.6f} ({bounds})")
         check(kl <= max_kl, f"{name}: mean KL {kl:.2e} > {max_kl:.2e} ({bounds})")
         greedy = ""
-        if file_type == "f32":
-            # transformers' golden ids where the fixture has them, else the reference's.
+        # f32: transformers' golden ids where the fixture has them, else the reference's; f16 on
+        # the fixtures too (it keeps transformers' greedy path on all three).
+        if file_type == "f32" or (file_type == "f16" and golden):
             cases = golden or [(ids, new) for ids, _, new in reference]
             for row, (ids, new) in enumerate(cases):
                 out = llama_greedy(model, ids, len(new))
