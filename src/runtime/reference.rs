@@ -286,16 +286,35 @@ impl Assembly<'_> {
 }
 
 impl Arch {
+    /// The forward's constants from the description (every Qwen layer shares them; a layerless
+    /// model has no attention to configure).
     fn new(c: &HfConfig, device: &Device) -> Self {
-        let (inv_freq, rope_attention) = c.rope().inv_freq_and_attention_factor();
+        let d = &c.decoder;
+        let (heads, kv_heads, head_dim, inv_freq, rope_attention) = match d.layers.first() {
+            Some(layer) => {
+                let a = &layer.attention;
+                let rope = crate::model::rope::RopeSpec {
+                    theta: a.rope.theta,
+                    dim: a.rope.rotary_dim,
+                    max_position_embeddings: d.max_positions,
+                    scaling: &a.rope.scaling,
+                };
+                let (inv_freq, factor) = rope.inv_freq_and_attention_factor();
+                (a.heads, a.kv_heads, a.head_dim, inv_freq, factor)
+            }
+            None => {
+                let (inv_freq, factor) = c.rope().inv_freq_and_attention_factor();
+                (c.num_attention_heads, c.num_key_value_heads, c.head_dim, inv_freq, factor)
+            }
+        };
         Arch {
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            eps: c.rms_norm_eps,
+            heads,
+            kv_heads,
+            head_dim,
+            eps: d.final_norm.eps,
             inv_freq,
             rope_attention,
-            vocab_size: c.vocab_size,
+            vocab_size: d.vocab,
             device: device.clone(),
         }
     }
