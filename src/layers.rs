@@ -120,17 +120,26 @@ mod tests {
             let mut offset = 0;
             let mut start = None;
             for line in chunk.split_inclusive('\n') {
-                let trimmed = line.trim_start();
-                for lead in ["use ", "pub use ", "pub(crate) use "] {
-                    if trimmed.starts_with(lead) {
-                        start = Some(offset + (line.len() - trimmed.len()) + lead.len());
-                    }
+                // `use`, `pub use`, `pub(crate) use`, `pub(in ..) use`, after any attribute.
+                let mut trimmed = line.trim_start();
+                while let Some(rest) = trimmed.strip_prefix("#[") {
+                    trimmed = rest.split_once(']').map_or("", |(_, after)| after.trim_start());
+                }
+                let visibility = trimmed.strip_prefix("pub").map(|rest| match rest.strip_prefix('(') {
+                    Some(inner) => inner.split_once(')').map_or("", |(_, after)| after),
+                    None => rest,
+                });
+                let after = visibility.map_or(trimmed, str::trim_start);
+                if let Some(tree) = after.strip_prefix("use ") {
+                    start = Some(offset + line.len() - tree.len());
                 }
                 offset += line.len();
             }
             let Some(start) = start else { continue };
             let tree = chunk[start..].trim();
-            if tree.starts_with("crate::") || tree.starts_with("super::") {
+            if let Some(own) = tree.strip_prefix("self::") {
+                out.extend(expand(own).into_iter().map(|p| format!("{module}::{p}")));
+            } else if tree.starts_with("crate::") || tree.starts_with("super::") {
                 out.extend(expand(tree).iter().filter_map(|p| anchor(p)));
             } else if is_mod_rs {
                 // `use child::X` in a folder's mod.rs names its own child module.
@@ -193,10 +202,14 @@ mod tests {
         out
     }
 
-    /// The longest module of `modules` that `path` names, through re-exports.
+    /// The longest module of `modules` that `path` names, through re-exports (those of lib.rs
+    /// under the module name "").
     fn target<'a>(modules: &'a BTreeSet<String>, reexports: &Reexports, path: &str) -> Option<&'a String> {
         let parts: Vec<&str> = path.split("::").collect();
-        let n = (1..=parts.len()).rev().find(|&n| modules.contains(&parts[..n].join("::")))?;
+        let Some(n) = (1..=parts.len()).rev().find(|&n| modules.contains(&parts[..n].join("::"))) else {
+            let real = reexports.get(&(String::new(), parts.first()?.to_string()))?;
+            return (real != path).then(|| target(modules, reexports, real)).flatten();
+        };
         let module = parts[..n].join("::");
         if let Some(name) = parts.get(n)
             && let Some(real) = reexports.get(&(module.clone(), name.to_string()))
@@ -212,7 +225,14 @@ mod tests {
         let mut files = BTreeMap::new();
         sources(&root, &root, &mut files);
         let modules: BTreeSet<String> = files.keys().cloned().collect();
-        let reexports = reexports(&files, &root);
+        let mut reexports = reexports(&files, &root);
+        // lib.rs's own re-exports (`crate::Error` is `crate::error::Error`).
+        let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+        for path in paths("", true, &lib) {
+            let path = path.trim_start_matches("::").to_string();
+            let name = path.rsplit("::").next().unwrap_or_default().to_string();
+            reexports.insert((String::new(), name), path);
+        }
         let mut edges = BTreeMap::new();
         for (module, code) in &files {
             let is_mod_rs = root.join(module.replace("::", "/")).join("mod.rs").exists();
@@ -303,5 +323,14 @@ mod tests {
             "// we use it\nuse super::{staging::Staging, x};\npub use folder::Y;",
         );
         assert_eq!(found, ["export::staging::Staging", "export::x", "export::onnx::folder::Y"]);
+        let code = "#[cfg(unix)] pub(super) use self::gguf::Z;\npub(in crate::x) use crate::a::B;";
+        let found = paths("runtime", true, code);
+        assert!(
+            found.contains(&"runtime::gguf::Z".to_string()) && found.contains(&"a::B".to_string()),
+            "{found:?}"
+        );
+        // lib.rs's re-export resolves `crate::Error` to the error module.
+        let graph = graph();
+        assert!(graph["fsutil"].contains("error"), "{:?}", graph["fsutil"]);
     }
 }

@@ -11,12 +11,14 @@ use super::quantization::{FormatFallback, Placement, Quantization, Role, placeme
 use crate::error::LoadError;
 use crate::size::human_bytes;
 
-/// A tensor to load: name, shape and what kind of weight it is.
+/// A tensor to load: name, shape, what kind of weight it is for placement, and the group
+/// `info()` reports it under (from the decoder's description).
 #[derive(Debug, Clone)]
 pub struct PlannedWeight {
     pub name: String,
     pub shape: Vec<usize>,
     pub role: Role,
+    pub group: &'static str,
 }
 
 impl PlannedWeight {
@@ -26,13 +28,7 @@ impl PlannedWeight {
 
     /// The group `info()` reports it under.
     pub fn group(&self) -> &'static str {
-        match self.role {
-            Role::Embedding => "embeddings",
-            Role::Head => "head",
-            Role::Vector => "norms and biases",
-            Role::Linear if self.name.contains("attn") => "attention",
-            Role::Linear => "mlp",
-        }
+        self.group
     }
 }
 
@@ -107,9 +103,24 @@ mod tests {
 
     fn weights() -> Vec<PlannedWeight> {
         vec![
-            PlannedWeight { name: "embed".into(), shape: vec![1000, 256], role: Role::Embedding },
-            PlannedWeight { name: "l.self_attn.q".into(), shape: vec![256, 256], role: Role::Linear },
-            PlannedWeight { name: "norm".into(), shape: vec![256], role: Role::Vector },
+            PlannedWeight {
+                name: "embed".into(),
+                shape: vec![1000, 256],
+                role: Role::Embedding,
+                group: "embeddings",
+            },
+            PlannedWeight {
+                name: "l.self_attn.q".into(),
+                shape: vec![256, 256],
+                role: Role::Linear,
+                group: "attention",
+            },
+            PlannedWeight {
+                name: "norm".into(),
+                shape: vec![256],
+                role: Role::Vector,
+                group: "norms and biases",
+            },
         ]
     }
 
@@ -120,7 +131,8 @@ mod tests {
         assert_eq!(f32.peak, f32.resident + 8 * 256_000, "a block as large as the largest tensor, twice");
         let q8 = LoadPlan::new(&weights(), Quantization::Q8_0, DType::F32);
         assert_eq!(q8.resident, 2 * 256_000 + 65_536 / 32 * 34 + 4 * 256);
-        let big = [PlannedWeight { name: "w".into(), shape: vec![8192, 8192], role: Role::Linear }];
+        let big =
+            [PlannedWeight { name: "w".into(), shape: vec![8192, 8192], role: Role::Linear, group: "mlp" }];
         let plan = LoadPlan::new(&big, Quantization::Q4_0, DType::F32);
         assert_eq!(plan.peak - plan.resident, 8 * (4 << 20), "blocks stop at the merge's 16 MiB");
     }

@@ -186,13 +186,27 @@ fn planned_weights(
     let decoder = &folder.config.decoder;
     shapes
         .map(|(name, shape)| {
-            let role = match decoder.tensor(&name).map(|t| t.role) {
+            let described = decoder.tensor(&name).map(|t| t.role);
+            let role = match described {
                 Some(DecoderRole::Embedding) => Role::Embedding,
                 Some(DecoderRole::Head) => Role::Head,
+                // The router stays f32, as in ONNX and GGUF exports: it picks the experts.
+                Some(DecoderRole::Router { .. }) => Role::Vector,
                 _ if shape.len() < 2 => Role::Vector,
                 _ => Role::Linear,
             };
-            PlannedWeight { name, shape, role }
+            let group = match described {
+                Some(DecoderRole::Embedding) => "embeddings",
+                Some(DecoderRole::Head) => "head",
+                Some(DecoderRole::Projection { kind, .. }) if kind.in_attention() => "attention",
+                Some(
+                    DecoderRole::Projection { .. } | DecoderRole::Expert { .. } | DecoderRole::Router { .. },
+                ) => "mlp",
+                Some(DecoderRole::Norm | DecoderRole::Bias { .. }) => "norms and biases",
+                None if shape.len() < 2 => "norms and biases",
+                None => "mlp",
+            };
+            PlannedWeight { name, shape, role, group }
         })
         .collect()
 }

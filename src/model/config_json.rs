@@ -16,6 +16,9 @@ use super::rope::{RopeScaling, RopeSpec};
 
 /// More experts than any real model has (Qwen3's largest has 128); a larger value is a broken file.
 const MAX_EXPERTS: usize = 4096;
+/// Experts over all layers: Qwen3-235B-A22B has 94 x 128 = 12032; the bound keeps a broken file
+/// from describing millions of tensors.
+const MAX_LAYER_EXPERTS: usize = 1 << 17;
 
 /// Deeper than any real decoder (Qwen's deepest has 94 layers); a larger value is a broken file.
 const MAX_LAYERS: usize = 4096;
@@ -266,9 +269,9 @@ impl Fields<'_> {
         let d = m.defaults;
         let num_experts = self.usize("num_experts")?.unwrap_or(d.num_experts as usize);
         let top_k = self.usize("num_experts_per_tok")?.unwrap_or(d.num_experts_per_tok as usize);
-        if num_experts > MAX_EXPERTS {
+        if num_experts > MAX_EXPERTS || num_experts.saturating_mul(layers) > MAX_LAYER_EXPERTS {
             return Err(self.invalid(format!(
-                "num_experts = {num_experts} is more experts than this tool describes (at most {MAX_EXPERTS})"
+                "num_experts = {num_experts} in {layers} layers is more experts than this tool describes (at most {MAX_EXPERTS} per layer, {MAX_LAYER_EXPERTS} in all)"
             )));
         }
         if num_experts > 0 && !(1..=num_experts).contains(&top_k) {

@@ -353,7 +353,7 @@ impl DecoderDesc {
 
     /// The tensors of the layers, layer by layer in the profile's order.
     pub fn layer_tensors(&self) -> &[TensorDesc] {
-        &self.order[1..self.order.len().saturating_sub(2).max(1)]
+        self.order.get(1..self.order.len().saturating_sub(2)).unwrap_or(&[])
     }
 
     /// The description of the tensor called `name`, if the decoder reads one.
@@ -482,6 +482,15 @@ mod tests {
         let MlpDesc::SwiGlu(mlp) = &d.layers[1].mlp else { panic!("dense") };
         assert_eq!(mlp.down.weight.shape, [64, 128]);
         assert!(d.layers[0].attention.q_norm.is_none() && d.layers[0].attention.q.bias.is_some());
+    }
+
+    #[test]
+    fn a_broken_expert_count_is_refused_before_it_is_described() {
+        let json =
+            format!(r#"{{"model_type":"qwen3_moe",{DENSE},"num_experts":4096,"num_experts_per_tok":2}}"#)
+                .replace(r#""num_hidden_layers":2"#, r#""num_hidden_layers":4096"#);
+        let err = HfConfig::parse(Path::new("config.json"), &json, None).unwrap_err().to_string();
+        assert!(err.contains("num_experts = 4096 in 4096 layers"), "{err}");
     }
 
     #[test]

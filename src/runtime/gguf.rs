@@ -190,8 +190,17 @@ impl GgufFile {
                 return Ok(self.content.tensor(&mut *reader.borrow_mut(), name, &device)?);
             };
             let info = &self.content.tensor_infos[name];
-            let dims = info.shape.dims();
-            let (experts, inner) = (dims[0].max(1), &dims[1..]);
+            let Some((&experts, inner)) =
+                info.shape.dims().split_first().filter(|(_, inner)| inner.len() == 2)
+            else {
+                return Err(RuntimeError::Unsupported {
+                    message: format!(
+                        "{}: `{name}` has shape {:?}, not the [experts, rows, cols] of a stack",
+                        self.path.display(),
+                        info.shape.dims()
+                    ),
+                });
+            };
             let bytes = block_bytes(info.ggml_dtype, inner.iter().product()) as usize;
             if e >= experts {
                 return Err(RuntimeError::Unsupported {
