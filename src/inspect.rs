@@ -35,6 +35,9 @@ pub struct ModelSummary {
     pub layers: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
+    /// Mixture-of-experts layers, from the decoder's description (absent: a dense model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertSummary>,
     pub attention_heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -47,6 +50,30 @@ pub struct ModelSummary {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ExpertSummary {
+    /// Layers that route to experts (the others keep the dense MLP).
+    pub layers: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    /// Each expert's MLP width (`moe_intermediate_size`).
+    pub width: usize,
+    pub norm_topk_prob: bool,
+}
+
+impl ExpertSummary {
+    fn of(decoder: &crate::model::DecoderDesc) -> Option<Self> {
+        let first = decoder.moe_layers().next()?;
+        Some(ExpertSummary {
+            layers: decoder.moe_layers().count(),
+            experts: first.experts.len(),
+            top_k: first.top_k,
+            width: first.experts.first().map_or(0, |e| e.intermediate),
+            norm_topk_prob: first.norm_topk_prob,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct AdapterSummary {
     pub path: PathBuf,
     pub r: usize,
@@ -89,6 +116,7 @@ pub fn summarize_model(folder: &ModelFolder) -> ModelSummary {
         layers: c.num_hidden_layers,
         hidden_size: c.hidden_size,
         intermediate_size: c.intermediate_size,
+        experts: ExpertSummary::of(&c.decoder),
         attention_heads: c.num_attention_heads,
         kv_heads: c.num_key_value_heads,
         head_dim: c.head_dim,

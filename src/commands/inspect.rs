@@ -60,6 +60,19 @@ fn print_model(m: &ModelSummary) {
         ("tensors", format!("{} in {} file(s)", m.tensors, m.files)),
         ("layers", m.layers.to_string()),
         ("hidden / intermediate", format!("{} / {}", m.hidden_size, m.intermediate_size)),
+        (
+            "experts",
+            m.experts.as_ref().map_or("none (dense)".into(), |e| {
+                format!(
+                    "{} per layer in {} layers, top {} ({}), width {}",
+                    e.experts,
+                    e.layers,
+                    e.top_k,
+                    if e.norm_topk_prob { "renormalised" } else { "not renormalised" },
+                    e.width
+                )
+            }),
+        ),
         ("heads / kv heads / head dim", format!("{} / {} / {}", m.attention_heads, m.kv_heads, m.head_dim)),
         ("vocabulary", m.vocab_size.to_string()),
         ("tied embeddings", m.tie_word_embeddings.to_string()),

@@ -26,6 +26,22 @@ fn qwen3_tiny_parameter_count_matches_its_config() {
 }
 
 #[test]
+fn qwen3_moe_tiny_shows_its_experts_and_counts_every_expert() {
+    // embed + lm_head 2*384*64 + 2 layers * (attention as qwen3-tiny 4096+2*2048+4096+32+128
+    // + router 8*64 + 8 experts * 3*32*64) + final norm 64.
+    let expected = 2 * 384 * 64 + 2 * (4096 + 2 * 2048 + 4096 + 32 + 128 + 8 * 64 + 8 * 3 * 2048) + 64;
+    let v = inspect_json("qwen3-moe-tiny");
+    assert_eq!((v["parameters"].as_u64(), v["tensors"].as_u64()), (Some(expected), Some(69)));
+    assert_eq!(v["profile"], "qwen3_moe");
+    assert_eq!(
+        v["experts"],
+        serde_json::json!({"layers": 2, "experts": 8, "top_k": 2, "width": 32, "norm_topk_prob": true})
+    );
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert!(inspect_json("qwen3-tiny").get("experts").is_none(), "a dense model has no experts entry");
+}
+
+#[test]
 fn qwen2_tiny_counts_biases_and_untied_head() {
     // embed + lm_head 2*384*64 + 2 layers * (q 4096+64 + k,v 2*(2048+32) + o 4096 + 2*64
     // + 3*8192) + 64.
