@@ -13,8 +13,8 @@
 
 use super::builder::{BuildError, Dim, Elem, GraphBuilder, attr_int, attr_ints};
 use super::weights::WeightForm;
-use crate::model::HfConfig;
 use crate::model::decoder::{LayerDesc, LinearDesc, MoeDesc, NormDesc, SwiGluDesc};
+use crate::model::{DecoderDesc, HfConfig};
 use crate::onnx_io::{
     ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_KEY, PAST_VALUE, POSITION_IDS, PRESENT_KEY, PRESENT_VALUE,
     io_name,
@@ -78,7 +78,7 @@ pub(super) trait Blocks {
     /// The MLP's output joins the residual stream.
     fn mlp_residual(&mut self, g: &mut GraphBuilder, root: &str, out: String) -> Result<(), BuildError>;
     /// The final norm of the residual stream.
-    fn final_norm(&mut self, g: &mut GraphBuilder, weight: &str) -> Result<String, BuildError>;
+    fn final_norm(&mut self, g: &mut GraphBuilder, norm: &NormDesc) -> Result<String, BuildError>;
 }
 
 /// RMSNorm over the last axis, as transformers computes it in f32.
@@ -123,7 +123,6 @@ fn rope(
 
 /// The portable target's blocks: standard ops, explicit residual adds.
 pub(super) struct Portable {
-    eps: f64,
     head_dim: usize,
     /// The residual stream, [batch*seq, hidden].
     x: String,
@@ -142,10 +141,9 @@ pub(super) struct Portable {
 }
 
 impl Portable {
-    pub(super) fn new(c: &HfConfig) -> Self {
+    pub(super) fn new(decoder: &DecoderDesc) -> Self {
         Portable {
-            eps: c.rms_norm_eps,
-            head_dim: c.head_dim,
+            head_dim: decoder.head_dim,
             x: String::new(),
             cos: String::new(),
             sin: String::new(),
@@ -170,8 +168,8 @@ impl Blocks for Portable {
         io: &Io,
         sizes: &Sizes,
     ) -> Result<(), BuildError> {
-        let c = spec.config;
-        let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let c = &spec.config.decoder;
+        let (h, kvh, d) = (c.heads as i64, c.kv_heads as i64, c.head_dim as i64);
         let (batch, seq, total_scalar) = (&sizes.batch, &sizes.seq, &sizes.total_scalar);
         let past_scalar = g.node("/model/shapes", "Sub", &[total_scalar, &sizes.seq_scalar], vec![])?;
         self.x = embed(g, spec, &io.input_ids)?;
@@ -219,7 +217,8 @@ impl Blocks for Portable {
         root: &str,
         layer: &LayerDesc,
     ) -> Result<String, BuildError> {
-        rms_norm(g, self.eps, &format!("{root}/input_layernorm"), &self.x, &layer.input_norm.weight.name)
+        let n = &layer.input_norm;
+        rms_norm(g, n.eps, &format!("{root}/input_layernorm"), &self.x, &n.weight.name)
     }
 
     fn attention(
@@ -232,7 +231,7 @@ impl Blocks for Portable {
     ) -> Result<String, BuildError> {
         let a = &layer.attention;
         let attn = format!("{root}/attn");
-        let (eps, head_dim) = (self.eps, self.head_dim);
+        let head_dim = self.head_dim;
         let heads = |g: &mut GraphBuilder,
                      proj: &LinearDesc,
                      norm: Option<&NormDesc>,
@@ -244,7 +243,7 @@ impl Blocks for Portable {
             let y = linear(g, spec, &scope, normed, &proj.weight.name, bias)?;
             let y = g.node(&scope, "Reshape", &[&y, shape], vec![])?;
             let y = match norm {
-                Some(n) => rms_norm(g, eps, &format!("{attn}/{label}_norm"), &y, &n.weight.name)?,
+                Some(n) => rms_norm(g, n.eps, &format!("{attn}/{label}_norm"), &y, &n.weight.name)?,
                 None => y,
             };
             g.node(&scope, "Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])])
@@ -295,8 +294,8 @@ impl Blocks for Portable {
         let context = g.node(&scope, "Reshape", &[&context, &self.attn_flat], vec![])?;
         let out = linear(g, spec, &format!("{attn}/o_proj"), &context, &a.o.weight.name, None)?;
         self.x = g.node(&format!("{root}/attn_residual"), "Add", &[&self.x, &out], vec![])?;
-        let post = &layer.post_attention_norm.weight.name;
-        rms_norm(g, eps, &format!("{root}/post_attention_layernorm"), &self.x, post)
+        let post = &layer.post_attention_norm;
+        rms_norm(g, post.eps, &format!("{root}/post_attention_layernorm"), &self.x, &post.weight.name)
     }
 
     fn mlp_residual(&mut self, g: &mut GraphBuilder, root: &str, out: String) -> Result<(), BuildError> {
@@ -304,8 +303,8 @@ impl Blocks for Portable {
         Ok(())
     }
 
-    fn final_norm(&mut self, g: &mut GraphBuilder, weight: &str) -> Result<String, BuildError> {
-        rms_norm(g, self.eps, "/model/norm", &self.x, weight)
+    fn final_norm(&mut self, g: &mut GraphBuilder, norm: &NormDesc) -> Result<String, BuildError> {
+        rms_norm(g, norm.eps, "/model/norm", &self.x, &norm.weight.name)
     }
 }
 
@@ -317,8 +316,8 @@ pub(super) struct Io {
 }
 
 /// Declares inputs and outputs with optimum's and onnxruntime-genai's names and dynamic axes.
-pub(super) fn declare_io(g: &mut GraphBuilder, c: &HfConfig) -> Io {
-    let (kvh, d, vocab) = (c.num_key_value_heads as i64, c.head_dim as i64, c.vocab_size as i64);
+pub(super) fn declare_io(g: &mut GraphBuilder, c: &DecoderDesc) -> Io {
+    let (kvh, d, vocab) = (c.kv_heads as i64, c.head_dim as i64, c.vocab as i64);
     let (b, s, p, t) = (
         Dim::Named("batch_size"),
         Dim::Named("sequence_length"),
@@ -328,7 +327,7 @@ pub(super) fn declare_io(g: &mut GraphBuilder, c: &HfConfig) -> Io {
     let input_ids = g.input(INPUT_IDS, Elem::I64, &[b.clone(), s.clone()]);
     let attention_mask = g.input(ATTENTION_MASK, Elem::I64, &[b.clone(), t.clone()]);
     let position_ids = g.input(POSITION_IDS, Elem::I64, &[b.clone(), s.clone()]);
-    for layer in 0..c.num_hidden_layers {
+    for layer in 0..c.layers.len() {
         for pattern in [PAST_KEY, PAST_VALUE] {
             g.input(
                 &io_name(pattern, layer),
@@ -338,7 +337,7 @@ pub(super) fn declare_io(g: &mut GraphBuilder, c: &HfConfig) -> Io {
         }
     }
     g.output(LOGITS, Elem::F32, &[b.clone(), s.clone(), Dim::Fixed(vocab)]);
-    for layer in 0..c.num_hidden_layers {
+    for layer in 0..c.layers.len() {
         for pattern in [PRESENT_KEY, PRESENT_VALUE] {
             g.output(
                 &io_name(pattern, layer),
@@ -386,7 +385,7 @@ pub(super) fn embed(
         WeightForm::Float(Elem::F16) => g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
         _ => embedded,
     };
-    let flat = g.const_i64(&[-1, spec.config.hidden_size as i64], &[2]);
+    let flat = g.const_i64(&[-1, spec.config.decoder.hidden as i64], &[2]);
     g.node(scope, "Reshape", &[&embedded, &flat], vec![])
 }
 
@@ -478,7 +477,7 @@ pub(super) fn lm_head(
 ) -> Result<(), BuildError> {
     let scope = "/lm_head";
     let logits = linear(g, spec, scope, normed, &spec.head, None)?;
-    let v_tail = g.const_i64(&[spec.config.vocab_size as i64], &[1]);
+    let v_tail = g.const_i64(&[spec.config.decoder.vocab as i64], &[1]);
     let shape = g.node(scope, "Concat", &[&sizes.batch, &sizes.seq, &v_tail], vec![attr_int("axis", 0)])?;
     g.node_into(scope, "Reshape", &[&logits, &shape], &[LOGITS], vec![])
 }

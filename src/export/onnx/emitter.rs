@@ -13,10 +13,10 @@ use crate::model::decoder::MlpDesc;
 /// referenced by their Hugging Face names.
 pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>, target: Target) -> Result<(), BuildError> {
     let mut blocks: Box<dyn Blocks> = match target {
-        Target::Portable => Box::new(Portable::new(spec.config)),
-        Target::Ort => Box::new(Fused::new(spec.config)),
+        Target::Portable => Box::new(Portable::new(&spec.config.decoder)),
+        Target::Ort => Box::new(Fused::new()),
     };
-    let io = declare_io(g, spec.config);
+    let io = declare_io(g, &spec.config.decoder);
     let sizes = dynamic_sizes(g, &io)?;
     blocks.prelude(g, spec, &io, &sizes)?;
     let decoder = &spec.config.decoder;
@@ -30,6 +30,6 @@ pub fn build_decoder(g: &mut GraphBuilder, spec: &DecoderSpec<'_>, target: Targe
         };
         blocks.mlp_residual(g, &root, out)?;
     }
-    let normed = blocks.final_norm(g, &decoder.final_norm.weight.name)?;
+    let normed = blocks.final_norm(g, &decoder.final_norm)?;
     lm_head(g, spec, &normed, &sizes)
 }

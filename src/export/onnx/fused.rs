@@ -14,14 +14,12 @@ use super::decoder::{
     Blocks, DecoderSpec, Io, ROPE_COS, ROPE_SIN, Sizes, additive_mask, embed, linear, moe_mlp, real_keys,
 };
 use super::weights::WeightForm;
-use crate::model::HfConfig;
 use crate::model::decoder::{LayerDesc, LinearDesc, MoeDesc, NormDesc};
 use crate::onnx_io::{PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, io_name};
 
 /// The `ort` target's blocks. Activations are [batch*seq, hidden] between blocks and
 /// [batch, seq, heads*head_dim] around attention, as the fused ops want them.
 pub(super) struct Fused {
-    eps: f32,
     /// The residual stream, and the block output not yet added to it (the next norm adds it).
     residual: String,
     pending: Option<String>,
@@ -36,9 +34,8 @@ pub(super) struct Fused {
 }
 
 impl Fused {
-    pub(super) fn new(c: &HfConfig) -> Self {
+    pub(super) fn new() -> Self {
         Fused {
-            eps: c.rms_norm_eps as f32,
             residual: String::new(),
             pending: None,
             position_ids: String::new(),
@@ -52,9 +49,16 @@ impl Fused {
         }
     }
 
-    fn norm(&self, g: &mut GraphBuilder, scope: &str, x: &str, weight: &str) -> Result<String, BuildError> {
-        let attrs = vec![attr_int("axis", -1), attr_float("epsilon", self.eps), attr_int("stash_type", 1)];
-        g.node(scope, "SimplifiedLayerNormalization", &[x, weight], attrs)
+    fn norm(
+        &self,
+        g: &mut GraphBuilder,
+        scope: &str,
+        x: &str,
+        norm: &NormDesc,
+    ) -> Result<String, BuildError> {
+        let eps = attr_float("epsilon", norm.eps as f32);
+        let attrs = vec![attr_int("axis", -1), eps, attr_int("stash_type", 1)];
+        g.node(scope, "SimplifiedLayerNormalization", &[x, &norm.weight.name], attrs)
     }
 
     /// (normed, input + skip) in one op.
@@ -64,25 +68,25 @@ impl Fused {
         scope: &str,
         x: &str,
         skip: &str,
-        weight: &str,
+        norm: &NormDesc,
         want_sum: bool,
     ) -> Result<(String, String), BuildError> {
         let outputs = g.node_multi(
             scope,
             "SkipSimplifiedLayerNormalization",
-            &[x, skip, weight],
+            &[x, skip, &norm.weight.name],
             &[true, false, false, want_sum],
-            vec![attr_float("epsilon", self.eps)],
+            vec![attr_float("epsilon", norm.eps as f32)],
         )?;
         Ok((outputs[0].clone(), outputs[3].clone()))
     }
 
     /// The normed input: the pending block output is added to the residual stream first.
-    fn fold(&mut self, g: &mut GraphBuilder, scope: &str, weight: &str) -> Result<String, BuildError> {
+    fn fold(&mut self, g: &mut GraphBuilder, scope: &str, norm: &NormDesc) -> Result<String, BuildError> {
         match self.pending.take() {
-            None => self.norm(g, scope, &self.residual, weight),
+            None => self.norm(g, scope, &self.residual, norm),
             Some(out) => {
-                let (normed, sum) = self.skip_norm(g, scope, &out, &self.residual, weight, true)?;
+                let (normed, sum) = self.skip_norm(g, scope, &out, &self.residual, norm, true)?;
                 self.residual = sum;
                 Ok(normed)
             }
@@ -98,8 +102,8 @@ impl Blocks for Fused {
         io: &Io,
         sizes: &Sizes,
     ) -> Result<(), BuildError> {
-        let c = spec.config;
-        let (h, kvh, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let c = &spec.config.decoder;
+        let (h, kvh, d) = (c.heads as i64, c.kv_heads as i64, c.head_dim as i64);
         let (batch, seq, total) = (&sizes.batch, &sizes.seq, &sizes.total);
         self.position_ids = io.position_ids.clone();
 
@@ -137,7 +141,7 @@ impl Blocks for Fused {
         root: &str,
         layer: &LayerDesc,
     ) -> Result<String, BuildError> {
-        self.fold(g, &format!("{root}/input_layernorm"), &layer.input_norm.weight.name)
+        self.fold(g, &format!("{root}/input_layernorm"), &layer.input_norm)
     }
 
     fn attention(
@@ -166,7 +170,7 @@ impl Blocks for Fused {
                 Some(n) => {
                     let norm_scope = format!("{attn}/{label}_norm");
                     let per = g.node(&norm_scope, "Reshape", &[&y, &f.per_head], vec![])?;
-                    f.norm(g, &norm_scope, &per, &n.weight.name)?
+                    f.norm(g, &norm_scope, &per, n)?
                 }
                 None => y,
             };
@@ -204,7 +208,7 @@ impl Blocks for Fused {
         let context = g.node(&attn, "Reshape", &[&context, &self.attn_flat], vec![])?;
         let out = linear(g, spec, &format!("{attn}/o_proj"), &context, &a.o.weight.name, None)?;
         self.pending = Some(out);
-        self.fold(g, &format!("{root}/post_attention_layernorm"), &layer.post_attention_norm.weight.name)
+        self.fold(g, &format!("{root}/post_attention_layernorm"), &layer.post_attention_norm)
     }
 
     /// ONNX Runtime's `MoE` op (its CPU kernel: SwiGLU experts with gate and up interleaved row
@@ -241,7 +245,7 @@ impl Blocks for Fused {
         };
         let (axis0, axis1) = (g.const_i64(&[0], &[1]), g.const_i64(&[1], &[1]));
         let inter = moe.experts.first().map_or(0, |e| e.intermediate) as i64;
-        let hidden = spec.config.hidden_size as i64;
+        let hidden = spec.config.decoder.hidden as i64;
         let pair_shape = g.const_i64(&[2 * inter, hidden], &[2]);
         let (mut fc1, mut fc2) = (Vec::new(), Vec::new());
         for expert in &moe.experts {
@@ -275,10 +279,10 @@ impl Blocks for Fused {
         Ok(())
     }
 
-    fn final_norm(&mut self, g: &mut GraphBuilder, weight: &str) -> Result<String, BuildError> {
+    fn final_norm(&mut self, g: &mut GraphBuilder, norm: &NormDesc) -> Result<String, BuildError> {
         match self.pending.take() {
-            Some(out) => Ok(self.skip_norm(g, "/model/norm", &out, &self.residual, weight, false)?.0),
-            None => self.norm(g, "/model/norm", &self.residual, weight),
+            Some(out) => Ok(self.skip_norm(g, "/model/norm", &out, &self.residual, norm, false)?.0),
+            None => self.norm(g, "/model/norm", &self.residual, norm),
         }
     }
 }
