@@ -202,9 +202,10 @@ fn a_moe_llama_cpp_cannot_run_is_refused_by_name() {
     let folder = ModelFolder::open(&base, None).unwrap();
     let options = GgufOptions { dtype: Some(ExportDtype::F16), allow_non_finite: false };
     let err = write_gguf_folder(&ExportInputs::from_base(&folder, None), &options, &temp.path().join("out"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("norm_topk_prob = false") && err.contains("qwen3moe"), "{err}");
+        .unwrap_err();
+    assert!(err.to_string().contains("`norm_topk_prob` = false is not supported"), "{err}");
+    assert!(err.help().contains("llama.cpp's `qwen3moe` graph"), "{}", err.help());
+    assert_eq!(err.exit_code(), 2, "a refused config feature is a usage error");
     assert!(!temp.path().join("out").exists());
 }
 

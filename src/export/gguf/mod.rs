@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
 use crate::config::ExportDtype;
-use crate::error::{Error, RuntimeError};
+use crate::error::{Error, ModelError, RuntimeError};
 use crate::export::ExportInputs;
 use crate::export::manifest::Manifest;
 use crate::export::onnx::folder::Fallback;
@@ -23,7 +23,7 @@ use crate::export::staging::{Staging, file_entry, provenance};
 use crate::export::stream_file::StreamingFile;
 use crate::gguf_constants::{count_types, type_name};
 use crate::merge::{MergeInputs, execute_rows, plan_merge};
-use crate::model::DecoderDesc;
+use crate::model::HfConfig;
 use crate::model::TensorDtype;
 use crate::model::decoder::{MoeDesc, Projection, Role};
 use crate::model::dtype::row_width;
@@ -73,30 +73,39 @@ fn encode_rows(dtype: GgmlDType, rows: &[f32], width: usize, out: &mut Vec<u8>) 
     Ok(())
 }
 
-/// What llama.cpp's graph for the architecture cannot express, refused by name.
-fn refuse_what_llama_cpp_cannot_run(decoder: &DecoderDesc, profile: &Profile) -> Result<(), Error> {
+/// What llama.cpp's graph for the architecture cannot compute, refused by name (exit 2, before
+/// anything is written), as metadata.rs refuses the YaRN settings it cannot carry.
+fn refuse_what_llama_cpp_cannot_run(config: &HfConfig, profile: &Profile) -> Result<(), Error> {
+    let decoder = &config.decoder;
     let moe: Vec<&MoeDesc> = decoder.moe_layers().collect();
     if moe.is_empty() {
         return Ok(());
     }
     let refuse = |key: &str, value: String, why: &str| -> Result<(), Error> {
-        Err(RuntimeError::Unsupported {
-            message: format!("config.json has {key} = {value}: {why} (llama.cpp's `{}` graph); export safetensors or ONNX for this model", profile.gguf.architecture),
+        Err(ModelError::UnsupportedConfig {
+            path: config.path.clone(),
+            key: key.into(),
+            value,
+            supported: format!(
+                "for GGUF: {why} (llama.cpp's `{}` graph); export safetensors or ONNX for this model",
+                profile.gguf.architecture
+            ),
         }
         .into())
     };
     if moe.len() != decoder.layers.len() {
+        let dense = decoder.layers.len() - moe.len();
         return refuse(
-            "mlp_only_layers / decoder_sparse_step",
-            format!("{} dense layers", decoder.layers.len() - moe.len()),
-            "GGUF needs experts in every layer",
+            "mlp_only_layers",
+            format!("{dense} dense layers (with decoder_sparse_step)"),
+            "experts in every layer",
         );
     }
-    if let Some(m) = moe.iter().find(|m| !m.norm_topk_prob) {
+    if moe.iter().any(|m| !m.norm_topk_prob) {
         return refuse(
             "norm_topk_prob",
-            m.norm_topk_prob.to_string(),
-            "llama.cpp always renormalises the top-k weights",
+            "false".into(),
+            "true (llama.cpp always renormalises the top-k weights)",
         );
     }
     Ok(())
@@ -114,7 +123,7 @@ pub fn write_gguf_folder(
     let mut plan = plan_merge(weights, inputs.adapter)?;
     let dtype = options.dtype.unwrap_or_else(|| storage_dtype(base.storage_dtype()));
     let decoder = &config.decoder;
-    refuse_what_llama_cpp_cannot_run(decoder, profile)?;
+    refuse_what_llama_cpp_cannot_run(config, profile)?;
     let has_head = plan.tensors.iter().any(|t| t.name == decoder.head.name);
     // One entry per GGUF tensor: a tensor of the plan, or every expert's projection stacked
     // into one [experts, rows, cols] tensor; the plan is reordered so that each entry's members
