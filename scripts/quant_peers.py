@@ -141,36 +141,38 @@ def main():
     golden = json.loads((FIXTURES / "reference" / "qwen3-code.json").read_text())["stats"][GOLDEN_PERPLEXITY]
     results = {"text": f"eval_{TEXT}_ids ({rows.shape[0]} x {rows.shape[1]} tokens)", "transformers_perplexity": golden,
                "gguf": {}, "onnx": {}}
-    work = Path(tempfile.mkdtemp(prefix="quant-peers-"))
+    # The peers' own files live for this run only.
+    with tempfile.TemporaryDirectory(prefix="quant-peers-") as scratch:
+        work = Path(scratch)
 
-    # GGUF in llama.cpp.
-    reference, next_ids = score(llama_logits(OUT / "gguf-f32" / "model.gguf", rows), rows)
-    f32 = metrics(reference, next_ids, reference)
-    results["gguf"]["f32 (ours)"] = f32
-    check(abs(f32["perplexity"] / golden - 1) < 1e-3, f"llama.cpp on gguf-f32: perplexity {f32['perplexity']:.4f}, transformers {golden:.4f}")
-    theirs = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-              "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
-    for dtype, ftype in theirs.items():
-        ours, _ = score(llama_logits(OUT / f"gguf-{dtype}" / "model.gguf", rows), rows)
-        target = work / f"llama-{dtype}.gguf"
-        llama_quantize(OUT / "gguf-f16" / "model.gguf", target, getattr(llama_cpp, ftype))
-        peer, _ = score(llama_logits(target, rows), rows)
-        results["gguf"][dtype] = {"ours": metrics(ours, next_ids, reference),
-                                  "llama.cpp " + ftype.removeprefix("LLAMA_FTYPE_MOSTLY_"): metrics(peer, next_ids, reference)}
+        # GGUF in llama.cpp.
+        reference, next_ids = score(llama_logits(OUT / "gguf-f32" / "model.gguf", rows), rows)
+        f32 = metrics(reference, next_ids, reference)
+        results["gguf"]["f32 (ours)"] = f32
+        check(abs(f32["perplexity"] / golden - 1) < 1e-3, f"llama.cpp on gguf-f32: perplexity {f32['perplexity']:.4f}, transformers {golden:.4f}")
+        theirs = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+                  "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+        for dtype, ftype in theirs.items():
+            ours, _ = score(llama_logits(OUT / f"gguf-{dtype}" / "model.gguf", rows), rows)
+            target = work / f"llama-{dtype}.gguf"
+            llama_quantize(OUT / "gguf-f16" / "model.gguf", target, getattr(llama_cpp, ftype))
+            peer, _ = score(llama_logits(target, rows), rows)
+            results["gguf"][dtype] = {"ours": metrics(ours, next_ids, reference),
+                                      "llama.cpp " + ftype.removeprefix("LLAMA_FTYPE_MOSTLY_"): metrics(peer, next_ids, reference)}
 
-    # ONNX in ONNX Runtime.
-    reference, _ = score(ort_logits(OUT / "onnx-f32" / "model.onnx", rows), rows)
-    f32 = metrics(reference, next_ids, reference)
-    results["onnx"]["f32 (ours)"] = f32
-    check(abs(f32["perplexity"] / golden - 1) < 1e-3, f"ORT on onnx-f32: perplexity {f32['perplexity']:.4f}, transformers {golden:.4f}")
-    for how in ["RTN", "default", "k-quant", "defaults, block 128", "dynamic int8"]:
-        target = work / f"ort-{how.replace(' ', '-')}.onnx"
-        ort_quantize(OUT / "onnx-f32" / "model.onnx", target, how)
-        peer, _ = score(ort_logits(target, rows), rows)
-        results["onnx"][f"ORT {how}"] = metrics(peer, next_ids, reference)
-    for name in ["onnx-int4", "onnx-int4-ort", "onnx-int8"]:
-        ours, _ = score(ort_logits(OUT / name / "model.onnx", rows), rows)
-        results["onnx"][f"{name} (ours)"] = metrics(ours, next_ids, reference)
+        # ONNX in ONNX Runtime.
+        reference, _ = score(ort_logits(OUT / "onnx-f32" / "model.onnx", rows), rows)
+        f32 = metrics(reference, next_ids, reference)
+        results["onnx"]["f32 (ours)"] = f32
+        check(abs(f32["perplexity"] / golden - 1) < 1e-3, f"ORT on onnx-f32: perplexity {f32['perplexity']:.4f}, transformers {golden:.4f}")
+        for how in ["RTN", "default", "k-quant", "defaults, block 128", "dynamic int8"]:
+            target = work / f"ort-{how.replace(' ', '-')}.onnx"
+            ort_quantize(OUT / "onnx-f32" / "model.onnx", target, how)
+            peer, _ = score(ort_logits(target, rows), rows)
+            results["onnx"][f"ORT {how}"] = metrics(peer, next_ids, reference)
+        for name in ["onnx-int4", "onnx-int4-ort", "onnx-int8"]:
+            ours, _ = score(ort_logits(OUT / name / "model.onnx", rows), rows)
+            results["onnx"][f"{name} (ours)"] = metrics(ours, next_ids, reference)
 
     (OUT / "quant-peers.json").write_text(json.dumps(results, indent=1) + "\n")
     model = "the merged model" if TEXT == "rust" else "the base model"
