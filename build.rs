@@ -26,17 +26,12 @@ const LAYER_ROLES: &[(&str, &str)] = &[
     ("down-proj", "DownProj"),
 ];
 
-const ALWAYS_REQUIRED_ROLES: &[&str] = &[
-    "input-norm",
-    "q-proj",
-    "k-proj",
-    "v-proj",
-    "o-proj",
-    "post-attention-norm",
-    "gate-proj",
-    "up-proj",
-    "down-proj",
-];
+const ALWAYS_REQUIRED_ROLES: &[&str] =
+    &["input-norm", "q-proj", "k-proj", "v-proj", "o-proj", "post-attention-norm"];
+
+/// The dense MLP: required unless every layer may route to experts (`[moe]`), where it names the
+/// layers config.json keeps dense, if the profile can have any.
+const DENSE_MLP_ROLES: &[&str] = &["gate-proj", "up-proj", "down-proj"];
 
 /// config.json fields `model::HfConfig` reads; `required-config` may only name these.
 const KNOWN_CONFIG_FIELDS: &[&str] = &[
@@ -224,6 +219,13 @@ fn check(file: &Path, p: &ProfileFile) {
         }
     }
     let mut required: Vec<&str> = ALWAYS_REQUIRED_ROLES.to_vec();
+    if p.moe.is_none() {
+        required.extend(DENSE_MLP_ROLES);
+    }
+    let dense_named = DENSE_MLP_ROLES.iter().filter(|r| p.tensors.layer.contains_key(**r)).count();
+    if dense_named != 0 && dense_named != DENSE_MLP_ROLES.len() {
+        fail(file, "tensors.layer: name all of gate-proj, up-proj and down-proj, or none");
+    }
     if p.qk_norm {
         required.extend(["q-norm", "k-norm"]);
     }
