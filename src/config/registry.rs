@@ -275,8 +275,9 @@ pub const SCHEMES: &[SchemeInfo] = &[
 ];
 
 impl Format {
+    /// Its row: `FORMATS` lists the formats in `Format::ALL`'s order (a test holds it so).
     pub fn info(self) -> &'static FormatInfo {
-        FORMATS.iter().find(|f| f.format == self).unwrap_or(&FORMATS[0])
+        &FORMATS[Format::ALL.iter().position(|f| *f == self).unwrap_or_default()]
     }
 
     /// Engines that can run an export of this format.
@@ -291,8 +292,9 @@ impl Format {
 }
 
 impl ExportDtype {
+    /// Its row: `SCHEMES` lists the dtypes in `ExportDtype::ALL`'s order (a test holds it so).
     pub fn scheme(self) -> &'static SchemeInfo {
-        SCHEMES.iter().find(|s| s.dtype == self).unwrap_or(&SCHEMES[0])
+        &SCHEMES[ExportDtype::ALL.iter().position(|d| *d == self).unwrap_or_default()]
     }
 
     /// The formats that write this dtype.
@@ -366,12 +368,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_format_and_dtype_has_one_row() {
-        for f in Format::ALL {
-            assert_eq!(FORMATS.iter().filter(|i| i.format == *f).count(), 1, "{f}");
-        }
+    fn every_format_and_dtype_has_its_row_in_order() {
+        assert_eq!(FORMATS.iter().map(|i| i.format).collect::<Vec<_>>(), Format::ALL);
+        assert_eq!(SCHEMES.iter().map(|s| s.dtype).collect::<Vec<_>>(), ExportDtype::ALL);
         for d in ExportDtype::ALL {
-            assert_eq!(SCHEMES.iter().filter(|s| s.dtype == *d).count(), 1, "{d}");
             assert!(!d.formats().is_empty(), "{d} is written by no format");
             // GGUF writes exactly the types that have llama.cpp names.
             assert_eq!(Format::Gguf.writes(*d), d.scheme().gguf.is_some(), "{d}");

@@ -149,27 +149,50 @@ impl HfConfig {
             Some(m) => Some(fields.moe(m, num_hidden_layers)?),
             None => None,
         };
-        let config = HfConfig {
-            path: path.to_path_buf(),
-            moe,
-            architectures: fields.string_list("architectures")?.unwrap_or_default(),
-            vocab_size: fields.required_usize("vocab_size", profile)?,
+        // Read in the order the fields are listed (the first bad one is the one named).
+        let architectures = fields.string_list("architectures")?.unwrap_or_default();
+        let vocab_size = fields.required_usize("vocab_size", profile)?;
+        let intermediate_size = fields.required_usize("intermediate_size", profile)?;
+        let max_position_embeddings =
+            fields.usize("max_position_embeddings")?.unwrap_or(defaults.max_position_embeddings as usize);
+        let rope_theta = match features.rope_theta {
+            Some(theta) => theta,
+            None => fields.float("rope_theta")?.unwrap_or(defaults.rope_theta),
+        };
+        let rms_norm_eps = fields.float("rms_norm_eps")?.unwrap_or(defaults.rms_norm_eps);
+        let tie_word_embeddings = fields.bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings);
+        let dims = Dims {
+            vocab_size,
             hidden_size,
-            intermediate_size: fields.required_usize("intermediate_size", profile)?,
+            intermediate_size,
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            max_position_embeddings: fields
-                .usize("max_position_embeddings")?
-                .unwrap_or(defaults.max_position_embeddings as usize),
-            rope_theta: match features.rope_theta {
-                Some(theta) => theta,
-                None => fields.float("rope_theta")?.unwrap_or(defaults.rope_theta),
-            },
+            max_position_embeddings,
+            rope_theta,
+            rope_scaling: &features.rope_scaling,
+            rms_norm_eps,
+            tie_word_embeddings,
+            moe: moe.as_ref(),
+        };
+        let decoder = Arc::new(DecoderDesc::new(profile, dims)?);
+        let config = HfConfig {
+            path: path.to_path_buf(),
+            moe,
+            architectures,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings,
+            rope_theta,
             rope_scaling: features.rope_scaling,
-            rms_norm_eps: fields.float("rms_norm_eps")?.unwrap_or(defaults.rms_norm_eps),
-            tie_word_embeddings: fields.bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings),
+            rms_norm_eps,
+            tie_word_embeddings,
             torch_dtype: match fields.string("torch_dtype")? {
                 Some(d) => Some(d),
                 None => fields.string("dtype")?,
@@ -179,29 +202,9 @@ impl HfConfig {
             pad_token_id: fields.optional_token_id("pad_token_id")?,
             model_type,
             raw: raw.clone(),
-            decoder: Arc::new(DecoderDesc::pending(profile)),
+            decoder,
         };
-        let decoder = Arc::new(DecoderDesc::new(profile, config.dims())?);
-        Ok((HfConfig { decoder, ..config }, profile))
-    }
-
-    /// The figures the decoder's description is made of.
-    fn dims(&self) -> Dims<'_> {
-        Dims {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads,
-            head_dim: self.head_dim,
-            max_position_embeddings: self.max_position_embeddings,
-            rope_theta: self.rope_theta,
-            rope_scaling: &self.rope_scaling,
-            rms_norm_eps: self.rms_norm_eps,
-            tie_word_embeddings: self.tie_word_embeddings,
-            moe: self.moe.as_ref(),
-        }
+        Ok((config, profile))
     }
 
     /// What the RoPE tables are computed from.

@@ -122,8 +122,6 @@ pub struct MoeDesc {
     pub experts: Vec<SwiGluDesc>,
     pub top_k: usize,
     pub norm_topk_prob: bool,
-    /// llama.cpp's stacked [experts, rows, cols] tensors: gate, up, down.
-    pub gguf_stacks: [String; 3],
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -144,7 +142,6 @@ pub struct LayerDesc {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DecoderDesc {
-    pub profile: &'static str,
     pub vocab: usize,
     pub hidden: usize,
     pub max_positions: usize,
@@ -318,7 +315,6 @@ impl DecoderDesc {
         layer_of.resize(order.len(), None);
         let index = order.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(DecoderDesc {
-            profile: profile.name,
             vocab: config.vocab_size,
             hidden,
             max_positions: config.max_position_embeddings,
@@ -380,32 +376,6 @@ impl DecoderDesc {
     }
 }
 
-impl DecoderDesc {
-    /// A description with no tensors, for the moment between reading config.json's fields and
-    /// describing the decoder they make (`HfConfig::parse`).
-    pub(super) fn pending(profile: &'static Profile) -> Self {
-        let nothing =
-            TensorDesc { name: String::new(), gguf: String::new(), shape: Vec::new(), role: Role::Norm };
-        DecoderDesc {
-            profile: profile.name,
-            vocab: 0,
-            hidden: 0,
-            max_positions: 0,
-            heads: 0,
-            kv_heads: 0,
-            head_dim: 0,
-            embedding: nothing.clone(),
-            tied: false,
-            layers: Vec::new(),
-            final_norm: NormDesc { kind: NormKind::Rms, eps: 0.0, weight: nothing.clone() },
-            head: nothing,
-            index: HashMap::new(),
-            order: Vec::new(),
-            layer_of: Vec::new(),
-        }
-    }
-}
-
 /// The router and experts of MoE layer `layer`, and their tensors in the order the GGUF writer
 /// stacks them: the router, every expert's gate, every expert's up, every expert's down.
 fn describe_moe(
@@ -444,13 +414,8 @@ fn describe_moe(
     order.extend(experts.iter().map(|x| x.gate.weight.clone()));
     order.extend(experts.iter().map(|x| x.up.weight.clone()));
     order.extend(experts.iter().map(|x| x.down.weight.clone()));
-    let desc = MoeDesc {
-        router: linear(router),
-        experts,
-        top_k: moe.top_k,
-        norm_topk_prob: moe.norm_topk_prob,
-        gguf_stacks: stacks,
-    };
+    let desc =
+        MoeDesc { router: linear(router), experts, top_k: moe.top_k, norm_topk_prob: moe.norm_topk_prob };
     (desc, order)
 }
 

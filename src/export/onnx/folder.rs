@@ -381,13 +381,13 @@ fn write_onnx_folder_as(
     let mut plan = plan_merge(weights, adapter)?;
     let config = &weights.config;
     let decoder = &config.decoder;
-    let names = &weights.profile.tensors;
-    let has_head = plan.tensors.iter().any(|t| t.name == names.lm_head);
+    let (embed_name, head_name) = (decoder.embedding.name.as_str(), decoder.head.name.as_str());
+    let has_head = plan.tensors.iter().any(|t| t.name == head_name);
     if options.scheme().is_some() && options.quant.head && !has_head {
         // A tied head is quantized as a copy; the embedding table stays f16 for the lookup.
-        if let Some(embed) = plan.tensors.iter().find(|t| t.name == names.embed) {
+        if let Some(embed) = plan.tensors.iter().find(|t| t.name == embed_name) {
             let mut copy = embed.clone();
-            copy.name = names.lm_head.to_string();
+            copy.name = head_name.to_string();
             plan.tensors.push(copy);
         }
     }
@@ -456,7 +456,7 @@ fn write_onnx_folder_as(
     for (p, data) in placed {
         graph.initializer(&p.name, p.elem, &p.dims, data);
     }
-    let head = if plan.tensors.iter().any(|t| t.name == names.lm_head) { names.lm_head } else { names.embed };
+    let head = if plan.tensors.iter().any(|t| t.name == head_name) { head_name } else { embed_name };
     let weight = |name: &str| forms.get(name).cloned().unwrap_or(WeightForm::Float(Elem::F32));
     let spec = DecoderSpec {
         config,
