@@ -124,7 +124,7 @@ pub fn bench_export(
                 dtype,
                 target,
                 spec.options.symmetric.unwrap_or(false),
-                base.config.decoder.moe_layers().next().is_some(),
+                base.config.decoder.has_experts(),
             )
         {
             tracing::warn!("{} is not benchmarked in tract: {why}", spec.name);

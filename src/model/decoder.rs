@@ -346,6 +346,11 @@ impl DecoderDesc {
         })
     }
 
+    /// Whether any layer routes to experts.
+    pub fn has_experts(&self) -> bool {
+        self.moe_layers().next().is_some()
+    }
+
     /// The mixture-of-experts blocks of the layers that have one.
     pub fn moe_layers(&self) -> impl Iterator<Item = &MoeDesc> {
         self.layers.iter().filter_map(|l| match &l.mlp {

@@ -302,7 +302,7 @@ pub fn validate_export(
     // The engines run after the reference: the adapter is no longer mapped.
     let parts = crate::memory::ModelParts::of(base, 0);
     let export_bytes = folder_bytes(dir);
-    let experts = base.config.decoder.moe_layers().next().is_some();
+    let experts = base.config.decoder.has_experts();
     let tract_unsupported =
         tract_engine::unsupported(dtype, target, spec.options.symmetric.unwrap_or(false), experts);
     // The reference's text scores stay held while each engine runs.

@@ -275,7 +275,7 @@ pub fn check_exported(
     let (layers, kv, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
     let mut checked = Vec::new();
     let skipped = |engine: Engine| skip.iter().find(|(e, _)| *e == engine).map(|(_, why)| why.as_str());
-    let experts = c.decoder.moe_layers().next().is_some();
+    let experts = c.decoder.has_experts();
     let tract_skip = tract_engine::unsupported(dtype, target, symmetric, experts).or(skipped(Engine::Tract));
     match tract_skip {
         Some(why) => tracing::info!("not checked in tract: {why}"),
