@@ -131,14 +131,18 @@ impl RopeSpec<'_> {
         let mut cos = Vec::with_capacity(positions * self.dim);
         let mut sin = Vec::with_capacity(positions * self.dim);
         for p in 0..positions {
+            let start = cos.len();
             push_position(p as f32, &inv_freq, attention, &mut cos, &mut sin);
+            cos.extend_from_within(start..);
+            sin.extend_from_within(start..);
         }
         (cos, sin)
     }
 }
 
-/// Appends one position's cos and sin rows ([2 · inv_freq.len()] each), as transformers'
-/// rotary embedding computes them: `emb = cat(freqs, freqs)`, `cos(emb) * attention_factor`.
+/// Appends one position's cos and sin rows ([inv_freq.len()] each), as transformers' rotary
+/// embedding computes them, `cos(freqs) * attention_factor`: its `emb = cat(freqs, freqs)`
+/// repeats them for the second half of the head, which a rotation reads from the same entries.
 pub fn push_position(
     position: f32,
     inv_freq: &[f32],
@@ -146,12 +150,10 @@ pub fn push_position(
     cos: &mut Vec<f32>,
     sin: &mut Vec<f32>,
 ) {
-    for _ in 0..2 {
-        for f in inv_freq {
-            let angle = position * f;
-            cos.push(angle.cos() * attention);
-            sin.push(angle.sin() * attention);
-        }
+    for f in inv_freq {
+        let angle = position * f;
+        cos.push(angle.cos() * attention);
+        sin.push(angle.sin() * attention);
     }
 }
 

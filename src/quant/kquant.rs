@@ -7,7 +7,7 @@ use rayon::prelude::*;
 /// (exact for |x| < 2^22, which every use here is; `round_ties_even` is a libm call on x86-64
 /// without SSE4.1 and dominated the search).
 #[inline(always)]
-pub(super) fn nearest(x: f32) -> i32 {
+pub(crate) fn nearest(x: f32) -> i32 {
     let shifted = x + 12_582_912.0;
     (shifted.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }

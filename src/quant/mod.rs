@@ -17,7 +17,7 @@
 pub mod blocks;
 pub mod ggml;
 pub mod int8;
-mod kquant;
+pub(crate) mod kquant;
 pub mod q4k;
 pub mod q6k;
 pub mod report;

@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use std::sync::Arc;
+
 use candle_core::{DType, Device};
 use serde_json::json;
 
+use super::kernels::{BlockMatrix, Format, Storage};
 use super::reference::{ReferenceModel, StreamedModel, Weight};
 use crate::error::{Error, ModelError, RuntimeError};
 use crate::gguf_constants::{
@@ -135,14 +138,14 @@ impl GgufFile {
         self.content.tensor_infos.values().map(|t| block_bytes(t.ggml_dtype, t.shape.elem_count())).sum()
     }
 
-    /// Bytes the loaded model holds: the file's tensors, plus the f16 copy of a quantized
-    /// embedding table made for the lookup.
+    /// Bytes the loaded model holds: the file's tensors (mapped, not copied), plus an f16 copy
+    /// of a quantized embedding table in a format our kernels do not read, made for the lookup.
     pub fn resident_bytes(&self) -> u64 {
         let expanded = self
             .content
             .tensor_infos
             .get(&self.config.decoder.embedding.gguf)
-            .filter(|t| is_blocks(t.ggml_dtype))
+            .filter(|t| is_blocks(t.ggml_dtype) && Format::of(t.ggml_dtype).is_none())
             .map_or(0, |t| 2 * t.shape.elem_count() as u64);
         self.tensor_bytes() + expanded
     }
@@ -152,75 +155,132 @@ impl GgufFile {
         crate::gguf_constants::count_types(self.content.tensor_infos.values().map(|t| t.ggml_dtype))
     }
 
-    /// The model on `device`: f32/f16/bf16 tensors stay in their type,
-    /// block-quantized matrices multiply as `QMatMul`; a quantized embedding table is expanded
-    /// to f16 for the lookup (a tied head keeps multiplying in the blocks, as llama.cpp does).
+    /// The model on `device`: f32/f16/bf16 tensors stay in their type; on the CPU, block
+    /// matrices in q8_0, q4_0, q5_0, q4_k and q6_k are multiplied in the file's memory map by
+    /// our kernels (the embedding's rows dequantized on lookup, a tied head multiplying the same
+    /// bytes); other formats and devices multiply as candle `QMatMul`s, with a quantized
+    /// embedding table expanded to f16 for the lookup.
     pub fn load(&self, device: &Device) -> Result<ReferenceModel, Error> {
-        let source = self.weight_source(device, false)?;
+        let source = self.weight_source(device, true)?;
         Ok(ReferenceModel::assemble_from(&self.config, &self.path, device, &mut |hf| source(hf))?)
     }
 
     /// The same model read one layer at a time on every forward pass (CPU): each layer's blocks
-    /// are read, multiplied (candle's kernels, with the repacked copy they make) and released,
-    /// so validation holds one layer, the f16 embedding or the head instead of the whole file.
+    /// are read, multiplied and released, so validation holds one layer, the embedding or the
+    /// head instead of the whole file.
     pub fn streamed(&self) -> Result<StreamedModel<'_>, Error> {
-        let source = self.weight_source(&Device::Cpu, true)?;
+        let source = self.weight_source(&Device::Cpu, false)?;
         Ok(StreamedModel::from_parts(&self.config, &self.path, Box::new(source)))
     }
 
+    /// Where tensor `name` (or expert `e`'s slice of a stacked [experts, rows, cols] one: each
+    /// expert's blocks are contiguous) lies in the file: absolute offset, bytes, shape.
+    fn locate(&self, name: &str, expert: Option<usize>) -> Result<(u64, usize, Vec<usize>), RuntimeError> {
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| RuntimeError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let start = self.content.tensor_data_offset + info.offset;
+        let Some(e) = expert else {
+            let bytes = block_bytes(info.ggml_dtype, info.shape.elem_count()) as usize;
+            return Ok((start, bytes, info.shape.dims().to_vec()));
+        };
+        let Some((&experts, inner)) = info.shape.dims().split_first().filter(|(_, inner)| inner.len() == 2)
+        else {
+            return Err(RuntimeError::Unsupported {
+                message: format!(
+                    "{}: `{name}` has shape {:?}, not the [experts, rows, cols] of a stack",
+                    self.path.display(),
+                    info.shape.dims()
+                ),
+            });
+        };
+        if e >= experts {
+            return Err(RuntimeError::Unsupported {
+                message: format!("`{name}` stacks {experts} experts; expert {e} is not in it"),
+            });
+        }
+        let bytes = block_bytes(info.ggml_dtype, inner.iter().product()) as usize;
+        Ok((start + (e * bytes) as u64, bytes, inner.to_vec()))
+    }
+
     /// A weight by its Hugging Face name, read from the file each time it is asked for.
-    /// `embedding_blocks`: a quantized embedding stays in its blocks (rows expanded on lookup)
-    /// instead of an f16 copy.
+    /// `mapped`: blocks our kernels read stay in a memory map of the file (a resident model);
+    /// otherwise they are read into memory (a streamed model, which releases them).
     fn weight_source(
         &self,
         device: &Device,
-        embedding_blocks: bool,
+        mapped: bool,
     ) -> Result<impl Fn(&str) -> Result<Option<Weight>, RuntimeError> + '_, Error> {
         let reader = std::cell::RefCell::new(open(&self.path)?);
+        let map = if mapped && device.is_cpu() {
+            let file = File::open(&self.path)
+                .map_err(|source| ModelError::Io { path: self.path.clone(), source })?;
+            // Safety: the file is only read; a file changed under a running model is the
+            // caller's to avoid, as for every mmapped weight file (safetensors alike).
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|source| ModelError::Io { path: self.path.clone(), source })?;
+            Some(Arc::new(map))
+        } else {
+            None
+        };
         let decoder = &self.config.decoder;
         let (hf_embed, hf_head) = (decoder.embedding.name.as_str(), decoder.head.name.as_str());
         let embed = decoder.embedding.gguf.as_str();
-        let tied_quantized_head = self.config.tie_word_embeddings
-            && self.content.tensor_infos.get(embed).is_some_and(|t| is_blocks(t.ggml_dtype));
+        let embed_type = self.content.tensor_infos.get(embed).map(|t| t.ggml_dtype);
+        let cpu = device.is_cpu();
+        let kernels_read = move |dtype: GgmlDType| cpu && Format::of(dtype).is_some();
+        // A tied head multiplies the embedding's blocks: in our kernels it is the same matrix
+        // (the assembly shares it); for candle it is a second, quantized reading of the table.
+        let candle_tied_head =
+            self.config.tie_word_embeddings && embed_type.is_some_and(|t| is_blocks(t) && !kernels_read(t));
         let device = device.clone();
-        // A whole tensor, or expert `e`'s slice of a stacked [experts, rows, cols] one (each
-        // expert's blocks are contiguous, so only its bytes are read).
-        let read = move |name: &str, expert: Option<usize>| -> Result<QTensor, RuntimeError> {
-            let Some(e) = expert else {
-                return Ok(self.content.tensor(&mut *reader.borrow_mut(), name, &device)?);
-            };
-            let info = &self.content.tensor_infos[name];
-            let Some((&experts, inner)) =
-                info.shape.dims().split_first().filter(|(_, inner)| inner.len() == 2)
-            else {
-                return Err(RuntimeError::Unsupported {
-                    message: format!(
-                        "{}: `{name}` has shape {:?}, not the [experts, rows, cols] of a stack",
-                        self.path.display(),
-                        info.shape.dims()
-                    ),
-                });
-            };
-            let bytes = block_bytes(info.ggml_dtype, inner.iter().product()) as usize;
-            if e >= experts {
-                return Err(RuntimeError::Unsupported {
-                    message: format!("`{name}` stacks {experts} experts; expert {e} is not in it"),
-                });
-            }
-            let mut data = vec![0u8; bytes];
-            let start = self.content.tensor_data_offset + info.offset + (e * bytes) as u64;
+        let read_bytes = move |start: u64, len: usize, name: &str| -> Result<Vec<u8>, RuntimeError> {
+            let mut data = vec![0u8; len];
             let mut file = reader.borrow_mut();
             file.seek(SeekFrom::Start(start)).and_then(|_| file.read_exact(&mut data)).map_err(|source| {
                 RuntimeError::Unsupported {
                     message: format!("{}: reading `{name}`: {source}", self.path.display()),
                 }
             })?;
-            let storage = QStorage::from_data(std::borrow::Cow::Owned(data), &device, info.ggml_dtype)?;
-            Ok(QTensor::new(storage, inner)?)
+            Ok(data)
+        };
+        let read = move |name: &str,
+                         expert: Option<usize>|
+              -> Result<(GgmlDType, Vec<usize>, Storage), RuntimeError> {
+            let (start, len, dims) = self.locate(name, expert)?;
+            let dtype = self.content.tensor_infos[name].ggml_dtype;
+            let storage = match &map {
+                Some(map) if kernels_read(dtype) => {
+                    let start =
+                        usize::try_from(start).ok().filter(|s| s + len <= map.len()).ok_or_else(|| {
+                            RuntimeError::Unsupported {
+                                message: format!(
+                                    "{}: `{name}` lies beyond the end of the file",
+                                    self.path.display()
+                                ),
+                            }
+                        })?;
+                    Storage::Mapped { map: map.clone(), start, len }
+                }
+                _ => Storage::Owned(read_bytes(start, len, name)?),
+            };
+            Ok((dtype, dims, storage))
+        };
+        let candle = move |dtype: GgmlDType,
+                           dims: &[usize],
+                           storage: Storage|
+              -> Result<QTensor, RuntimeError> {
+            let Storage::Owned(data) = storage else {
+                return Err(RuntimeError::Unsupported { message: "a mapped tensor handed to candle".into() });
+            };
+            let storage = QStorage::from_data(std::borrow::Cow::Owned(data), &device, dtype)?;
+            Ok(QTensor::new(storage, dims)?)
         };
         Ok(move |hf: &str| -> Result<Option<Weight>, RuntimeError> {
-            if hf == hf_head && tied_quantized_head {
-                return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(read(embed, None)?)?)));
+            if hf == hf_head && candle_tied_head {
+                let (dtype, dims, storage) = read(embed, None)?;
+                return Ok(Some(Weight::Quantized(QMatMul::from_qtensor(candle(dtype, &dims, storage)?)?)));
             }
             let Some(described) =
                 decoder.tensor(hf).filter(|t| self.content.tensor_infos.contains_key(&t.gguf))
@@ -231,13 +291,24 @@ impl GgufFile {
                 Role::Expert { expert, .. } => Some(expert),
                 _ => None,
             };
-            let q = read(&described.gguf, expert)?;
+            let (dtype, dims, storage) = read(&described.gguf, expert)?;
+            if let (Some(format), [rows, cols]) =
+                (Format::of(dtype).filter(|_| kernels_read(dtype)), dims.as_slice())
+            {
+                let matrix = BlockMatrix::new(format, *rows, *cols, storage).map_err(|e| {
+                    RuntimeError::Unsupported {
+                        message: format!("{}: `{}`: {e}", self.path.display(), described.gguf),
+                    }
+                })?;
+                return Ok(Some(Weight::Blocks(Arc::new(matrix))));
+            }
+            let q = candle(dtype, &dims, storage)?;
             let device = q.device();
             Ok(Some(match q.dtype() {
                 GgmlDType::F32 => Weight::Dense(q.dequantize(&device)?),
                 GgmlDType::F16 => Weight::Dense(q.dequantize_f16(&device)?),
                 GgmlDType::BF16 => Weight::Dense(q.dequantize(&device)?.to_dtype(DType::BF16)?),
-                _ if hf == hf_embed && embedding_blocks => Weight::Quantized(QMatMul::from_qtensor(q)?),
+                _ if hf == hf_embed && !mapped => Weight::Quantized(QMatMul::from_qtensor(q)?),
                 _ if hf == hf_embed || q.rank() < 2 => Weight::Dense(q.dequantize_f16(&device)?),
                 dtype if !candle_multiplies(dtype, q.shape().dims().last().copied().unwrap_or(0)) => {
                     Weight::Dense(q.dequantize_f16(&device)?)

@@ -2,17 +2,22 @@
 //! quantized blocks, or a base with an unmerged LoRA branch), a projection with its bias, and
 //! the SwiGLU MLP the dense layers and every expert compute.
 
+use std::sync::Arc;
+
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
+use super::kernels::BlockMatrix;
 use crate::error::RuntimeError;
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
-/// A weight as the model holds it: a dense tensor (f32, f16 or bf16), quantized blocks, or an
-/// f32 base weight with a LoRA side branch that is not merged into it.
+/// A weight as the model holds it: a dense tensor (f32, f16 or bf16), ggml blocks multiplied by
+/// our kernels (CPU) or by candle's (`QMatMul`: other devices, other formats), or an f32 base
+/// weight with a LoRA side branch that is not merged into it.
 pub enum Weight {
     Dense(Tensor),
+    Blocks(Arc<BlockMatrix>),
     Quantized(QMatMul),
     Adapted { base: Tensor, lora: LoraBranch },
 }
@@ -51,6 +56,11 @@ impl Weight {
         Ok(match self {
             Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
             Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
+            Weight::Blocks(m) => {
+                let (n, _) = x.dims2()?;
+                let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul_t(&values, n), (n, m.rows()), x.device())?
+            }
             Weight::Quantized(q) => q.forward(x)?,
             Weight::Adapted { base, lora } => {
                 let y = (x.matmul(&base.t()?)? + lora.delta(x)?)?;

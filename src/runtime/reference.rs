@@ -6,13 +6,15 @@
 //! weights, on any candle device; activations stay f32 either way.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use super::attention::{LayerCache, Shape};
 use super::batch::Batch;
 use crate::error::RuntimeError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::kernels::BlockMatrix;
 use super::linear::{Linear, SwiGlu};
 pub use super::linear::{LoraBranch, Weight};
 use super::moe::Moe;
@@ -47,16 +49,20 @@ pub struct Embedding {
 
 enum Table {
     Dense(Tensor),
-    /// A GGUF file's blocks, of which only the looked-up rows are expanded (a streamed model's
-    /// embedding, instead of an f16 copy of the whole table on every pass).
-    Blocks(std::sync::Arc<candle_core::quantized::QTensor>),
+    /// Blocks our kernels read: the looked-up rows are dequantized to f32 (as llama.cpp's
+    /// `get_rows`), and a tied head multiplies the same bytes.
+    Blocks(Arc<BlockMatrix>),
+    /// Blocks in a format only candle multiplies: the looked-up rows are expanded, rounded
+    /// through f16 as the resident model's f16 copy of such a table is.
+    Candle(Arc<candle_core::quantized::QTensor>),
 }
 
 impl Table {
     fn as_head(&self) -> Weight {
         match self {
             Table::Dense(t) => Weight::Dense(t.clone()),
-            Table::Blocks(q) => Weight::Quantized(QMatMul::QTensor(q.clone())),
+            Table::Blocks(m) => Weight::Blocks(m.clone()),
+            Table::Candle(q) => Weight::Quantized(QMatMul::QTensor(q.clone())),
         }
     }
 }
@@ -66,8 +72,23 @@ impl Embedding {
     fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
         let x = match &self.table {
             Table::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
-            // Rounded through f16 as the resident model's f16 copy of the table is.
-            Table::Blocks(q) => q.embedding(ids)?.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+            Table::Blocks(m) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let mut rows = vec![0f32; ids.len() * m.cols()];
+                for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(m.cols())) {
+                    if id as usize >= m.rows() {
+                        return Err(RuntimeError::Input {
+                            message: format!(
+                                "token id {id} is outside the embedding table ({} rows)",
+                                m.rows()
+                            ),
+                        });
+                    }
+                    m.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(rows, (ids.len(), m.cols()), &Device::Cpu)?
+            }
+            Table::Candle(q) => q.embedding(ids)?.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
         };
         Ok(match &self.lora {
             // peft: embedding(ids, Aᵀ) @ Bᵀ · s
@@ -94,15 +115,55 @@ trait Parts {
     fn head<R>(&self, run: impl FnOnce(&Head) -> Result<R>) -> Result<R>;
 }
 
-/// Keys and values of every layer for the tokens seen so far: [batch, kv_heads, past, head_dim].
+/// Keys and values of every layer for the tokens seen so far, in buffers [batch, kv_heads,
+/// capacity, head_dim] written in place (a step copies only its own tokens in; the buffers
+/// double when full), of which the first `len` positions are filled.
+/// On the CPU the buffers are plain ones the attention reads in place (see `attention`).
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
+    host: Vec<LayerCache>,
+    len: usize,
 }
 
 impl KvCache {
     pub fn past_len(&self) -> usize {
-        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+        self.len
+    }
+
+    /// Layer `layer`'s CPU buffers.
+    fn host(&mut self, layer: usize) -> &mut LayerCache {
+        if self.host.len() <= layer {
+            self.host.resize_with(layer + 1, LayerCache::default);
+        }
+        &mut self.host[layer]
+    }
+
+    /// Writes layer `layer`'s new keys and values ([batch, kv_heads, new, head_dim]) after the
+    /// `past` cached ones and returns views of all `past + new`.
+    fn store(&mut self, layer: usize, past: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kvh, s, d) = k.dims4()?;
+        let needed = past + s;
+        let buffer = |capacity: usize, old: Option<&Tensor>| -> Result<Tensor> {
+            let t = Tensor::zeros((b, kvh, capacity, d), k.dtype(), k.device())?;
+            if let Some(old) = old.filter(|_| past > 0) {
+                t.slice_set(&old.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+            }
+            Ok(t)
+        };
+        if self.layers.len() <= layer {
+            let capacity = needed.next_multiple_of(64);
+            self.layers.push((buffer(capacity, None)?, buffer(capacity, None)?));
+        }
+        let (keys, values) = &mut self.layers[layer];
+        if keys.dim(2)? < needed {
+            let capacity = needed.max(2 * keys.dim(2)?).next_multiple_of(64);
+            *keys = buffer(capacity, Some(keys))?;
+            *values = buffer(capacity, Some(values))?;
+        }
+        keys.slice_set(&k.contiguous()?, 2, past)?;
+        values.slice_set(&v.contiguous()?, 2, past)?;
+        Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
     }
 }
 
@@ -150,17 +211,9 @@ pub struct StreamedModel<'a> {
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    // transformers: x * rsqrt(mean(x^2) + eps) * weight, in f32.
-    let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_mul(&(variance + eps)?.sqrt()?.recip()?)?.broadcast_mul(weight)?)
-}
-
-/// `rotate_half`: [x1, x2] -> [-x2, x1] over the last dimension.
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+    // transformers: x * rsqrt(mean(x^2) + eps) * weight, in f32; candle's fused op computes
+    // x / sqrt(mean(x^2) + eps) * weight (within an ulp of it) in one pass instead of seven.
+    Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?)
 }
 
 /// A dense weight (norms, biases, the embedding table) on `device`.
@@ -168,11 +221,13 @@ fn dense(take: &mut TakeWeight<'_>, name: &str, device: &Device) -> Result<Optio
     match take(name)? {
         None => Ok(None),
         Some(Weight::Dense(t)) => Ok(Some(t.to_device(device)?)),
-        Some(Weight::Quantized(_) | Weight::Adapted { .. }) => Err(RuntimeError::Unsupported {
-            message: format!(
-                "tensor `{name}` must be dense (norms, biases and embeddings are not quantized or adapted)"
-            ),
-        }),
+        Some(Weight::Blocks(_) | Weight::Quantized(_) | Weight::Adapted { .. }) => {
+            Err(RuntimeError::Unsupported {
+                message: format!(
+                    "tensor `{name}` must be dense (norms, biases and embeddings are not quantized or adapted)"
+                ),
+            })
+        }
     }
 }
 
@@ -257,8 +312,9 @@ impl Assembly<'_> {
             Some(Weight::Dense(t)) => {
                 Ok(Embedding { table: Table::Dense(t.to_device(self.device)?), lora: None })
             }
+            Some(Weight::Blocks(m)) => Ok(Embedding { table: Table::Blocks(m), lora: None }),
             Some(Weight::Quantized(QMatMul::QTensor(q))) => {
-                Ok(Embedding { table: Table::Blocks(q), lora: None })
+                Ok(Embedding { table: Table::Candle(q), lora: None })
             }
             // candle dequantized it already (CANDLE_DEQUANTIZE_ALL).
             Some(Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => {
@@ -319,10 +375,11 @@ impl Arch {
         }
     }
 
-    /// cos and sin for `positions` ([batch, seq]): [batch, 1, seq, head_dim].
+    /// cos and sin for `positions` ([batch, seq]): [batch, seq, head_dim / 2], the angles
+    /// both halves of a head are rotated by.
     fn rope(&self, positions: &[Vec<i64>]) -> Result<(Tensor, Tensor)> {
         let (b, s) = (positions.len(), positions.first().map_or(0, Vec::len));
-        let d = self.head_dim;
+        let d = self.head_dim / 2;
         let mut cos = Vec::with_capacity(b * s * d);
         let mut sin = Vec::with_capacity(b * s * d);
         for &p in positions.iter().flatten() {
@@ -334,13 +391,13 @@ impl Arch {
                 &mut sin,
             );
         }
-        let shape = (b, 1, s, d);
+        let shape = (b, s, d);
         Ok((Tensor::from_vec(cos, shape, &self.device)?, Tensor::from_vec(sin, shape, &self.device)?))
     }
 
-    /// Additive mask [batch, 1, seq, past + seq]: key j is visible to query i when it is a real
+    /// Additive mask [batch, seq, past + seq]: key j is visible to query i when it is a real
     /// token and not in the future. A finite fill keeps fully padded rows free of NaN.
-    fn mask(&self, attention_mask: &[Vec<i64>], past: usize, seq: usize) -> Result<Tensor> {
+    fn mask(&self, attention_mask: &[Vec<i64>], past: usize, seq: usize) -> Vec<f32> {
         let total = past + seq;
         let mut values = Vec::with_capacity(attention_mask.len() * seq * total);
         for row in attention_mask {
@@ -350,7 +407,7 @@ impl Arch {
                 }
             }
         }
-        Ok(Tensor::from_vec(values, (attention_mask.len(), 1, seq, total), &self.device)?)
+        values
     }
 
     /// Logits for every position of `batch` ([batch, seq, vocab]), or of the last one only
@@ -380,10 +437,13 @@ impl Arch {
         let ids = Tensor::from_vec(ids, b * s, &self.device)?;
         let mut x = parts.embedding(|e| e.lookup(&ids))?.reshape((b, s, ()))?;
         let (cos, sin) = self.rope(&batch.position_ids)?;
-        let mask = self.mask(&batch.attention_mask, past, s)?;
+        let mask = self.mask(&batch.attention_mask, past, s);
+        let host = self.device.is_cpu();
+        let mask_tensor =
+            if host { None } else { Some(Tensor::from_slice(&mask, (b, 1, 1, s, past + s), &self.device)?) };
+        let shape = Shape { batch: b, heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim };
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
-        let fresh = cache.layers.is_empty();
         for i in 0..layer_count {
             x = parts.layer(i, |layer| {
                 let normed = rms_norm(&x, &layer.input_norm, self.eps)?.reshape((b * s, ()))?;
@@ -398,29 +458,34 @@ impl Arch {
                 let q = heads(layer.q.forward(&normed)?, h, &layer.q_norm)?;
                 let k = heads(layer.k.forward(&normed)?, kvh, &layer.k_norm)?;
                 let v = heads(layer.v.forward(&normed)?, kvh, &None)?;
-                let q = (q.broadcast_mul(&cos)? + rotate_half(&q)?.broadcast_mul(&sin)?)?;
-                let k = (k.broadcast_mul(&cos)? + rotate_half(&k)?.broadcast_mul(&sin)?)?;
-                let (k, v) = if fresh {
-                    (k, v)
-                } else {
-                    let (pk, pv) = &cache.layers[i];
-                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                // [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]: transformers' q * cos +
+                // rotate_half(q) * sin, in one pass (the same products and sums).
+                let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+                let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+                let attn = match &mask_tensor {
+                    None => {
+                        let values =
+                            |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+                        let layer_cache = cache.host(i);
+                        layer_cache.store(shape, past, &values(&k)?, &values(&v)?);
+                        let out = layer_cache.attend(shape, past + s, &values(&q)?, &mask, scale as f32);
+                        Tensor::from_vec(out, (b * s, h * d), &self.device)?
+                    }
+                    Some(mask) => {
+                        let (k, v) = cache.store(i, past, &k, &v)?;
+                        // GQA: query head n reads kv head n / (h / kvh), as transformers'
+                        // repeat_kv does; the query heads of one kv head are multiplied as one
+                        // [rep · s] block, so the keys and values are never repeated.
+                        let (rep, total) = (h / kvh, past + s);
+                        let grouped = q.reshape((b, kvh, rep * s, d))?;
+                        let scores = (grouped.matmul(&k.t()?)? * scale)?
+                            .reshape((b, kvh, rep, s, total))?
+                            .broadcast_add(mask)?;
+                        let probs =
+                            candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * s, total))?;
+                        probs.matmul(&v)?.reshape((b, h, s, d))?.transpose(1, 2)?.reshape((b * s, h * d))?
+                    }
                 };
-                if fresh {
-                    cache.layers.push((k.clone(), v.clone()));
-                } else {
-                    cache.layers[i] = (k.clone(), v.clone());
-                }
-                // GQA: query head n reads kv head n / (h / kvh), as transformers' repeat_kv does.
-                let rep = h / kvh;
-                let expand = |t: &Tensor| -> Result<Tensor> {
-                    let (bb, _, t_len, dd) = t.dims4()?;
-                    Ok(t.unsqueeze(2)?.expand((bb, kvh, rep, t_len, dd))?.reshape((bb, h, t_len, dd))?)
-                };
-                let (k, v) = (expand(&k)?, expand(&v)?);
-                let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                let attn = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b * s, h * d))?;
                 let x = (&x + layer.o.forward(&attn)?.reshape((b, s, ()))?)?;
                 let normed = rms_norm(&x, &layer.post_norm, self.eps)?.reshape((b * s, ()))?;
                 let mlp = match &layer.mlp {
@@ -430,6 +495,7 @@ impl Arch {
                 Ok((x + mlp.reshape((b, s, ()))?)?)
             })?;
         }
+        cache.len = past + s;
         let (x, s) = if last_only { (x.narrow(1, s - 1, 1)?, 1) } else { (x, s) };
         let logits = parts.head(|head| {
             let x = rms_norm(&x, &head.norm, self.eps)?.reshape((b * s, ()))?;
