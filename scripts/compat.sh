@@ -107,6 +107,17 @@ if $llama; then
     prompts='["Hello", "用一句话解释LoRA"]'
     validated "$work/small-llama" "$work/small-base" "$work/small-run" "$prompts"
     "$venv/bin/python" scripts/compat_llama.py "$work/small-llama/out" "$work/small-base" "$prompts"
+    # bench measures llama.cpp on the same file beside our engine (scripts/llama_peer.py).
+    case $venv in /*) peer_python="$venv/bin/python" ;; *) peer_python="$PWD/$venv/bin/python" ;; esac
+    (cd "$work/small-llama" && LLAMA_CPP_PYTHON="$peer_python" "$bin" bench --export gguf-q4_k \
+        --prompt-tokens 8 --decode-tokens 4 --warmup 0 --repetitions 1 --message-format json) > "$work/bench.json"
+    "$venv/bin/python" -c '
+import json, sys
+row = json.load(open(sys.argv[1]))[0]
+peer = row["llama_cpp"]
+assert peer and peer["decode_ms_per_token"]["median"] > 0, row
+print(f"compat: bench beside {peer[\"engine\"]}: ours {row[\"decode_ms_per_token\"][\"median\"]:.2f} ms/token, llama.cpp {peer[\"decode_ms_per_token\"][\"median\"]:.2f}")
+' "$work/bench.json"
 fi
 
 if $llama; then

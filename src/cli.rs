@@ -180,12 +180,17 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure load time, prefill and decode speed and peak memory of each export in each engine
     #[command(
-        long_about = "Benchmark the exports in <out-dir> in every engine that runs them (safetensors: candle; \
-            ONNX: ONNX Runtime and tract): load time, prefill latency for --prompt-tokens tokens, decode \
-            milliseconds per token with the KV cache over --decode-tokens steps, tokens per second, peak RSS \
-            and file size, after warm-up runs, as the median (and min-max) of the repetitions. Prints a \
+        long_about = "Benchmark the exports in <out-dir> in every engine that runs them (safetensors and GGUF: \
+            candle with our block kernels; ONNX: ONNX Runtime and tract): load time, prefill latency for \
+            --prompt-tokens tokens (the prompt run as generation runs it: the cache filled, the last \
+            position's logits computed), decode milliseconds per token with the KV cache over \
+            --decode-tokens steps, tokens per second, peak RSS and file size, after warm-up runs, as the \
+            median (and min-max) of the repetitions, every engine on --threads threads. Beside each GGUF \
+            row it measures llama.cpp on the same file with the same tokens and threads, and prints our \
+            time over its time: LLAMA_BENCH=path/to/llama-bench runs llama.cpp's benchmark; otherwise a \
+            Python with llama-cpp-python (LLAMA_CPP_PYTHON, else target/compat-venv, else python3). Prints a \
             Markdown table, or JSON with --message-format json. Measure release builds.",
-        after_help = "Examples:\n  cargo model-export bench\n  cargo model-export bench --export onnx-f32 --prompt-tokens 128 --decode-tokens 32 --threads 2"
+        after_help = "Examples:\n  cargo model-export bench\n  cargo model-export bench --export onnx-f32 --prompt-tokens 128 --decode-tokens 32 --threads 2\n  LLAMA_CPP_PYTHON=venv/bin/python cargo model-export bench --export gguf-q4k"
     )]
     Bench(BenchArgs),
     /// List the architecture profiles compiled into this binary

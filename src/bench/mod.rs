@@ -2,8 +2,12 @@
 //! prefill latency for N tokens, decode milliseconds per token with the KV cache, peak RSS and
 //! file size, with warm-up and repetitions (median and spread).
 
+mod llama;
+
 use std::path::Path;
 use std::time::Instant;
+
+pub use llama::PeerFigures;
 
 use serde::Serialize;
 
@@ -63,6 +67,8 @@ pub struct BenchResult {
     pub decode_tokens_per_second: f64,
     /// Peak resident memory while this engine loaded and ran the export (Linux; else None).
     pub peak_rss_bytes: Option<u64>,
+    /// llama.cpp on the same file in the same run (GGUF exports, when llama.cpp is available).
+    pub llama_cpp: Option<PeerFigures>,
 }
 
 fn measure(
@@ -77,7 +83,8 @@ fn measure(
     for rep in 0..options.warmup + options.repetitions {
         engine.reset();
         let started = Instant::now();
-        engine.step(&batch)?;
+        // As generation runs a prompt: the cache filled, the last position's logits computed.
+        engine.step_last(&batch)?;
         let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut mask = batch.attention_mask.clone();
         let started = Instant::now();
@@ -88,7 +95,7 @@ fn measure(
                 position_ids: positions_from_mask(&mask, 1),
                 attention_mask: mask.clone(),
             };
-            engine.step(&step)?;
+            engine.step_last(&step)?;
         }
         let decode_ms = started.elapsed().as_secs_f64() * 1e3 / options.decode_tokens.max(1) as f64;
         if rep >= options.warmup {
@@ -135,36 +142,54 @@ pub fn bench_export(
             continue;
         }
         crate::monitor::reset_peak_rss();
-        let started = Instant::now();
-        let model;
-        let mut boxed: Box<dyn DecoderEngine + '_> = match engine {
-            Engine::Candle if spec.format == crate::config::Format::Gguf => {
-                let path = dir.join(crate::export::gguf::GGUF_FILE);
-                model = crate::runtime::gguf::GgufFile::open(&path)?.load(&candle_core::Device::Cpu)?;
-                Box::new(ReferenceEngine::new(&model))
+        // Our engines on as many threads as the peers are given.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(options.threads).build().map_err(|e| {
+            RuntimeError::Unsupported { message: format!("cannot start {} threads: {e}", options.threads) }
+        })?;
+        let (load_seconds, prefill, decode) = pool.install(|| {
+            let started = Instant::now();
+            let model;
+            let mut boxed: Box<dyn DecoderEngine + '_> = match engine {
+                Engine::Candle if spec.format == crate::config::Format::Gguf => {
+                    let path = dir.join(crate::export::gguf::GGUF_FILE);
+                    model = crate::runtime::gguf::GgufFile::open(&path)?.load(&candle_core::Device::Cpu)?;
+                    Box::new(ReferenceEngine::new(&model))
+                }
+                Engine::Candle => {
+                    model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
+                    Box::new(ReferenceEngine::new(&model))
+                }
+                Engine::Tract => Box::new(TractEngine::load_for(
+                    target,
+                    &dir.join("model.onnx"),
+                    c.num_hidden_layers,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                )?),
+                Engine::Ort => Box::new(OrtEngine::load(
+                    &dir.join("model.onnx"),
+                    c.num_hidden_layers,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                    options.threads,
+                )?),
+            };
+            let load_seconds = started.elapsed().as_secs_f64();
+            let (prefill, decode) = measure(boxed.as_mut(), c.vocab_size, options)?;
+            Ok::<_, Error>((load_seconds, prefill, decode))
+        })?;
+        let peak_rss_bytes = crate::monitor::peak_rss();
+        let llama_cpp = if spec.format == crate::config::Format::Gguf {
+            match llama::measure(&dir.join(crate::export::gguf::GGUF_FILE), options) {
+                Ok(figures) => Some(figures),
+                Err(why) => {
+                    tracing::warn!("{}: {why}", spec.name);
+                    None
+                }
             }
-            Engine::Candle => {
-                model = ReferenceModel::load(&ModelFolder::open(dir, Some(base.profile))?)?;
-                Box::new(ReferenceEngine::new(&model))
-            }
-            Engine::Tract => Box::new(TractEngine::load_for(
-                target,
-                &dir.join("model.onnx"),
-                c.num_hidden_layers,
-                c.num_key_value_heads,
-                c.head_dim,
-            )?),
-            Engine::Ort => Box::new(OrtEngine::load(
-                &dir.join("model.onnx"),
-                c.num_hidden_layers,
-                c.num_key_value_heads,
-                c.head_dim,
-                options.threads,
-            )?),
+        } else {
+            None
         };
-        let load_seconds = started.elapsed().as_secs_f64();
-        let (prefill, decode) = measure(boxed.as_mut(), c.vocab_size, options)?;
-        drop(boxed);
         let decode = Spread::of(decode);
         results.push(BenchResult {
             export: spec.name.clone(),
@@ -175,20 +200,31 @@ pub fn bench_export(
             prefill_tokens: options.prompt_tokens,
             decode_tokens_per_second: if decode.median > 0.0 { 1e3 / decode.median } else { 0.0 },
             decode_ms_per_token: decode,
-            peak_rss_bytes: crate::monitor::peak_rss(),
+            peak_rss_bytes,
+            llama_cpp,
         });
     }
     Ok(results)
 }
 
-/// The results as a Markdown table.
+/// The results as a Markdown table; a GGUF row measured beside llama.cpp shows llama.cpp's
+/// figures on the same file and our time over its time (below 1: faster than llama.cpp).
 pub fn to_markdown(results: &[BenchResult]) -> String {
     let mut md = String::from(
-        "| export | engine | size | load | prefill | decode | tokens/s | peak RSS |\n|---|---|---|---|---|---|---|---|\n",
+        "| export | engine | size | load | prefill | decode | tokens/s | peak RSS | llama.cpp decode / prefill (ours ÷ theirs) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
+        let peer = r.llama_cpp.as_ref().map_or("-".into(), |p| {
+            format!(
+                "{:.2} ms/token (×{:.2}) / {:.1} ms (×{:.2})",
+                p.decode_ms_per_token.median,
+                r.decode_ms_per_token.median / p.decode_ms_per_token.median,
+                p.prefill_ms.median,
+                r.prefill_ms.median / p.prefill_ms.median,
+            )
+        });
         md.push_str(&format!(
-            "| {} | {} | {} | {:.2} s | {:.1} ms for {} tokens ({:.1}–{:.1}) | {:.2} ms/token ({:.2}–{:.2}) | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.2} s | {:.1} ms for {} tokens ({:.1}–{:.1}) | {:.2} ms/token ({:.2}–{:.2}) | {:.1} | {} | {} |\n",
             r.export,
             r.engine,
             crate::size::human_bytes(r.file_bytes),
@@ -202,6 +238,7 @@ pub fn to_markdown(results: &[BenchResult]) -> String {
             r.decode_ms_per_token.max,
             r.decode_tokens_per_second,
             r.peak_rss_bytes.map_or("-".into(), crate::size::human_bytes),
+            peer,
         ));
     }
     md

@@ -213,9 +213,53 @@ fn bench_measures_each_export_in_each_engine() {
         "1",
     ]);
     assert!(
-        md.stdout.starts_with("| export | engine | size | load | prefill | decode | tokens/s | peak RSS |"),
+        md.stdout.starts_with(
+            "| export | engine | size | load | prefill | decode | tokens/s | peak RSS | llama.cpp"
+        ),
         "{}",
         md.stdout
     );
     assert!(!md.stdout.contains("| hf |"));
+}
+
+#[test]
+fn bench_puts_llama_cpp_beside_a_gguf_export_with_our_time_over_its_time() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = project(
+        "[[package.metadata.model-export.export]]\nname = \"gg\"\nformat = \"gguf\"\ndtype = \"q8_0\"\n",
+    );
+    assert_eq!(project.run(&["run", "-q", "--no-validate"]).code, 0);
+    // A stand-in for llama-bench printing its JSON: 4 ms for the prompt, 10 ms for 2 tokens.
+    let fake = project.dir.path().join("llama-bench");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho '[{\"n_prompt\": 8, \"n_gen\": 0, \"samples_ns\": [4000000, 4000000]}, {\"n_prompt\": 0, \"n_gen\": 2, \"samples_ns\": [10000000, 10000000]}]'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = [
+        "bench",
+        "--prompt-tokens",
+        "8",
+        "--decode-tokens",
+        "2",
+        "--repetitions",
+        "2",
+        "--message-format",
+        "json",
+    ];
+    let out = project.run_env(&args, &[("LLAMA_BENCH", fake.to_str().unwrap())]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let row = &out.json()[0];
+    assert_eq!(row["llama_cpp"]["engine"], "llama.cpp (llama-bench)");
+    assert_eq!(row["llama_cpp"]["decode_ms_per_token"]["median"], 5.0);
+    assert_eq!(row["llama_cpp"]["prefill_ms"]["median"], 4.0);
+    let md = project.run_env(&args[..7], &[("LLAMA_BENCH", fake.to_str().unwrap())]);
+    // Our median over llama.cpp's, beside each of its figures.
+    assert!(md.stdout.contains("| 5.00 ms/token (×") && md.stdout.contains(" / 4.0 ms (×"), "{}", md.stdout);
+    // Without a llama.cpp the row has no peer, and bench still succeeds.
+    let alone = project.run_env(&args, &[("LLAMA_BENCH", "/nonexistent/llama-bench")]);
+    assert_eq!(alone.code, 0, "{}", alone.stderr);
+    assert!(alone.json()[0]["llama_cpp"].is_null());
+    assert!(alone.stderr.contains("llama-bench"), "{}", alone.stderr);
 }
