@@ -179,15 +179,18 @@ pub struct Model {
 }
 
 /// The tensors of a model as the loader places them.
+/// `lookup_blocks`: the embedding is looked up from blocks (the CPU, see [`Role::LookupBlocks`]).
 fn planned_weights(
     folder: &ModelFolder,
     shapes: impl Iterator<Item = (String, Vec<usize>)>,
+    lookup_blocks: bool,
 ) -> Vec<PlannedWeight> {
     let decoder = &folder.config.decoder;
     shapes
         .map(|(name, shape)| {
             let described = decoder.tensor(&name).map(|t| t.role);
             let role = match described {
+                Some(DecoderRole::Embedding) if lookup_blocks => Role::LookupBlocks,
                 Some(DecoderRole::Embedding) => Role::Embedding,
                 Some(DecoderRole::Head) => Role::Head,
                 // The router stays f32, as in ONNX and GGUF exports: it picks the experts.
@@ -478,18 +481,25 @@ impl Model {
         let names = &folder.profile.tensors;
         let tied =
             !merge_plan.tensors.iter().any(|t| t.name == names.lm_head) && folder.config.tie_word_embeddings;
-        // A quantized tied head is a quantized copy; the f16 table stays for the lookup.
-        let tied_copy = tied && options.quantization != Quantization::None;
+        // On the CPU a quantized table is looked up from its blocks and a tied head multiplies
+        // them; elsewhere a quantized tied head is a quantized copy beside the f16 table.
+        let lookup_blocks = device.device.is_cpu();
+        let tied_copy = tied && options.quantization != Quantization::None && !lookup_blocks;
         let plan_for = |quantization: Quantization| {
             let mut shapes: Vec<(String, Vec<usize>)> =
                 merge_plan.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
             if tied
+                && !lookup_blocks
                 && quantization != Quantization::None
                 && let Some((_, shape)) = shapes.iter().find(|(n, _)| n == names.embed).cloned()
             {
                 shapes.push((names.lm_head.to_string(), shape));
             }
-            LoadPlan::new(&planned_weights(&folder, shapes.into_iter()), quantization, options.dtype)
+            LoadPlan::new(
+                &planned_weights(&folder, shapes.into_iter(), lookup_blocks),
+                quantization,
+                options.dtype,
+            )
         };
         let plan = plan_for(options.quantization);
         let alternatives: Vec<Estimate> = [Quantization::Q8_0, Quantization::Q4K, Quantization::Q4_0]

@@ -110,6 +110,9 @@ pub enum Role {
     Linear,
     /// The token embedding table (looked up by row).
     Embedding,
+    /// The embedding table on the CPU, where our kernels dequantize the looked-up rows from
+    /// blocks and a tied head multiplies the same blocks: placed like the head.
+    LookupBlocks,
     /// The output head (its own matrix, or a copy of the tied embeddings when quantized).
     Head,
     /// Norm weights and biases.
@@ -127,8 +130,9 @@ pub struct FormatFallback {
 
 /// Where a tensor goes under `quantization` with dense weights in `dtype`:
 /// - norms and biases: f32 always;
-/// - the embedding table: `dtype` without quantization, f16 with it (rows are looked up, so a
-///   block format would be dequantized whole at every step);
+/// - the embedding table: `dtype` without quantization; with it, on the CPU, the head's format
+///   (our kernels dequantize the looked-up rows and a tied head multiplies the same blocks),
+///   elsewhere f16 (candle would dequantize a whole block table at every step);
 /// - linear matrices: the mode's format; the head: [`Quantization::head_format`];
 ///   either falls back (see [`fitting_format`]) when its rows do not fit the blocks.
 pub fn placement(
@@ -143,6 +147,8 @@ pub fn placement(
         Role::Vector => return (Placement::Dense(DType::F32), None),
         Role::Embedding if quantization == Quantization::None => return (Placement::Dense(dtype), None),
         Role::Embedding => return (Placement::Dense(DType::F16), None),
+        Role::LookupBlocks if quantization == Quantization::None => return (Placement::Dense(dtype), None),
+        Role::LookupBlocks => quantization.head_format(),
         Role::Linear => quantization.format(),
         Role::Head => quantization.head_format(),
     };
