@@ -9,17 +9,25 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use super::{BenchOptions, Spread};
-
 const PEER_SCRIPT: &str = include_str!("../../scripts/llama_peer.py");
 
-/// llama.cpp's figures on one file.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PeerFigures {
+/// What bench runs: the same for our engines and for llama.cpp.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub warmup: usize,
+    pub repetitions: usize,
+    pub threads: usize,
+}
+
+/// llama.cpp's times on one file, one per repetition.
+#[derive(Debug, Clone)]
+pub struct PeerTimes {
     /// What measured them (llama-bench, or llama-cpp-python and its version).
     pub engine: String,
-    pub prefill_ms: Spread,
-    pub decode_ms_per_token: Spread,
+    pub prefill_ms: Vec<f64>,
+    pub decode_ms_per_token: Vec<f64>,
 }
 
 #[derive(Deserialize)]
@@ -39,7 +47,7 @@ struct LlamaBenchRow {
 
 /// llama.cpp's figures on `gguf`, or why there are none (logged, not an error: the peer is
 /// optional).
-pub fn measure(gguf: &Path, options: &BenchOptions) -> Result<PeerFigures, String> {
+pub fn measure(gguf: &Path, options: &Workload) -> Result<PeerTimes, String> {
     if let Some(binary) = std::env::var_os("LLAMA_BENCH") {
         return llama_bench(Path::new(&binary), gguf, options);
     }
@@ -66,7 +74,7 @@ fn pythons() -> Vec<PathBuf> {
     found
 }
 
-fn python_peer(python: &Path, gguf: &Path, options: &BenchOptions) -> Result<PeerFigures, String> {
+fn python_peer(python: &Path, gguf: &Path, options: &Workload) -> Result<PeerTimes, String> {
     let script = tempfile::Builder::new()
         .prefix("llama_peer")
         .suffix(".py")
@@ -98,16 +106,16 @@ fn python_peer(python: &Path, gguf: &Path, options: &BenchOptions) -> Result<Pee
         return Err(why);
     }
     match (parsed.prefill_ms, parsed.decode_ms) {
-        (Some(prefill), Some(decode)) if !decode.is_empty() => Ok(PeerFigures {
+        (Some(prefill_ms), Some(decode_ms_per_token)) if !decode_ms_per_token.is_empty() => Ok(PeerTimes {
             engine: parsed.engine.unwrap_or_else(|| "llama.cpp".into()),
-            prefill_ms: Spread::of(prefill),
-            decode_ms_per_token: Spread::of(decode),
+            prefill_ms,
+            decode_ms_per_token,
         }),
         _ => Err("the peer script printed no times".into()),
     }
 }
 
-fn llama_bench(binary: &Path, gguf: &Path, options: &BenchOptions) -> Result<PeerFigures, String> {
+fn llama_bench(binary: &Path, gguf: &Path, options: &Workload) -> Result<PeerTimes, String> {
     let output = Command::new(binary)
         .arg("-m")
         .arg(gguf)
@@ -124,12 +132,10 @@ fn llama_bench(binary: &Path, gguf: &Path, options: &BenchOptions) -> Result<Pee
     let prefill = rows.iter().find(|r| r.n_prompt > 0 && r.n_gen == 0);
     let decode = rows.iter().find(|r| r.n_gen > 0 && r.n_prompt == 0);
     match (prefill, decode) {
-        (Some(p), Some(d)) => Ok(PeerFigures {
+        (Some(p), Some(d)) => Ok(PeerTimes {
             engine: "llama.cpp (llama-bench)".into(),
-            prefill_ms: Spread::of(p.samples_ns.iter().map(|ns| ns / 1e6).collect()),
-            decode_ms_per_token: Spread::of(
-                d.samples_ns.iter().map(|ns| ns / 1e6 / d.n_gen as f64).collect(),
-            ),
+            prefill_ms: p.samples_ns.iter().map(|ns| ns / 1e6).collect(),
+            decode_ms_per_token: d.samples_ns.iter().map(|ns| ns / 1e6 / d.n_gen as f64).collect(),
         }),
         _ => Err(format!("{}: no prompt and generation rows in its output", binary.display())),
     }

@@ -7,7 +7,14 @@ mod llama;
 use std::path::Path;
 use std::time::Instant;
 
-pub use llama::PeerFigures;
+/// llama.cpp's figures on the same file, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerFigures {
+    /// What measured them (llama-bench, or llama-cpp-python and its version).
+    pub engine: String,
+    pub prefill_ms: Spread,
+    pub decode_ms_per_token: Spread,
+}
 
 use serde::Serialize;
 
@@ -180,8 +187,19 @@ pub fn bench_export(
         })?;
         let peak_rss_bytes = crate::monitor::peak_rss();
         let llama_cpp = if spec.format == crate::config::Format::Gguf {
-            match llama::measure(&dir.join(crate::export::gguf::GGUF_FILE), options) {
-                Ok(figures) => Some(figures),
+            let workload = llama::Workload {
+                prompt_tokens: options.prompt_tokens,
+                decode_tokens: options.decode_tokens,
+                warmup: options.warmup,
+                repetitions: options.repetitions,
+                threads: options.threads,
+            };
+            match llama::measure(&dir.join(crate::export::gguf::GGUF_FILE), &workload) {
+                Ok(times) => Some(PeerFigures {
+                    engine: times.engine,
+                    prefill_ms: Spread::of(times.prefill_ms),
+                    decode_ms_per_token: Spread::of(times.decode_ms_per_token),
+                }),
                 Err(why) => {
                     tracing::warn!("{}: {why}", spec.name);
                     None

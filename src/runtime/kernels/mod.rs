@@ -6,7 +6,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod formats;
+pub mod panel;
 pub mod pool;
 mod scalar;
 
@@ -118,11 +121,27 @@ impl BlockMatrix {
         let mut parts = vec![0f32; self.rows * n];
         let per_task = per_task.min(64);
         let tasks: Vec<Mutex<&mut [f32]>> = parts.chunks_mut(per_task * n).map(Mutex::new).collect();
+        let panel = panel_available().then(|| panel::ExpandedActivations::of(activation, &quantized, n));
         pool.run(tasks.len(), &|t| {
             let mut part = tasks[t].lock().unwrap_or_else(|p| p.into_inner());
             let rows = part.len() / n;
-            for (j, out) in part.chunks_exact_mut(rows).enumerate() {
-                kernels.rows(weights, rb, t * per_task, &quantized[j * xb..(j + 1) * xb], blocks, out);
+            match &panel {
+                Some(x) => {
+                    let w = panel::ExpandedRows::of(self.format, weights, self.cols, t * per_task, rows);
+                    panel_rows(&w, x, &mut part);
+                }
+                None => {
+                    for (j, out) in part.chunks_exact_mut(rows).enumerate() {
+                        kernels.rows(
+                            weights,
+                            rb,
+                            t * per_task,
+                            &quantized[j * xb..(j + 1) * xb],
+                            blocks,
+                            out,
+                        );
+                    }
+                }
             }
         });
         drop(tasks);
@@ -211,6 +230,58 @@ impl Kernels {
     }
 }
 
+/// Whether the panel kernel (AVX-512 VNNI) runs here.
+fn panel_available() -> bool {
+    static PANEL: OnceLock<bool> = OnceLock::new();
+    *PANEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        return simd_available() && avx512::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// `out` ([activation rows, weight rows]) = every activation row of `x` · every row of `w`:
+/// 4 × 2 at a time, the edges 1 × 2, 4 × 1 and 1 × 1.
+fn panel_rows(w: &panel::ExpandedRows, x: &panel::ExpandedActivations, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (rows, n) = (w.rows, x.rows);
+        let mut put = |i: usize, k: usize, v: f32| out[k * rows + i] = v;
+        let mut j = 0;
+        while j < n {
+            let mut r = 0;
+            if j + 2 <= n {
+                while r + 4 <= rows {
+                    // Safety: `panel_available` checked the CPU; rows r..r+4 and j..j+2 exist.
+                    let v = unsafe { avx512::panel::<4, 2>(w, r, x, j) };
+                    (0..4).for_each(|i| (0..2).for_each(|k| put(r + i, j + k, v[i][k])));
+                    r += 4;
+                }
+                while r < rows {
+                    let v = unsafe { avx512::panel::<1, 2>(w, r, x, j) };
+                    (0..2).for_each(|k| put(r, j + k, v[0][k]));
+                    r += 1;
+                }
+                j += 2;
+            } else {
+                while r + 4 <= rows {
+                    let v = unsafe { avx512::panel::<4, 1>(w, r, x, j) };
+                    (0..4).for_each(|i| put(r + i, j, v[i][0]));
+                    r += 4;
+                }
+                while r < rows {
+                    put(r, j, unsafe { avx512::panel::<1, 1>(w, r, x, j) }[0][0]);
+                    r += 1;
+                }
+                j += 1;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the panel kernel is only handed out on x86-64: {} {} {}", w.rows, x.rows, out.len());
+}
+
 /// Whether the SIMD kernels run here (`MODEL_EXPORT_PORTABLE_KERNELS=1` turns them off, to
 /// compare).
 fn simd_available() -> bool {
@@ -295,6 +366,33 @@ mod tests {
                     bits(&reference),
                     "{format:?} seed {seed}: {simd:?} vs {reference:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_panel_kernel_equals_its_definition_bit_for_bit() {
+        if !panel_available() {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+            return;
+        }
+        // 6 weight rows (4 + 2 at the edge) × 3 activation rows (2 + 1).
+        let (rows, n, cols) = (6, 3, 768);
+        for format in FORMATS {
+            let (bytes, _) = blocks(format, rows, cols, 3);
+            let mut x = values(n * cols, 9);
+            x[5] = -30.0;
+            let mut q = Vec::new();
+            x.chunks_exact(cols).for_each(|row| format.activation().quantize(row, &mut q));
+            let w = panel::ExpandedRows::of(format, &bytes, cols, 0, rows);
+            let a = panel::ExpandedActivations::of(format.activation(), &q, n);
+            let mut simd = vec![0f32; n * rows];
+            panel_rows(&w, &a, &mut simd);
+            for j in 0..n {
+                for r in 0..rows {
+                    let reference = panel::dot(&w, r, &a, j);
+                    assert_eq!(simd[j * rows + r].to_bits(), reference.to_bits(), "{format:?} [{j},{r}]");
+                }
             }
         }
     }
