@@ -74,7 +74,9 @@ impl LayerCache {
                 let q = &queries[((b * heads + n) * seq + i) * d..][..d];
                 let row_mask = &mask[(b * seq + i) * total..][..total];
                 for ((score, key), &m) in scores.iter_mut().zip(keys.chunks_exact(d)).zip(row_mask) {
-                    *score = dot(q, key) * scale + m;
+                    // A masked key's score is the fill itself (a product is far below its ulp):
+                    // the dot product is skipped, and so is the key's zero weight below.
+                    *score = if m == f32::MIN { f32::MIN } else { dot(q, key) * scale + m };
                 }
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
@@ -85,6 +87,9 @@ impl LayerCache {
                 let weighted = &mut result[i * d..(i + 1) * d];
                 weighted.fill(0.0);
                 for (&p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                    if p == 0.0 {
+                        continue;
+                    }
                     let p = p / sum;
                     for (w, &v) in weighted.iter_mut().zip(value) {
                         *w += p * v;

@@ -97,15 +97,13 @@ impl BlockMatrix {
     /// `x @ selfᵀ` for `x` of [n, cols] (row-major): [n, rows].
     pub fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
         let activation = self.format.activation();
-        let mut quantized =
-            Vec::with_capacity(n * self.cols / activation.block_values() * activation.block_bytes());
-        x.chunks_exact(self.cols).for_each(|row| activation.quantize(row, &mut quantized));
         let xb = self.cols / activation.block_values() * activation.block_bytes();
+        let pool = Pool::global();
+        let quantized = quantize_rows(activation, x, self.cols, xb, pool);
         let (rb, blocks, kernels) = (self.row_bytes(), self.blocks_per_row(), kernels(self.format));
         let weights = self.storage.bytes();
         // A few tasks per thread: few enough that scheduling costs nothing beside the rows,
         // enough to even out a thread that was preempted.
-        let pool = Pool::global();
         let per_task = self.rows.div_ceil(pool.threads() * 4).max(1);
         if n == 1 {
             let mut out = vec![0f32; self.rows];
@@ -155,6 +153,25 @@ impl BlockMatrix {
         }
         out
     }
+}
+
+/// The rows of `x` ([n, cols]) quantized to `activation` (`row_bytes` each), a prompt's rows
+/// spread over the pool.
+fn quantize_rows(activation: Activation, x: &[f32], cols: usize, row_bytes: usize, pool: &Pool) -> Vec<u8> {
+    let n = x.len() / cols.max(1);
+    if n < 8 {
+        let mut quantized = Vec::with_capacity(n * row_bytes);
+        x.chunks_exact(cols).for_each(|row| activation.quantize(row, &mut quantized));
+        return quantized;
+    }
+    let per_task = n.div_ceil(pool.threads() * 2);
+    let parts: Vec<Mutex<Vec<u8>>> = (0..n.div_ceil(per_task)).map(|_| Mutex::new(Vec::new())).collect();
+    pool.run(parts.len(), &|t| {
+        let mut part = parts[t].lock().unwrap_or_else(|p| p.into_inner());
+        let rows = &x[t * per_task * cols..((t + 1) * per_task).min(n) * cols];
+        rows.chunks_exact(cols).for_each(|row| activation.quantize(row, &mut part));
+    });
+    parts.into_iter().flat_map(|p| p.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
 }
 
 /// Dot products of one activation row with `R` consecutive weight rows (`stride` bytes apart):
@@ -249,6 +266,23 @@ fn panel_rows(w: &panel::ExpandedRows, x: &panel::ExpandedActivations, out: &mut
         let (rows, n) = (w.rows, x.rows);
         let mut put = |i: usize, k: usize, v: f32| out[k * rows + i] = v;
         let mut j = 0;
+        // The k-quants' blocks of 256 leave time to keep 16 pairs' sums: 4 × 4, each weight
+        // row loaded once for 4 prompt rows.
+        while w.block == 256 && j + 4 <= n && rows >= 4 {
+            let mut r = 0;
+            while r + 4 <= rows {
+                // Safety: `panel_available` checked the CPU; rows r..r+4 and j..j+4 exist.
+                let v = unsafe { avx512::panel::<4, 4>(w, r, x, j) };
+                (0..4).for_each(|i| (0..4).for_each(|k| put(r + i, j + k, v[i][k])));
+                r += 4;
+            }
+            while r < rows {
+                let v = unsafe { avx512::panel::<1, 4>(w, r, x, j) };
+                (0..4).for_each(|k| put(r, j + k, v[0][k]));
+                r += 1;
+            }
+            j += 4;
+        }
         while j < n {
             let mut r = 0;
             if j + 2 <= n {
@@ -376,8 +410,8 @@ mod tests {
             eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
             return;
         }
-        // 6 weight rows (4 + 2 at the edge) × 3 activation rows (2 + 1).
-        let (rows, n, cols) = (6, 3, 768);
+        // 6 weight rows (4 + 2 at the edge) × 7 activation rows (4 + 2 + 1): every kernel shape.
+        let (rows, n, cols) = (6, 7, 768);
         for format in FORMATS {
             let (bytes, _) = blocks(format, rows, cols, 3);
             let mut x = values(n * cols, 9);
