@@ -116,7 +116,8 @@ import json, sys
 row = json.load(open(sys.argv[1]))[0]
 peer = row["llama_cpp"]
 assert peer and peer["decode_ms_per_token"]["median"] > 0, row
-print(f"compat: bench beside {peer[\"engine\"]}: ours {row[\"decode_ms_per_token\"][\"median\"]:.2f} ms/token, llama.cpp {peer[\"decode_ms_per_token\"][\"median\"]:.2f}")
+engine, ours, theirs = peer["engine"], row["decode_ms_per_token"]["median"], peer["decode_ms_per_token"]["median"]
+print(f"compat: bench beside {engine}: ours {ours:.2f} ms/token, llama.cpp {theirs:.2f}")
 ' "$work/bench.json"
 fi
 
