@@ -130,6 +130,13 @@ impl GgufFile {
             config["decoder_sparse_step"] = json!(1);
         }
         let (config, profile) = HfConfig::parse(path, &config.to_string(), Some(profile))?;
+        // The vocabulary's arrays (tokens, merges, types: ~15 MiB for Qwen's 151,936 tokens) are
+        // read once for the counts above; running the model needs none of them (generation
+        // tokenizes with tokenizer.json), so they are not kept resident beside the weights.
+        let mut content = content;
+        content
+            .metadata
+            .retain(|key, value| !(key.starts_with("tokenizer.ggml.") && matches!(value, Value::Array(_))));
         Ok(Self { path: path.to_path_buf(), content, profile, config })
     }
 

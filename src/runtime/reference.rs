@@ -157,7 +157,7 @@ impl KvCache {
         }
         let (keys, values) = &mut self.layers[layer];
         if keys.dim(2)? < needed {
-            let capacity = needed.max(2 * keys.dim(2)?).next_multiple_of(64);
+            let capacity = (needed.max(keys.dim(2)? * 5 / 4)).next_multiple_of(64);
             *keys = buffer(capacity, Some(keys))?;
             *values = buffer(capacity, Some(values))?;
         }

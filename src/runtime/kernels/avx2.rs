@@ -40,6 +40,26 @@ unsafe fn load(bytes: &[u8]) -> __m256i {
     _mm256_loadu_si256(bytes.as_ptr().cast())
 }
 
+/// `R` rows of `blocks` records each, `stride` bytes apart.
+#[inline(always)]
+fn row_records<const N: usize, const R: usize>(w: &[u8], stride: usize, blocks: usize) -> [&[[u8; N]]; R] {
+    let mut rows: [&[[u8; N]]; R] = [&[]; R];
+    for (r, row) in rows.iter_mut().enumerate() {
+        *row = records(&w[r * stride..], blocks);
+    }
+    rows
+}
+
+/// Each row's accumulator summed across its lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sums<const R: usize>(acc: [__m256; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum8(acc[r]);
+    }
+    out
+}
+
 /// Asks for the bytes `ahead` past `block` (the same block of the next group of rows): this
 /// machine's hardware prefetcher does not follow the kernels' strides, and with the request
 /// made a group ahead a core reads ~2.5x the bytes per second (20 vs 7 GB/s here, q8_0).
@@ -84,10 +104,7 @@ unsafe fn nibbles(bytes: &[u8]) -> __m256i {
 /// AVX2, FMA and F16C must be available; `w` and `x` must hold `blocks` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks: usize) -> [f32; R] {
-    let mut rows: [&[[u8; Q8_0_BYTES]]; R] = [&[]; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = records(&w[r * stride..], blocks);
-    }
+    let rows = row_records::<Q8_0_BYTES, R>(w, stride, blocks);
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, xb) in records::<Q8_0_BYTES>(x, blocks).iter().enumerate() {
         let (xq, dx) = (load(&xb[2..]), half(xb));
@@ -98,11 +115,7 @@ pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half(wb) * dx), _mm256_cvtepi32_ps(lanes), acc[r]);
         }
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum8(acc[r]);
-    }
-    out
+    sums(acc)
 }
 
 /// q4_0 · q8_0.
@@ -111,10 +124,7 @@ pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks
 /// As [`dot_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks: usize) -> [f32; R] {
-    let mut rows: [&[[u8; Q4_0_BYTES]]; R] = [&[]; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = records(&w[r * stride..], blocks);
-    }
+    let rows = row_records::<Q4_0_BYTES, R>(w, stride, blocks);
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, xb) in records::<Q8_0_BYTES>(x, blocks).iter().enumerate() {
         let (xq, dx) = (load(&xb[2..]), half(xb));
@@ -126,11 +136,7 @@ pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half(wb) * dx), _mm256_cvtepi32_ps(lanes), acc[r]);
         }
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum8(acc[r]);
-    }
-    out
+    sums(acc)
 }
 
 /// The 32 bits of `bits` as 32 bytes of 0xFF (set) or 0 (clear), bit j in byte j.
@@ -150,10 +156,7 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
 /// As [`dot_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks: usize) -> [f32; R] {
-    let mut rows: [&[[u8; Q5_0_BYTES]]; R] = [&[]; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = records(&w[r * stride..], blocks);
-    }
+    let rows = row_records::<Q5_0_BYTES, R>(w, stride, blocks);
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, xb) in records::<Q8_0_BYTES>(x, blocks).iter().enumerate() {
         let (xq, dx) = (load(&xb[2..]), half(xb));
@@ -168,11 +171,7 @@ pub unsafe fn dot_q5_0<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half(wb) * dx), _mm256_cvtepi32_ps(lanes), acc[r]);
         }
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum8(acc[r]);
-    }
-    out
+    sums(acc)
 }
 
 /// q4_K's 12 packed bytes as 16 words: the 8 scales, then the 8 mins (ggml's `utmp` shuffle).
@@ -216,10 +215,7 @@ unsafe fn word_spreads() -> [__m256i; 8] {
 /// As [`dot_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4k<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks: usize) -> [f32; R] {
-    let mut rows: [&[[u8; Q4K_BYTES]]; R] = [&[]; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = records(&w[r * stride..], blocks);
-    }
+    let rows = row_records::<Q4K_BYTES, R>(w, stride, blocks);
     let mut acc = [_mm256_setzero_ps(); R];
     let mut acc_min = [0f32; R];
     let low = _mm256_set1_epi8(0xF);
@@ -270,10 +266,7 @@ pub unsafe fn dot_q4k<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks:
 /// As [`dot_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6k<const R: usize>(w: &[u8], stride: usize, x: &[u8], blocks: usize) -> [f32; R] {
-    let mut rows: [&[[u8; Q6K_BYTES]]; R] = [&[]; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = records(&w[r * stride..], blocks);
-    }
+    let rows = row_records::<Q6K_BYTES, R>(w, stride, blocks);
     let mut acc = [_mm256_setzero_ps(); R];
     let mut acc_offset = [0f32; R];
     let (low4, bits45) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
