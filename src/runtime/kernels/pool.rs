@@ -33,6 +33,8 @@ struct Shared {
     parked: Mutex<usize>,
     wake: Condvar,
     exit: AtomicBool,
+    /// A task's panic, resumed on the caller's thread (a worker never dies of one).
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 pub struct Pool {
@@ -62,6 +64,7 @@ impl Pool {
             parked: Mutex::new(0),
             wake: Condvar::new(),
             exit: AtomicBool::new(false),
+            panic: Mutex::new(None),
         });
         let mut started = 0;
         for i in 0..workers {
@@ -111,6 +114,9 @@ impl Pool {
         while s.active.load(Ordering::Acquire) > 0 {
             std::hint::spin_loop();
         }
+        if let Some(payload) = s.panic.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            std::panic::resume_unwind(payload);
+        }
     }
 }
 
@@ -127,7 +133,10 @@ fn run_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync + '_), tasks: usize) {
         if i >= tasks {
             return;
         }
-        task(i);
+        // Counted as finished even if it panics, so the caller is not left waiting for it.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(i))) {
+            s.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(payload);
+        }
         s.finished.fetch_add(1, Ordering::Release);
     }
 }
@@ -174,5 +183,37 @@ fn work(s: &Shared) {
         } else {
             std::hint::spin_loop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::Pool;
+
+    #[test]
+    fn every_task_runs_once_and_a_panic_reaches_the_caller() {
+        let pool = Pool::new(1);
+        let pool_threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool_threads.install(|| {
+            for round in 0..200 {
+                let counts: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(counts.len(), &|i| {
+                    counts[i].fetch_add(round + 1, Ordering::Relaxed);
+                });
+                assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == round + 1), "round {round}");
+            }
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(8, &|i| assert_ne!(i, 5, "task five fails"));
+            }));
+            assert!(caught.is_err(), "the task's panic is the caller's");
+            // The pool still works afterwards.
+            let sum = AtomicUsize::new(0);
+            pool.run(10, &|i| {
+                sum.fetch_add(i, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 45);
+        });
     }
 }
