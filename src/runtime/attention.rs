@@ -4,17 +4,68 @@
 //! product). The heads are spread over the kernels' thread pool.
 //!
 //! `softmax(q kᵀ · scale + mask) v` per head, as transformers' eager attention computes it:
-//! the scores in f32, the row's maximum subtracted before `exp`.
+//! the scores in f32, the row's maximum subtracted before `exp`. A quantized model keeps its
+//! keys and values in f16, as llama.cpp does (half the cache's memory); others in f32.
 
 use std::sync::Mutex;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use super::kernels::pool::Pool;
+
+/// Cached values in f32 or f16.
+enum Buffer {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer::F32(Vec::new())
+    }
+}
+
+impl Buffer {
+    fn zeros(half: bool, len: usize) -> Self {
+        if half { Buffer::F16(vec![f16::ZERO; len]) } else { Buffer::F32(vec![0.0; len]) }
+    }
+
+    /// `len` values at `from` of `self` copied to `to` of `into` (the same kind).
+    fn copy_to(&self, from: usize, into: &mut Buffer, to: usize, len: usize) {
+        match (self, into) {
+            (Buffer::F32(a), Buffer::F32(b)) => b[to..to + len].copy_from_slice(&a[from..from + len]),
+            (Buffer::F16(a), Buffer::F16(b)) => b[to..to + len].copy_from_slice(&a[from..from + len]),
+            // Both are made by `zeros` with the cache's one precision.
+            _ => unreachable!("a cache keeps one precision"),
+        }
+    }
+
+    fn write(&mut self, at: usize, values: &[f32]) {
+        match self {
+            Buffer::F32(b) => b[at..at + values.len()].copy_from_slice(values),
+            Buffer::F16(b) => b[at..at + values.len()].convert_from_f32_slice(values),
+        }
+    }
+
+    /// `len` values at `at` in f32: borrowed, or converted into `scratch`.
+    fn read<'a>(&'a self, at: usize, len: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        match self {
+            Buffer::F32(b) => &b[at..at + len],
+            Buffer::F16(b) => {
+                scratch.resize(len, 0.0);
+                b[at..at + len].convert_to_f32_slice(scratch);
+                scratch
+            }
+        }
+    }
+}
 
 /// One layer's keys and values, [batch, kv_heads, capacity, head_dim] each.
 #[derive(Default)]
 pub struct LayerCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Buffer,
+    values: Buffer,
     capacity: usize,
 }
 
@@ -28,8 +79,9 @@ pub struct Shape {
 }
 
 impl LayerCache {
-    /// Writes `new` tokens' keys and values ([batch, kv_heads, new, head_dim]) after `past`.
-    pub fn store(&mut self, shape: Shape, past: usize, keys: &[f32], values: &[f32]) {
+    /// Writes `new` tokens' keys and values ([batch, kv_heads, new, head_dim]) after `past`,
+    /// in f16 when `half` (fixed by the first write).
+    pub fn store(&mut self, shape: Shape, past: usize, keys: &[f32], values: &[f32], half: bool) {
         let Shape { batch, kv_heads, head_dim: d, .. } = shape;
         let new = keys.len() / (batch * kv_heads * d).max(1);
         let needed = past + new;
@@ -37,11 +89,13 @@ impl LayerCache {
             // A quarter more, in steps of 64 positions: amortised copies, and at most ~25% of
             // the cache unused (doubling left a 160-token conversation a 256-token cache).
             let capacity = needed.max(self.capacity + self.capacity / 4).next_multiple_of(64);
-            let grow = |old: &[f32]| {
-                let mut grown = vec![0f32; batch * kv_heads * capacity * d];
-                for head in 0..batch * kv_heads {
-                    let (from, to) = (head * self.capacity * d, head * capacity * d);
-                    grown[to..to + past * d].copy_from_slice(&old[from..from + past * d]);
+            let half = if self.capacity == 0 { half } else { matches!(self.keys, Buffer::F16(_)) };
+            let grow = |old: &Buffer| {
+                let mut grown = Buffer::zeros(half, batch * kv_heads * capacity * d);
+                if past > 0 {
+                    for head in 0..batch * kv_heads {
+                        old.copy_to(head * self.capacity * d, &mut grown, head * capacity * d, past * d);
+                    }
                 }
                 grown
             };
@@ -51,8 +105,8 @@ impl LayerCache {
         }
         for head in 0..batch * kv_heads {
             let at = (head * self.capacity + past) * d;
-            self.keys[at..at + new * d].copy_from_slice(&keys[head * new * d..(head + 1) * new * d]);
-            self.values[at..at + new * d].copy_from_slice(&values[head * new * d..(head + 1) * new * d]);
+            self.keys.write(at, &keys[head * new * d..(head + 1) * new * d]);
+            self.values.write(at, &values[head * new * d..(head + 1) * new * d]);
         }
     }
 
@@ -69,7 +123,9 @@ impl LayerCache {
         Pool::global().run(batch * heads, &|task| {
             let (b, n) = (task / heads, task % heads);
             let kv = (b * kv_heads + n / rep) * self.capacity * d;
-            let (keys, values) = (&self.keys[kv..kv + total * d], &self.values[kv..kv + total * d]);
+            let (mut key_scratch, mut value_scratch) = (Vec::new(), Vec::new());
+            let keys = self.keys.read(kv, total * d, &mut key_scratch);
+            let values = self.values.read(kv, total * d, &mut value_scratch);
             let mut result = rows[task].lock().unwrap_or_else(|p| p.into_inner());
             let mut scores = vec![0f32; total];
             for i in 0..seq {
@@ -175,8 +231,8 @@ mod tests {
         let (k1, v1, k2, v2) =
             (per_token(first, 0), per_token(first, 1000), per_token(second, 2000), per_token(second, 3000));
         let mut cache = LayerCache::default();
-        cache.store(shape, 0, &k1, &v1);
-        cache.store(shape, first, &k2, &v2);
+        cache.store(shape, 0, &k1, &v1, false);
+        cache.store(shape, first, &k2, &v2, false);
         // The same keys laid out [batch, kv_heads, total, d] for the textbook version.
         let joined = |a: &[f32], b: &[f32]| -> Vec<f32> {
             let d = shape.head_dim;
@@ -202,6 +258,15 @@ mod tests {
         let expected = naive(shape, &keys, &values, &q, &mask, 0.25);
         for (o, e) in ours.iter().zip(&expected) {
             assert!((f64::from(*o) - e).abs() < 1e-6, "{o} vs {e}");
+        }
+        // In f16, the same attention of the keys and values rounded to f16.
+        let mut half = LayerCache::default();
+        half.store(shape, 0, &k1, &v1, true);
+        half.store(shape, first, &k2, &v2, true);
+        let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| f16::from_f32(x).to_f32()).collect() };
+        let expected = naive(shape, &round(&keys), &round(&values), &q, &mask, 0.25);
+        for (o, e) in half.attend(shape, total, &q, &mask, 0.25).iter().zip(&expected) {
+            assert!((f64::from(*o) - e).abs() < 1e-6, "f16: {o} vs {e}");
         }
     }
 }

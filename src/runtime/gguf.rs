@@ -169,7 +169,8 @@ impl GgufFile {
     /// embedding table expanded to f16 for the lookup.
     pub fn load(&self, device: &Device) -> Result<ReferenceModel, Error> {
         let source = self.weight_source(device, true)?;
-        Ok(ReferenceModel::assemble_from(&self.config, &self.path, device, &mut |hf| source(hf))?)
+        let model = ReferenceModel::assemble_from(&self.config, &self.path, device, &mut |hf| source(hf))?;
+        Ok(model.with_half_kv(self.half_kv()))
     }
 
     /// The same model read one layer at a time on every forward pass (CPU): each layer's blocks
@@ -177,7 +178,23 @@ impl GgufFile {
     /// head instead of the whole file.
     pub fn streamed(&self) -> Result<StreamedModel<'_>, Error> {
         let source = self.weight_source(&Device::Cpu, false)?;
-        Ok(StreamedModel::from_parts(&self.config, &self.path, Box::new(source)))
+        Ok(StreamedModel::from_parts(&self.config, &self.path, Box::new(source)).with_half_kv(self.half_kv()))
+    }
+
+    /// Whether the model caches keys and values in f16, as llama.cpp does (its default cache
+    /// type) for a file whose attention projections are multiplied in blocks; f32 otherwise.
+    fn half_kv(&self) -> bool {
+        let q = self
+            .config
+            .decoder
+            .layers
+            .first()
+            .and_then(|l| self.content.tensor_infos.get(&l.attention.q.weight.gguf));
+        q.is_some_and(|t| {
+            let cols = t.shape.dims().last().copied().unwrap_or(0);
+            is_blocks(t.ggml_dtype)
+                && (Format::of(t.ggml_dtype).is_some() || candle_multiplies(t.ggml_dtype, cols))
+        })
     }
 
     /// Where tensor `name` (or expert `e`'s slice of a stacked [experts, rows, cols] one: each

@@ -185,6 +185,8 @@ struct Arch {
     inv_freq: Vec<f32>,
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     rope_attention: f32,
+    /// The CPU cache keeps keys and values in f16 (a quantized GGUF file's, as llama.cpp).
+    half_kv: bool,
     vocab_size: usize,
     device: Device,
 }
@@ -370,6 +372,7 @@ impl Arch {
             eps: d.final_norm.eps,
             inv_freq,
             rope_attention,
+            half_kv: false,
             vocab_size: d.vocab,
             device: device.clone(),
         }
@@ -467,7 +470,7 @@ impl Arch {
                         let values =
                             |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
                         let layer_cache = cache.host(i);
-                        layer_cache.store(shape, past, &values(&k)?, &values(&v)?);
+                        layer_cache.store(shape, past, &values(&k)?, &values(&v)?, self.half_kv);
                         let out = layer_cache.attend(shape, past + s, &values(&q)?, &mask, scale as f32);
                         Tensor::from_vec(out, (b * s, h * d), &self.device)?
                     }
@@ -560,6 +563,12 @@ impl ReferenceModel {
         &self.arch.device
     }
 
+    /// Keys and values cached in f16 on the CPU (a quantized GGUF file's, as llama.cpp keeps them).
+    pub fn with_half_kv(mut self, half: bool) -> Self {
+        self.arch.half_kv = half;
+        self
+    }
+
     /// Logits for every position of `batch` ([batch, seq, vocab]), extending `cache`.
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
         self.arch.forward(self, self.layers.len(), batch, cache, false)
@@ -608,6 +617,12 @@ impl<'a> StreamedModel<'a> {
                 Ok(Some(Weight::Dense(Tensor::from_vec(values, shape.as_slice(), &device)?)))
             }),
         )
+    }
+
+    /// Keys and values cached in f16 on the CPU (see [`ReferenceModel::with_half_kv`]).
+    pub fn with_half_kv(mut self, half: bool) -> Self {
+        self.arch.half_kv = half;
+        self
     }
 
     /// Every weight name the model asks its source for, in the order of a forward pass.
