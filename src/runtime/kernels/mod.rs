@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use pool::Pool;
 
+use crate::gguf_constants::type_name;
+
 pub use formats::{Activation, Format};
 
 /// The bytes of a matrix: owned, or a range of a mapped file.
@@ -51,8 +53,8 @@ impl BlockMatrix {
     pub fn new(format: Format, rows: usize, cols: usize, storage: Storage) -> Result<Self, LayoutError> {
         if !cols.is_multiple_of(format.block_values()) {
             return Err(LayoutError(format!(
-                "rows of {cols} values are not a whole number of {:?} blocks of {}",
-                format,
+                "rows of {cols} values are not a whole number of {} blocks of {}",
+                type_name(format.ggml()),
                 format.block_values()
             )));
         }
@@ -60,8 +62,8 @@ impl BlockMatrix {
         let m = BlockMatrix { format, rows, cols, storage };
         if m.storage.bytes().len() != expected {
             return Err(LayoutError(format!(
-                "{rows} × {cols} in {:?} takes {expected} bytes, not {}",
-                format,
+                "{rows} × {cols} in {} takes {expected} bytes, not {}",
+                type_name(format.ggml()),
                 m.storage.bytes().len()
             )));
         }
@@ -492,7 +494,15 @@ mod tests {
 
     #[test]
     fn a_wrong_layout_is_refused() {
-        assert!(BlockMatrix::new(Format::Q4K, 2, 100, Storage::Owned(vec![0; 10])).is_err());
-        assert!(BlockMatrix::new(Format::Q8_0, 2, 64, Storage::Owned(vec![0; 10])).is_err());
+        let message =
+            |r: Result<BlockMatrix, LayoutError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            message(BlockMatrix::new(Format::Q4K, 2, 100, Storage::Owned(vec![0; 10]))),
+            "rows of 100 values are not a whole number of q4_k blocks of 256"
+        );
+        assert_eq!(
+            message(BlockMatrix::new(Format::Q8_0, 2, 64, Storage::Owned(vec![0; 10]))),
+            "2 × 64 in q8_0 takes 136 bytes, not 10"
+        );
     }
 }
