@@ -117,40 +117,43 @@ impl LayerCache {
         let seq = queries.len() / (batch * heads * d).max(1);
         let rep = heads / kv_heads.max(1);
         let mut out = vec![0f32; batch * seq * heads * d];
-        // One task per (batch row, head): out[b, i, n, :] for every query i.
+        // One task per (batch row, kv head): its keys and values read (converted from f16) once
+        // for the `rep` query heads that share them; out[b, i, n, :] for each such head n.
         let rows: Vec<Mutex<Vec<f32>>> =
             (0..batch * heads).map(|_| Mutex::new(vec![0f32; seq * d])).collect();
-        Pool::global().run(batch * heads, &|task| {
-            let (b, n) = (task / heads, task % heads);
-            let kv = (b * kv_heads + n / rep) * self.capacity * d;
+        Pool::global().run(batch * kv_heads, &|task| {
+            let (b, g) = (task / kv_heads, task % kv_heads);
+            let kv = (b * kv_heads + g) * self.capacity * d;
             let (mut key_scratch, mut value_scratch) = (Vec::new(), Vec::new());
             let keys = self.keys.read(kv, total * d, &mut key_scratch);
             let values = self.values.read(kv, total * d, &mut value_scratch);
-            let mut result = rows[task].lock().unwrap_or_else(|p| p.into_inner());
             let mut scores = vec![0f32; total];
-            for i in 0..seq {
-                let q = &queries[((b * heads + n) * seq + i) * d..][..d];
-                let row_mask = &mask[(b * seq + i) * total..][..total];
-                for ((score, key), &m) in scores.iter_mut().zip(keys.chunks_exact(d)).zip(row_mask) {
-                    // A masked key's score is the fill itself (a product is far below its ulp):
-                    // the dot product is skipped, and so is the key's zero weight below.
-                    *score = if m == f32::MIN { f32::MIN } else { dot(q, key) * scale + m };
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for score in &mut scores {
-                    *score = (*score - max).exp();
-                    sum += *score;
-                }
-                let weighted = &mut result[i * d..(i + 1) * d];
-                weighted.fill(0.0);
-                for (&p, value) in scores.iter().zip(values.chunks_exact(d)) {
-                    if p == 0.0 {
-                        continue;
+            for n in g * rep..(g + 1) * rep {
+                let mut result = rows[b * heads + n].lock().unwrap_or_else(|p| p.into_inner());
+                for i in 0..seq {
+                    let q = &queries[((b * heads + n) * seq + i) * d..][..d];
+                    let row_mask = &mask[(b * seq + i) * total..][..total];
+                    for ((score, key), &m) in scores.iter_mut().zip(keys.chunks_exact(d)).zip(row_mask) {
+                        // A masked key's score is the fill itself (a product is far below its
+                        // ulp): the dot product is skipped, and so is the key's zero weight below.
+                        *score = if m == f32::MIN { f32::MIN } else { dot(q, key) * scale + m };
                     }
-                    let p = p / sum;
-                    for (w, &v) in weighted.iter_mut().zip(value) {
-                        *w += p * v;
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for score in &mut scores {
+                        *score = (*score - max).exp();
+                        sum += *score;
+                    }
+                    let weighted = &mut result[i * d..(i + 1) * d];
+                    weighted.fill(0.0);
+                    for (&p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                        if p == 0.0 {
+                            continue;
+                        }
+                        let p = p / sum;
+                        for (w, &v) in weighted.iter_mut().zip(value) {
+                            *w += p * v;
+                        }
                     }
                 }
             }

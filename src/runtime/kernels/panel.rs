@@ -89,32 +89,40 @@ impl ExpandedRows {
                 self.scales.push(half(b));
                 self.min_scales.push(half(&b[2..]));
                 let (packed, qs) = (&b[4..16], &b[16..144]);
+                let start = self.values.len();
+                self.values.resize(start + 256, 0);
+                let block = &mut self.values[start..];
                 for sub in 0..8 {
                     let (sc, m) = scale_min_k4(sub, packed);
                     self.mins.push(i16::from(m));
-                    let chunk = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
-                    let high = sub % 2 == 1;
-                    self.values.extend(
-                        chunk.iter().map(|&q| i16::from(sc) * i16::from(if high { q >> 4 } else { q & 0xF })),
-                    );
+                    let (chunk, shift) = (&qs[32 * (sub / 2)..32 * (sub / 2) + 32], 4 * (sub % 2));
+                    let sc = i16::from(sc);
+                    for (v, &q) in block[32 * sub..32 * sub + 32].iter_mut().zip(chunk) {
+                        *v = sc * i16::from((q >> shift) & 0xF);
+                    }
                 }
             }
             Format::Q6K => {
                 self.scales.push(half(&b[208..]));
-                let mut block = [0i16; 256];
+                let start = self.values.len();
+                self.values.resize(start + 256, 0);
+                let block = &mut self.values[start..];
                 for half_block in 0..2 {
                     let (ql, qh, sc) =
                         (&b[64 * half_block..], &b[128 + 32 * half_block..], &b[192 + 8 * half_block..]);
                     for k in 0..4 {
-                        for l in 0..32 {
-                            let low = if k < 2 { ql[l + 32 * k] & 0xF } else { ql[l + 32 * (k - 2)] >> 4 };
-                            let code = i16::from(low) | (i16::from((qh[l] >> (2 * k)) & 3) << 4);
-                            let scale = i16::from(sc[2 * k + l / 16] as i8);
-                            block[128 * half_block + 32 * k + l] = scale * (code - 32);
+                        let (low, shift) = (&ql[32 * (k % 2)..32 * (k % 2) + 32], 4 * (k / 2));
+                        let out = &mut block[128 * half_block + 32 * k..][..32];
+                        for half16 in 0..2 {
+                            let scale = i16::from(sc[2 * k + half16] as i8);
+                            for l in 16 * half16..16 * half16 + 16 {
+                                let code = i16::from((low[l] >> shift) & 0xF)
+                                    | (i16::from((qh[l] >> (2 * k)) & 3) << 4);
+                                out[l] = scale * (code - 32);
+                            }
                         }
                     }
                 }
-                self.values.extend_from_slice(&block);
             }
         }
     }
