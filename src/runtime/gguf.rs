@@ -7,11 +7,10 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use std::sync::Arc;
-
 use candle_core::{DType, Device};
 use serde_json::json;
 
