@@ -61,6 +61,13 @@ impl Buffer {
     }
 }
 
+/// The positions a cache of `current` grows to when it must hold `needed`: a quarter more, in
+/// steps of 64 positions (amortised copies, at most ~25% unused; doubling left a 160-token
+/// conversation a 256-token cache).
+pub fn capacity_for(current: usize, needed: usize) -> usize {
+    needed.max(current + current / 4).next_multiple_of(64)
+}
+
 /// One layer's keys and values, [batch, kv_heads, capacity, head_dim] each.
 #[derive(Default)]
 pub struct LayerCache {
@@ -86,9 +93,7 @@ impl LayerCache {
         let new = keys.len() / (batch * kv_heads * d).max(1);
         let needed = past + new;
         if self.capacity < needed {
-            // A quarter more, in steps of 64 positions: amortised copies, and at most ~25% of
-            // the cache unused (doubling left a 160-token conversation a 256-token cache).
-            let capacity = needed.max(self.capacity + self.capacity / 4).next_multiple_of(64);
+            let capacity = capacity_for(self.capacity, needed);
             let half = if self.capacity == 0 { half } else { matches!(self.keys, Buffer::F16(_)) };
             let grow = |old: &Buffer| {
                 let mut grown = Buffer::zeros(half, batch * kv_heads * capacity * d);

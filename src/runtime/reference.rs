@@ -8,7 +8,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::{LayerCache, Shape};
+use super::attention::{LayerCache, Shape, capacity_for};
 use super::batch::Batch;
 use crate::error::RuntimeError;
 use std::path::{Path, PathBuf};
@@ -152,12 +152,12 @@ impl KvCache {
             Ok(t)
         };
         if self.layers.len() <= layer {
-            let capacity = needed.next_multiple_of(64);
+            let capacity = capacity_for(0, needed);
             self.layers.push((buffer(capacity, None)?, buffer(capacity, None)?));
         }
         let (keys, values) = &mut self.layers[layer];
         if keys.dim(2)? < needed {
-            let capacity = (needed.max(keys.dim(2)? * 5 / 4)).next_multiple_of(64);
+            let capacity = capacity_for(keys.dim(2)?, needed);
             *keys = buffer(capacity, Some(keys))?;
             *values = buffer(capacity, Some(values))?;
         }

@@ -260,62 +260,50 @@ fn panel_available() -> bool {
     })
 }
 
-/// `out` ([activation rows, weight rows]) = every activation row of `x` · every row of `w`:
-/// 4 × 2 at a time, the edges 1 × 2, 4 × 1 and 1 × 1.
+/// `out` ([activation rows, weight rows]) = every activation row of `x` · every row of `w`,
+/// 4 prompt rows at a time (each weight row loaded once for 4: the loads from L2 bound 4 × 2,
+/// q4_k 2x, q8_0 1.1x faster on a 3072 × 1024 × 128 product), then 2, then 1.
 fn panel_rows(w: &panel::ExpandedRows, x: &panel::ExpandedActivations, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let (rows, n) = (w.rows, x.rows);
-        let mut put = |i: usize, k: usize, v: f32| out[k * rows + i] = v;
         let mut j = 0;
-        // 4 × 4: each weight row loaded once for 4 prompt rows (the loads from L2 bound 4 × 2:
-        // q4_k 2x, q8_0 1.1x faster on a 3072 × 1024 × 128 product).
-        while j + 4 <= n && rows >= 4 {
-            let mut r = 0;
-            while r + 4 <= rows {
-                // Safety: `panel_available` checked the CPU; rows r..r+4 and j..j+4 exist.
-                let v = unsafe { avx512::panel::<4, 4>(w, r, x, j) };
-                (0..4).for_each(|i| (0..4).for_each(|k| put(r + i, j + k, v[i][k])));
-                r += 4;
-            }
-            while r < rows {
-                let v = unsafe { avx512::panel::<1, 4>(w, r, x, j) };
-                (0..4).for_each(|k| put(r, j + k, v[0][k]));
-                r += 1;
-            }
+        while j + 4 <= x.rows {
+            panel_columns::<4>(w, x, j, out);
             j += 4;
         }
-        while j < n {
-            let mut r = 0;
-            if j + 2 <= n {
-                while r + 4 <= rows {
-                    // Safety: `panel_available` checked the CPU; rows r..r+4 and j..j+2 exist.
-                    let v = unsafe { avx512::panel::<4, 2>(w, r, x, j) };
-                    (0..4).for_each(|i| (0..2).for_each(|k| put(r + i, j + k, v[i][k])));
-                    r += 4;
-                }
-                while r < rows {
-                    let v = unsafe { avx512::panel::<1, 2>(w, r, x, j) };
-                    (0..2).for_each(|k| put(r, j + k, v[0][k]));
-                    r += 1;
-                }
-                j += 2;
-            } else {
-                while r + 4 <= rows {
-                    let v = unsafe { avx512::panel::<4, 1>(w, r, x, j) };
-                    (0..4).for_each(|i| put(r + i, j, v[i][0]));
-                    r += 4;
-                }
-                while r < rows {
-                    put(r, j, unsafe { avx512::panel::<1, 1>(w, r, x, j) }[0][0]);
-                    r += 1;
-                }
-                j += 1;
-            }
+        if j + 2 <= x.rows {
+            panel_columns::<2>(w, x, j, out);
+            j += 2;
+        }
+        if j < x.rows {
+            panel_columns::<1>(w, x, j, out);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the panel kernel is only handed out on x86-64: {} {} {}", w.rows, x.rows, out.len());
+}
+
+/// Prompt rows `j..j + C` against every row of `w`: 4 weight rows at a time, then 1.
+#[cfg(target_arch = "x86_64")]
+fn panel_columns<const C: usize>(
+    w: &panel::ExpandedRows,
+    x: &panel::ExpandedActivations,
+    j: usize,
+    out: &mut [f32],
+) {
+    let rows = w.rows;
+    let mut r = 0;
+    while r + 4 <= rows {
+        // Safety: `panel_available` checked the CPU; rows r..r+4 and j..j+C exist.
+        let v = unsafe { avx512::panel::<4, C>(w, r, x, j) };
+        (0..4).for_each(|i| (0..C).for_each(|k| out[(j + k) * rows + r + i] = v[i][k]));
+        r += 4;
+    }
+    while r < rows {
+        let v = unsafe { avx512::panel::<1, C>(w, r, x, j) };
+        (0..C).for_each(|k| out[(j + k) * rows + r] = v[0][k]);
+        r += 1;
+    }
 }
 
 /// Whether the SIMD kernels run here (`MODEL_EXPORT_PORTABLE_KERNELS=1` turns them off, to

@@ -176,8 +176,7 @@ pub fn dot(w: &ExpandedRows, r: usize, x: &ExpandedActivations, j: usize) -> f32
         let wv = &w.values[r * cols + b * block..][..block];
         let xv = &x.values[j * cols + b * block..][..block];
         let mut lanes = [0i32; 16];
-        for (c, (wc, xc)) in wv.chunks_exact(32).zip(xv.chunks_exact(32)).enumerate() {
-            let _ = c;
+        for (wc, xc) in wv.chunks_exact(32).zip(xv.chunks_exact(32)) {
             for (l, lane) in lanes.iter_mut().enumerate() {
                 *lane += i32::from(wc[2 * l]) * i32::from(xc[2 * l])
                     + i32::from(wc[2 * l + 1]) * i32::from(xc[2 * l + 1]);

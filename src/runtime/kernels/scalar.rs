@@ -27,50 +27,40 @@ fn group_lanes(w: impl Fn(usize) -> i32, x: &[u8], scale: impl Fn(usize) -> i32,
     }
 }
 
-/// q8_0 weights · q8_0 activations.
-pub fn dot_q8_0(w: &[u8], x: &[u8], blocks: usize) -> f32 {
+/// A 32-value format's weights (`block_bytes` per block, `code(block, e)` the signed code of
+/// value e, the f16 scale first) · q8_0 activations.
+fn dot_32(w: &[u8], x: &[u8], blocks: usize, block_bytes: usize, code: impl Fn(&[u8], usize) -> i32) -> f32 {
     let mut acc = [0f32; 8];
     for b in 0..blocks {
-        let (wb, xb) = (&w[b * Q8_0_BYTES..], &x[b * Q8_0_BYTES..]);
+        let (wb, xb) = (&w[b * block_bytes..], &x[b * Q8_0_BYTES..]);
         let mut lanes = [0i32; 8];
-        group_lanes(|e| i32::from(wb[2 + e] as i8), &xb[2..], |_| 1, &mut lanes);
+        group_lanes(|e| code(wb, e), &xb[2..], |_| 1, &mut lanes);
         accumulate(&mut acc, half(wb) * half(xb), &lanes);
     }
     hsum8(&acc)
+}
+
+/// q8_0 weights · q8_0 activations.
+pub fn dot_q8_0(w: &[u8], x: &[u8], blocks: usize) -> f32 {
+    dot_32(w, x, blocks, Q8_0_BYTES, |wb, e| i32::from(wb[2 + e] as i8))
 }
 
 /// q4_0 weights · q8_0 activations.
 pub fn dot_q4_0(w: &[u8], x: &[u8], blocks: usize) -> f32 {
-    let mut acc = [0f32; 8];
-    for b in 0..blocks {
-        let (wb, xb) = (&w[b * Q4_0_BYTES..], &x[b * Q8_0_BYTES..]);
-        let code = |e: usize| {
-            let q = wb[2 + e % 16];
-            i32::from(if e < 16 { q & 0xF } else { q >> 4 }) - 8
-        };
-        let mut lanes = [0i32; 8];
-        group_lanes(code, &xb[2..], |_| 1, &mut lanes);
-        accumulate(&mut acc, half(wb) * half(xb), &lanes);
-    }
-    hsum8(&acc)
+    dot_32(w, x, blocks, Q4_0_BYTES, |wb, e| {
+        let q = wb[2 + e % 16];
+        i32::from(if e < 16 { q & 0xF } else { q >> 4 }) - 8
+    })
 }
 
 /// q5_0 weights · q8_0 activations.
 pub fn dot_q5_0(w: &[u8], x: &[u8], blocks: usize) -> f32 {
-    let mut acc = [0f32; 8];
-    for b in 0..blocks {
-        let (wb, xb) = (&w[b * Q5_0_BYTES..], &x[b * Q8_0_BYTES..]);
+    dot_32(w, x, blocks, Q5_0_BYTES, |wb, e| {
         let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
-        let code = |e: usize| {
-            let q = wb[6 + e % 16];
-            let low = if e < 16 { q & 0xF } else { q >> 4 };
-            (i32::from(low) | (((qh >> e) & 1) << 4) as i32) - 16
-        };
-        let mut lanes = [0i32; 8];
-        group_lanes(code, &xb[2..], |_| 1, &mut lanes);
-        accumulate(&mut acc, half(wb) * half(xb), &lanes);
-    }
-    hsum8(&acc)
+        let q = wb[6 + e % 16];
+        let low = if e < 16 { q & 0xF } else { q >> 4 };
+        (i32::from(low) | (((qh >> e) & 1) << 4) as i32) - 16
+    })
 }
 
 fn q8k_scale(x: &[u8]) -> f32 {
