@@ -139,6 +139,7 @@ pub fn bench_export(
                 target,
                 spec.options.symmetric.unwrap_or(false),
                 base.config.decoder.has_experts(),
+                spec.options.embeddings == Some(crate::config::EmbeddingsMode::Int8),
             )
         {
             tracing::warn!("{} is not benchmarked in tract: {why}", spec.name);

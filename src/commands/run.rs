@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::Context;
 use super::output::{print_json, table};
+use crate::config::schema::DEFAULT_ACCURACY_LEVEL;
 use crate::config::{Config, EmbeddingsMode, Engine, ExportDtype, ExportSpec, Format, Overrides, Target};
 use crate::error::Error;
 use crate::export::ExportInputs;
@@ -85,19 +86,21 @@ pub fn onnx_options(spec: &ExportSpec, parameters: u64, skip_check: bool) -> Onn
         _ => OnnxPrecision::F32,
     };
     let o = &spec.options;
-    let head = match o.embeddings.unwrap_or(EmbeddingsMode::Auto) {
-        EmbeddingsMode::F16 => false,
-        EmbeddingsMode::Quantized => true,
-        EmbeddingsMode::Auto => parameters >= crate::pipeline::plan::QUANTIZED_HEAD_FROM,
-    };
+    let target = spec.target.unwrap_or(Target::Portable);
+    let bits = if precision == OnnxPrecision::Int8 { 8 } else { 4 };
+    let table = o.embeddings.unwrap_or(EmbeddingsMode::Auto).storage(target, bits, parameters);
     OnnxOptions {
         precision,
-        target: spec.target.unwrap_or(Target::Portable),
+        target,
         quant: QuantOptions {
             block: o.block_size.map_or(32, |b| b as usize),
             symmetric: o.symmetric.unwrap_or(false),
-            head,
-            accuracy_level: i64::from(o.accuracy_level.unwrap_or(0)),
+            table,
+            // The default applies where accuracy-level may be set: the `ort` target.
+            accuracy_level: i64::from(o.accuracy_level.unwrap_or(match target {
+                Target::Ort => DEFAULT_ACCURACY_LEVEL,
+                Target::Portable => 0,
+            })),
         },
         opset: o.opset.map_or(crate::export::onnx::folder::DEFAULT_OPSET, i64::from),
         external_data: o.external_data,

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::registry::or_list;
-use super::schema::{Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS, Target};
+use super::schema::{
+    EmbeddingsMode, Engine, ExportDtype, ExportSpec, Format, INT4_BLOCK_SIZES, ONNX_OPSETS, Target,
+};
 use super::source::{Source, Sourced};
 use super::table::{ExportEntry, TableLayer};
 use crate::error::ConfigError;
@@ -577,6 +579,14 @@ fn resolve_exports(layer: &Layer, entries: &[ExportEntry]) -> Result<Vec<Sourced
                 "options.embeddings",
                 "applies to int8 and int4 exports only".into(),
                 "remove it, or set dtype = \"int8\" or \"int4\"",
+            ));
+        }
+        if options.embeddings == Some(EmbeddingsMode::Int8) && entry.target != Some(Target::Ort) {
+            return Err(fail(
+                "options.embeddings",
+                "\"int8\" keeps the embedding table in 8-bit blocks, which only ONNX Runtime can look up"
+                    .into(),
+                "set target = \"ort\", or use embeddings = \"quantized\" (an int8/int4 head, the table in f16)",
             ));
         }
         if let Some(level) = options.accuracy_level {

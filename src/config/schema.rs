@@ -74,8 +74,60 @@ name_enum!(
 
 name_enum!(
     /// How a quantized export stores the embedding table and the output head.
-    EmbeddingsMode { Auto => "auto", F16 => "f16", Quantized => "quantized" }
+    EmbeddingsMode { Auto => "auto", F16 => "f16", Quantized => "quantized", Int8 => "int8" }
 );
+
+/// Models from this size on get a quantized head in the `portable` target by default
+/// (`embeddings = "auto"`); smaller ones keep it in f16: the head is a large share of a small
+/// model and its error reaches the logits directly.
+pub const QUANTIZED_HEAD_FROM: u64 = 1_000_000_000;
+
+/// MatMulNBits' `accuracy_level` of an `ort`-target export that sets none: int8 activations.
+/// Measured on the trained fixture (qwen3-code, held-out Rust text, ONNX Runtime): mean KL to
+/// the reference 5.43e-3 at level 0 and 5.50e-3 at 4 (int4 table), 1.31e-3 and 1.32e-3 (f16
+/// table), for half the decode time on the Qwen3-0.6B shape (docs/quantization.md).
+pub const DEFAULT_ACCURACY_LEVEL: u8 = 4;
+
+/// Models from this size on keep their embedding table in the export's blocks in the `ort`
+/// target by default: every released Qwen model (0.5B up), where the head is read for every
+/// token. Below it (test-sized models) the head costs no time worth saving, and on random
+/// weights a 4-bit head alone takes the logits' cosine below the int4 bar (qwen3-tiny: 0.986).
+pub const QUANTIZED_TABLE_FROM: u64 = 100_000_000;
+
+/// Where a quantized ONNX export keeps its embedding table and output head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableStorage {
+    /// Both in f16 (a tied head multiplies the table itself).
+    F16,
+    /// The head quantized like the projections (a quantized copy when tied); the table f16.
+    QuantizedHead,
+    /// The table itself in `bits`-bit blocks, looked up by `GatherBlockQuantized`; a tied head
+    /// multiplies the same bytes with `MatMulNBits`, an untied one is quantized alike.
+    Blocks { bits: u8 },
+}
+
+impl EmbeddingsMode {
+    /// The storage this mode means for an export of `parameters` weights whose matrices are
+    /// quantized to `bits` bits for `target`. Only ONNX Runtime gathers block-quantized rows,
+    /// so the `portable` target keeps the table in f16 (`int8` is refused there when the
+    /// configuration is read).
+    pub fn storage(self, target: Target, bits: u8, parameters: u64) -> TableStorage {
+        match (self, target) {
+            (EmbeddingsMode::F16, _) => TableStorage::F16,
+            (EmbeddingsMode::Quantized, Target::Ort) => TableStorage::Blocks { bits },
+            (EmbeddingsMode::Auto, Target::Ort) if parameters >= QUANTIZED_TABLE_FROM => {
+                TableStorage::Blocks { bits }
+            }
+            (EmbeddingsMode::Auto, Target::Ort) => TableStorage::F16,
+            (EmbeddingsMode::Int8, _) => TableStorage::Blocks { bits: 8 },
+            (EmbeddingsMode::Quantized, Target::Portable) => TableStorage::QuantizedHead,
+            (EmbeddingsMode::Auto, Target::Portable) if parameters >= QUANTIZED_HEAD_FROM => {
+                TableStorage::QuantizedHead
+            }
+            (EmbeddingsMode::Auto, Target::Portable) => TableStorage::F16,
+        }
+    }
+}
 
 impl ExportDtype {
     /// ONNX's quantized dtypes: written by ONNX only (`config::registry`).
@@ -161,4 +213,25 @@ pub struct ExportSpec {
     pub target: Option<Target>,
     #[serde(skip_serializing_if = "ExportOptions::is_empty")]
     pub options: ExportOptions,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EmbeddingsMode, TableStorage, Target};
+
+    #[test]
+    fn auto_quantizes_the_table_of_real_models_in_the_ort_target_only() {
+        let (small, qwen3_0_6b, seven_b) = (1_000_000, 596_049_920, 7_615_616_512);
+        let auto = |target, parameters| EmbeddingsMode::Auto.storage(target, 4, parameters);
+        assert_eq!(auto(Target::Ort, small), TableStorage::F16);
+        assert_eq!(auto(Target::Ort, qwen3_0_6b), TableStorage::Blocks { bits: 4 });
+        assert_eq!(auto(Target::Portable, qwen3_0_6b), TableStorage::F16);
+        assert_eq!(auto(Target::Portable, seven_b), TableStorage::QuantizedHead);
+        assert_eq!(EmbeddingsMode::Int8.storage(Target::Ort, 4, small), TableStorage::Blocks { bits: 8 });
+        assert_eq!(
+            EmbeddingsMode::Quantized.storage(Target::Ort, 8, small),
+            TableStorage::Blocks { bits: 8 }
+        );
+        assert_eq!(EmbeddingsMode::F16.storage(Target::Ort, 4, seven_b), TableStorage::F16);
+    }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::registry::DefaultDtype;
-use crate::config::schema::{ExportDtype, ExportSpec, Format};
+use crate::config::schema::{EmbeddingsMode, ExportDtype, ExportSpec, Format, TableStorage, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -99,13 +99,9 @@ pub fn bytes_per_weight(spec: &ExportSpec, base_bytes_per_weight: f64) -> f64 {
     }
 }
 
-/// Models from this size on get a quantized ONNX head by default (`embeddings = "auto"`); smaller
-/// ones keep it in f16: the head is a large share of a small model and its error reaches the
-/// logits directly.
-pub const QUANTIZED_HEAD_FROM: u64 = 1_000_000_000;
-
-/// The export's size: `parameters` at the dtype's bytes per weight, except that a quantized
-/// ONNX export keeps its embedding table in f16, and its head too unless the head is quantized.
+/// The export's size: `parameters` at the dtype's bytes per weight, except for the embedding
+/// table and the head of a quantized ONNX export, which are stored as
+/// [`EmbeddingsMode::storage`] says.
 pub fn export_bytes(
     spec: &ExportSpec,
     base_bytes_per_weight: f64,
@@ -114,23 +110,25 @@ pub fn export_bytes(
     separate_head: bool,
 ) -> u64 {
     let per_weight = bytes_per_weight(spec, base_bytes_per_weight);
-    let quantized_onnx =
-        spec.format == Format::Onnx && matches!(spec.dtype, Some(ExportDtype::Int8 | ExportDtype::Int4));
-    if !quantized_onnx {
-        return (parameters as f64 * per_weight) as u64;
-    }
-    use crate::config::schema::EmbeddingsMode;
-    let head_quantized = match spec.options.embeddings.unwrap_or(EmbeddingsMode::Auto) {
-        EmbeddingsMode::F16 => false,
-        EmbeddingsMode::Quantized => true,
-        EmbeddingsMode::Auto => parameters >= QUANTIZED_HEAD_FROM,
+    let bits = match (spec.format, spec.dtype) {
+        (Format::Onnx, Some(ExportDtype::Int8)) => 8,
+        (Format::Onnx, Some(ExportDtype::Int4)) => 4,
+        _ => return (parameters as f64 * per_weight) as u64,
     };
+    let target = spec.target.unwrap_or(Target::Portable);
+    let storage = spec.options.embeddings.unwrap_or(EmbeddingsMode::Auto).storage(target, bits, parameters);
     let matrices = parameters - embedding - if separate_head { embedding } else { 0 };
-    let head = match (head_quantized, separate_head) {
-        (true, _) => embedding as f64 * per_weight,
-        (false, true) => embedding as f64 * 2.0,
-        // A tied f16 head multiplies by the embedding table itself.
-        (false, false) => 0.0,
+    let table_per_weight = |bits: u8| {
+        let dtype = if bits == 8 { ExportDtype::Int8 } else { ExportDtype::Int4 };
+        dtype.scheme().bytes_per_weight
     };
-    (embedding as f64 * 2.0 + matrices as f64 * per_weight + head) as u64
+    let (table, head) = match (storage, separate_head) {
+        (TableStorage::F16, true) => (2.0, 2.0),
+        // A tied f16 head multiplies by the embedding table itself.
+        (TableStorage::F16, false) => (2.0, 0.0),
+        (TableStorage::QuantizedHead, _) => (2.0, per_weight),
+        (TableStorage::Blocks { bits }, true) => (table_per_weight(bits), table_per_weight(bits)),
+        (TableStorage::Blocks { bits }, false) => (table_per_weight(bits), 0.0),
+    };
+    (embedding as f64 * (table + head) + matrices as f64 * per_weight) as u64
 }

@@ -48,8 +48,12 @@ pub fn unsupported(
     target: Target,
     symmetric: bool,
     experts: bool,
+    eight_bit_table: bool,
 ) -> Option<&'static str> {
     match (dtype, target) {
+        _ if eight_bit_table => Some(
+            "tract's GatherBlockQuantized reads 4-bit tables only; this export keeps its embedding table in 8-bit blocks (ORT runs it)",
+        ),
         (ExportDtype::F32 | ExportDtype::F16, Target::Ort) if experts => Some(
             "tract has no com.microsoft MoE, which the ort target's float experts use (ONNX Runtime runs them)",
         ),

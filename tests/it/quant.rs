@@ -171,3 +171,64 @@ fn quantization_report_lists_every_tensor_with_its_error() {
     assert!(q.compression_ratio > 2.0, "{}", q.compression_ratio);
     assert_eq!(q.bytes_after, q.tensors.iter().map(|t| t.bytes_after).sum::<u64>());
 }
+
+/// The `ort` target's quantized table: one copy of the tied embedding in blocks, looked up by
+/// GatherBlockQuantized and multiplied by the head's MatMulNBits; `embeddings = "int8"` keeps
+/// it in 8-bit blocks, closer to the reference than the 4-bit table, and runs in ORT alone.
+#[test]
+fn ort_exports_look_up_a_quantized_table_that_the_tied_head_shares() {
+    let project = project(
+        "qwen3-tiny",
+        "qwen3-tiny-run",
+        &[
+            (
+                "table4",
+                &format!(
+                    "dtype = \"int4\"\ntarget = \"ort\"\noptions = {{ embeddings = \"quantized\", {RANDOM_WEIGHTS_4BIT} }}"
+                ),
+            ),
+            ("table8", "dtype = \"int4\"\ntarget = \"ort\"\noptions = { embeddings = \"int8\" }"),
+        ],
+    );
+    let out = project.run(&["run"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = report(&project);
+    let cosine = |name: &str| {
+        let e = report.exports.iter().find(|e| e.export == name).unwrap();
+        assert!(e.passed, "{name}: {e:?}");
+        let ort = e.engines.iter().find(|r| r.engine == "ort").unwrap();
+        ort.logits.as_ref().unwrap().cosine
+    };
+    let (four, eight) = (cosine("table4"), cosine("table8"));
+    // 8-bit rows pass the default int4 bar (0.99); 4-bit rows of random weights do not.
+    assert!(eight >= 0.99 && four < eight, "int4 table {four}, int8 table {eight}");
+    for (name, stored) in [("table4", "int4-block32-asymmetric"), ("table8", "int8-block32-asymmetric")] {
+        let model = std::fs::read(project.path().join(format!("out/{name}/model.onnx"))).unwrap();
+        let has = |needle: &str| model.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(has("GatherBlockQuantized") && !has("lm_head.weight"), "{name}: a table copy");
+        let e = report.exports.iter().find(|e| e.export == name).unwrap();
+        let q = e.quantization.as_ref().unwrap();
+        let embed = q.groups.iter().find(|g| g.group.as_str() == "embeddings").unwrap();
+        assert_eq!(embed.stored, [stored], "{name}");
+        assert!(q.groups.iter().all(|g| g.group.as_str() != "lm_head"), "{name}: {:?}", q.groups);
+    }
+    let tract = report.exports[1].engines.iter().find(|r| r.engine == "tract").unwrap();
+    assert!(tract.skipped.as_deref().is_some_and(|why| why.contains("8-bit")), "{tract:?}");
+}
+
+#[test]
+fn an_eight_bit_table_is_refused_outside_the_ort_target() {
+    let project = project(
+        "qwen3-tiny",
+        "qwen3-tiny-run",
+        &[("table8", "dtype = \"int4\"\noptions = { embeddings = \"int8\" }")],
+    );
+    let out = project.run(&["run"]);
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("options.embeddings") && out.stderr.contains("target = \"ort\""),
+        "{}",
+        out.stderr
+    );
+    assert!(!project.path().join("out/table8").exists());
+}

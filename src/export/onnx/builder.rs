@@ -47,8 +47,14 @@ const OPS: &[(&str, i64)] = &[
 ];
 
 /// ONNX Runtime's contrib ops (domain `com.microsoft`, version 1), which tract also reads.
-const MICROSOFT_OPS: &[&str] =
-    &["GroupQueryAttention", "MatMulNBits", "MoE", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"];
+const MICROSOFT_OPS: &[&str] = &[
+    "GatherBlockQuantized",
+    "GroupQueryAttention",
+    "MatMulNBits",
+    "MoE",
+    "RotaryEmbedding",
+    "SkipSimplifiedLayerNormalization",
+];
 /// ONNX Runtime's contrib ops registered in the default domain.
 const RUNTIME_DEFAULT_DOMAIN_OPS: &[&str] = &["SimplifiedLayerNormalization"];
 pub const MICROSOFT_DOMAIN: &str = "com.microsoft";

@@ -380,12 +380,38 @@ pub(super) fn embed(
 ) -> Result<String, BuildError> {
     let scope = "/model/embed_tokens";
     let table = spec.config.decoder.embedding.name.as_str();
-    let embedded = g.node(scope, "Gather", &[table, input_ids], vec![attr_int("axis", 0)])?;
+    let hidden = spec.config.decoder.hidden as i64;
     let embedded = match (spec.weight)(table) {
-        WeightForm::Float(Elem::F16) => g.node(scope, "Cast", &[&embedded], vec![attr_int("to", 1)])?,
-        _ => embedded,
+        WeightForm::Float(Elem::F16) => {
+            let rows = g.node(scope, "Gather", &[table, input_ids], vec![attr_int("axis", 0)])?;
+            g.node(scope, "Cast", &[&rows], vec![attr_int("to", 1)])?
+        }
+        WeightForm::Blocks { codes, scales, zero_points, bits, block, n, k } => {
+            // The table's codes, [vocab, blocks, bytes per block] for MatMulNBits, viewed as
+            // the [vocab, bytes per row] GatherBlockQuantized reads; rows are dequantized as
+            // they are looked up, and a padded last block is cut off.
+            let row_bytes = (k.div_ceil(block) * block * usize::from(bits) / 8) as i64;
+            let shape = g.const_i64(&[n as i64, row_bytes], &[2]);
+            let data = g.node(scope, "Reshape", &[&codes, &shape], vec![])?;
+            let attributes = vec![
+                attr_int("bits", i64::from(bits)),
+                attr_int("block_size", block as i64),
+                attr_int("gather_axis", 0),
+                attr_int("quantize_axis", 1),
+            ];
+            let inputs = [data.as_str(), input_ids, scales.as_str(), zero_points.as_str()];
+            let rows = g.node(scope, "GatherBlockQuantized", &inputs, attributes)?;
+            if k.is_multiple_of(block) {
+                rows
+            } else {
+                let (from, to, axes) =
+                    (g.const_i64(&[0], &[1]), g.const_i64(&[hidden], &[1]), g.const_i64(&[-1], &[1]));
+                g.node(scope, "Slice", &[&rows, &from, &to, &axes], vec![])?
+            }
+        }
+        _ => g.node(scope, "Gather", &[table, input_ids], vec![attr_int("axis", 0)])?,
     };
-    let flat = g.const_i64(&[-1, spec.config.decoder.hidden as i64], &[2]);
+    let flat = g.const_i64(&[-1, hidden], &[2]);
     g.node(scope, "Reshape", &[&embedded, &flat], vec![])
 }
 
@@ -468,7 +494,9 @@ pub(super) fn moe_mlp(
     sum.ok_or(BuildError::NoExperts { layer: root.to_string() })
 }
 
-/// The output head on the final hidden states, reshaped to the `logits` output.
+/// The output head on the final hidden states. A `MatMul` or `MatMulNBits` head reads them as
+/// [batch, seq, hidden] and writes `logits` itself: a graph output reshaped from an inner
+/// value is a copy, and for a prompt the logits are the largest activation there is.
 pub(super) fn lm_head(
     g: &mut GraphBuilder,
     spec: &DecoderSpec<'_>,
@@ -476,8 +504,16 @@ pub(super) fn lm_head(
     sizes: &Sizes,
 ) -> Result<(), BuildError> {
     let scope = "/lm_head";
+    let c = &spec.config.decoder;
+    if matches!((spec.weight)(&spec.head), WeightForm::Blocks { .. } | WeightForm::Transposed(_)) {
+        let tail = g.const_i64(&[c.hidden as i64], &[1]);
+        let shape = g.node(scope, "Concat", &[&sizes.batch, &sizes.seq, &tail], vec![attr_int("axis", 0)])?;
+        let x = g.node(scope, "Reshape", &[normed, &shape], vec![])?;
+        project(g, spec, scope, &x, &spec.head, None, Some(LOGITS))?;
+        return Ok(());
+    }
     let logits = linear(g, spec, scope, normed, &spec.head, None)?;
-    let v_tail = g.const_i64(&[spec.config.decoder.vocab as i64], &[1]);
+    let v_tail = g.const_i64(&[c.vocab as i64], &[1]);
     let shape = g.node(scope, "Concat", &[&sizes.batch, &sizes.seq, &v_tail], vec![attr_int("axis", 0)])?;
     g.node_into(scope, "Reshape", &[&logits, &shape], &[LOGITS], vec![])
 }
@@ -491,17 +527,34 @@ pub fn linear(
     weight: &str,
     bias: Option<&str>,
 ) -> Result<String, BuildError> {
+    project(g, spec, scope, x, weight, bias, None)
+}
+
+/// [`linear`], its last node writing `output` when one is named.
+fn project(
+    g: &mut GraphBuilder,
+    spec: &DecoderSpec<'_>,
+    scope: &str,
+    x: &str,
+    weight: &str,
+    bias: Option<&str>,
+    output: Option<&str>,
+) -> Result<String, BuildError> {
+    let emit = |g: &mut GraphBuilder, op: &str, inputs: &[&str], attributes, last: bool| match output {
+        Some(out) if last => g.node_into(scope, op, inputs, &[out], attributes).map(|()| out.to_string()),
+        _ => g.node(scope, op, inputs, attributes),
+    };
     let gemm = |g: &mut GraphBuilder, w: &str| {
         let mut inputs = vec![x, w];
         if let Some(b) = bias {
             inputs.push(b);
         }
-        g.node(scope, "Gemm", &inputs, vec![attr_int("transB", 1)])
+        emit(g, "Gemm", &inputs, vec![attr_int("transB", 1)], true)
     };
-    let matmul = |g: &mut GraphBuilder, w: &str| {
-        let y = g.node(scope, "MatMul", &[x, w], vec![])?;
+    let then_bias = |g: &mut GraphBuilder, op: &str, inputs: &[&str], attributes| {
+        let y = emit(g, op, inputs, attributes, bias.is_none())?;
         match bias {
-            Some(b) => g.node(scope, "Add", &[&y, b], vec![]),
+            Some(b) => emit(g, "Add", &[&y, b], vec![], true),
             None => Ok(y),
         }
     };
@@ -513,9 +566,9 @@ pub fn linear(
         WeightForm::Float(_) => gemm(g, weight),
         WeightForm::Transposed(Elem::F16) => {
             let w = g.node(scope, "Cast", &[weight], vec![attr_int("to", 1)])?;
-            matmul(g, &w)
+            then_bias(g, "MatMul", &[x, &w], vec![])
         }
-        WeightForm::Transposed(_) => matmul(g, weight),
+        WeightForm::Transposed(_) => then_bias(g, "MatMul", &[x, weight], vec![]),
         WeightForm::Int8 { codes, scale } => {
             let w = g.node(scope, "DequantizeLinear", &[&codes, &scale], vec![attr_int("axis", 0)])?;
             gemm(g, &w)
@@ -531,11 +584,7 @@ pub fn linear(
             if spec.accuracy_level != 0 {
                 attributes.push(attr_int("accuracy_level", spec.accuracy_level));
             }
-            let y = g.node(scope, "MatMulNBits", &inputs, attributes)?;
-            match bias {
-                Some(b) => g.node(scope, "Add", &[&y, b], vec![]),
-                None => Ok(y),
-            }
+            then_bias(g, "MatMulNBits", &inputs, attributes)
         }
     }
 }

@@ -16,6 +16,7 @@ use super::decoder::{DecoderSpec, ROPE_COS, ROPE_SIN};
 use super::emitter::build_decoder;
 use super::genai::genai_config;
 use super::weights::{Storage, WeightForm, WeightWriter, plan_initializers, scheme_label};
+use crate::config::schema::TableStorage;
 use crate::config::{Engine, ExportDtype, Target};
 use crate::error::{Error, RuntimeError};
 use crate::export::ExportInputs;
@@ -90,15 +91,15 @@ pub struct QuantOptions {
     /// Block size of MatMulNBits blocks.
     pub block: usize,
     pub symmetric: bool,
-    /// Quantize the output head too (a quantized copy when it is tied to the embeddings).
-    pub head: bool,
+    /// Where the embedding table and the output head are kept.
+    pub table: TableStorage,
     /// MatMulNBits' accuracy_level.
     pub accuracy_level: i64,
 }
 
 impl Default for QuantOptions {
     fn default() -> Self {
-        Self { block: 32, symmetric: false, head: false, accuracy_level: 0 }
+        Self { block: 32, symmetric: false, table: TableStorage::F16, accuracy_level: 0 }
     }
 }
 
@@ -154,8 +155,8 @@ impl OnnxOptions {
         }
     }
 
-    /// How tensor `t` is stored: norms, biases and tables stay f32; the embedding table f16
-    /// in every reduced precision; the head follows `quant.head`.
+    /// How tensor `t` is stored: norms, biases and tables stay f32; the embedding table and
+    /// the head as `quant.table` says.
     /// The router of a mixture-of-experts layer stays f32 in every precision, as llama.cpp
     /// keeps `ffn_gate_inp`: its probabilities choose the experts, and a rounded one can
     /// change the choice.
@@ -174,15 +175,20 @@ impl OnnxOptions {
                     Storage::F32
                 }
             }
-            (_, Some(scheme)) => {
-                if !matrix {
-                    Storage::F32
-                } else if role == Some(Role::Embedding) || (role == Some(Role::Head) && !self.quant.head) {
-                    Storage::F16
-                } else {
-                    Storage::Quantized(scheme)
+            (_, Some(scheme)) => match (matrix, role, self.quant.table) {
+                (false, ..) => Storage::F32,
+                (true, Some(Role::Embedding | Role::Head), TableStorage::Blocks { bits }) => {
+                    Storage::Quantized(Scheme::Blocks {
+                        bits,
+                        block: self.quant.block,
+                        symmetric: self.quant.symmetric,
+                    })
                 }
-            }
+                (true, Some(Role::Embedding), _) | (true, Some(Role::Head), TableStorage::F16) => {
+                    Storage::F16
+                }
+                _ => Storage::Quantized(scheme),
+            },
         }
     }
 
@@ -219,6 +225,15 @@ pub struct Fallback {
     /// `external-data`, `opset` or `portable-target` (ONNX); `tensor-type` (GGUF).
     pub kind: String,
     pub reason: String,
+}
+
+/// How the manifest names where the embedding table is kept.
+fn table_label(options: &OnnxOptions) -> String {
+    match (options.scheme(), options.quant.table) {
+        (None, _) => options.precision.as_str().to_string(),
+        (Some(_), TableStorage::F16 | TableStorage::QuantizedHead) => "f16".into(),
+        (Some(_), TableStorage::Blocks { bits }) => format!("int{bits}-block{}", options.quant.block),
+    }
 }
 
 /// The first `cols` columns of each `width`-wide row.
@@ -264,19 +279,19 @@ fn check_engine(engine: &mut dyn DecoderEngine, vocab: usize, pad: i64) -> Resul
 pub fn check_exported(
     model: &Path,
     base: &ModelFolder,
-    threads: usize,
-    dtype: ExportDtype,
-    target: Target,
-    symmetric: bool,
-    skip: &[(Engine, String)],
+    options: &OnnxOptions,
 ) -> Result<Vec<&'static str>, Error> {
+    let (dtype, target, skip) = (options.precision.dtype(), options.target, &options.check_skip);
+    let symmetric = options.quant.symmetric;
+    let eight_bit_table = options.quant.table == TableStorage::Blocks { bits: 8 };
     let c = &base.config;
     let pad = c.pad_token_id.map_or(0, i64::from);
     let (layers, kv, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
     let mut checked = Vec::new();
     let skipped = |engine: Engine| skip.iter().find(|(e, _)| *e == engine).map(|(_, why)| why.as_str());
     let experts = c.decoder.has_experts();
-    let tract_skip = tract_engine::unsupported(dtype, target, symmetric, experts).or(skipped(Engine::Tract));
+    let tract_skip = tract_engine::unsupported(dtype, target, symmetric, experts, eight_bit_table)
+        .or(skipped(Engine::Tract));
     match tract_skip {
         Some(why) => tracing::info!("not checked in tract: {why}"),
         None => {
@@ -293,7 +308,7 @@ pub fn check_exported(
                 RuntimeError::Engine { engine: "ort", message: "injected fault (ort-check)".into() }.into()
             );
         }
-        let mut ort = OrtEngine::load(model, layers, kv, d, threads)?;
+        let mut ort = OrtEngine::load(model, layers, kv, d, options.threads)?;
         check_engine(&mut ort, c.vocab_size, pad)?;
         checked.push("ort");
     } else {
@@ -383,7 +398,7 @@ fn write_onnx_folder_as(
     let decoder = &config.decoder;
     let (embed_name, head_name) = (decoder.embedding.name.as_str(), decoder.head.name.as_str());
     let has_head = plan.tensors.iter().any(|t| t.name == head_name);
-    if options.scheme().is_some() && options.quant.head && !has_head {
+    if options.scheme().is_some() && options.quant.table == TableStorage::QuantizedHead && !has_head {
         // A tied head is quantized as a copy; the embedding table stays f16 for the lookup.
         if let Some(embed) = plan.tensors.iter().find(|t| t.name == embed_name) {
             let mut copy = embed.clone();
@@ -491,15 +506,7 @@ fn write_onnx_folder_as(
     }
 
     let checked_in = if options.check {
-        let engines = check_exported(
-            &model_path,
-            weights,
-            options.threads,
-            options.precision.dtype(),
-            options.target,
-            options.quant.symmetric,
-            &options.check_skip,
-        )?;
+        let engines = check_exported(&model_path, weights, options)?;
         tracing::info!("checked in {} at {:.2} s", engines.join(" and "), started.elapsed().as_secs_f64());
         engines
     } else {
@@ -511,7 +518,8 @@ fn write_onnx_folder_as(
         "target": options.target.to_string(),
         "dtype": options.precision.as_str(),
         "quantization": scheme_text,
-        "quantized_head": options.scheme().is_some() && options.quant.head,
+        "quantized_head": options.scheme().is_some() && options.quant.table != TableStorage::F16,
+        "embedding_table": table_label(options),
         "opset": options.opset,
         "external_data": external,
         "untied_embeddings": plan.untied,

@@ -107,10 +107,12 @@ pub fn plan_initializers(
                             dims: vec![rows as i64, groups as i64, blob as i64],
                             bytes: (rows * groups * blob) as u64,
                         },
+                        // Scales and zero points [rows, per row]: the layout MatMulNBits and
+                        // GatherBlockQuantized both read, so a tied table serves both.
                         PlannedInitializer {
                             name: scales.clone(),
                             elem: Elem::F32,
-                            dims: vec![(rows * groups) as i64],
+                            dims: vec![rows as i64, groups as i64],
                             bytes: (4 * rows * groups) as u64,
                         },
                     ];
@@ -119,7 +121,7 @@ pub fn plan_initializers(
                     planned.push(PlannedInitializer {
                         name: zero_points.clone(),
                         elem: Elem::U8,
-                        dims: vec![(rows * per_row) as i64],
+                        dims: vec![rows as i64, per_row as i64],
                         bytes: (rows * per_row) as u64,
                     });
                     (
