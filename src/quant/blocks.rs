@@ -22,6 +22,9 @@ use super::{ErrorSums, Quantized};
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 8;
 
+/// The largest block size (`INT4_BLOCK_SIZES`).
+const MAX_BLOCK: usize = 128;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Format {
     pub bits: u8,
@@ -172,6 +175,27 @@ fn lane_sums(values: &[f32], f: impl Fn(f32) -> [f32; 2]) -> [f32; 2] {
     [first.iter().sum::<f32>() + tail[0], second.iter().sum::<f32>() + tail[1]]
 }
 
+/// [`lane_sums`] of `f(w, code)` over `values` and their codes, in the same lanes and order.
+#[inline(always)]
+fn lane_sums_coded(values: &[f32], codes: &[f32], f: impl Fn(f32, f32) -> [f32; 2]) -> [f32; 2] {
+    let (mut first, mut second) = ([0.0f32; 8], [0.0f32; 8]);
+    let whole = values.len() / 8 * 8;
+    let mut tail = [0.0f32; 2];
+    for (&w, &c) in values[whole..].iter().zip(&codes[whole..]) {
+        let [a, b] = f(w, c);
+        tail[0] += a;
+        tail[1] += b;
+    }
+    for (chunk, coded) in values[..whole].chunks_exact(8).zip(codes.chunks_exact(8)) {
+        for (((a, b), &w), &c) in first.iter_mut().zip(second.iter_mut()).zip(chunk).zip(coded) {
+            let [x, y] = f(w, c);
+            *a += x;
+            *b += y;
+        }
+    }
+    [first.iter().sum::<f32>() + tail[0], second.iter().sum::<f32>() + tail[1]]
+}
+
 /// The block's range widened to include 0, in eight lanes (min and max are exact in any order).
 #[inline(always)]
 fn range(values: &[f32]) -> (f32, f32) {
@@ -258,17 +282,27 @@ fn row_portable(
         let (s, zero) = format.block_params(block);
         *scale = s;
         let (inverse, z, max) = (1.0 / s, f32::from(zero), format.max_code());
-        let [error, norm] = lane_sums(block, |w| {
-            let d = w - (code_with(w, inverse, z, max) - z) * s;
+        // Each code once, in a block-sized buffer whose padding holds the zero point (it
+        // stands for 0 past a partial block's end); the error and the packing read them.
+        let mut coded = [z; MAX_BLOCK];
+        for (c, &w) in coded.iter_mut().zip(block) {
+            *c = code_with(w, inverse, z, max);
+        }
+        let [error, norm] = lane_sums_coded(block, &coded, |w, c| {
+            let d = w - (c - z) * s;
             [d * d, w * w]
         });
-        let per_byte = format.per_byte();
-        for (j, byte) in codes.iter_mut().enumerate() {
-            // Padding past a partial block's end holds the zero point: it stands for 0.
-            *byte = (0..per_byte).fold(0u8, |packed, k| {
-                let code = block.get(j * per_byte + k).map_or(zero, |&w| code_with(w, inverse, z, max) as u8);
-                packed | code << (usize::from(format.bits) * k)
-            });
+        match format.bits {
+            4 => {
+                for (byte, pair) in codes.iter_mut().zip(coded.chunks_exact(2)) {
+                    *byte = pair[0] as u8 | (pair[1] as u8) << 4;
+                }
+            }
+            _ => {
+                for (byte, &c) in codes.iter_mut().zip(&coded) {
+                    *byte = c as u8;
+                }
+            }
         }
         sums.add(ErrorSums { squared_error: f64::from(error), squared_norm: f64::from(norm) });
         pack(zeros, b, format.bits, zero);
@@ -278,6 +312,7 @@ fn row_portable(
 
 /// Quantizes whole rows of `cols`, appending codes, scales and (asymmetric) zero points.
 pub fn quantize(format: Format, values: &[f32], cols: usize, out: &mut Quantized) -> ErrorSums {
+    assert!(format.block <= MAX_BLOCK, "block sizes are checked against INT4_BLOCK_SIZES when read");
     let rows = values.len() / cols;
     let blocks = cols.div_ceil(format.block);
     let code_row = blocks * format.block * usize::from(format.bits) / 8;

@@ -118,16 +118,25 @@ fn optimized_pinned(
     pin: Pin,
     (layers, kv_heads, head_dim): (usize, usize, usize),
 ) -> TractResult<TypedModel> {
+    let started = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!("tract: {what} at {:.2} s", started.elapsed().as_secs_f64());
     let mut model = tract_onnx::onnx().model_for_path(path)?;
+    phase("parsed");
     pin_inputs(&mut model, pin, layers, kv_heads, head_dim)?;
-    let mut model = model.into_typed()?.into_decluttered()?;
+    let model = model.into_typed()?;
+    phase("typed");
+    let mut model = model.into_decluttered()?;
+    phase("decluttered");
     for name in REWRITES {
         match tract_onnx::tract_core::transform::get_transform(name)? {
             Some(transform) => transform.transform(&mut model)?,
             None => tracing::debug!("tract has no `{name}` rewrite in this build"),
         }
     }
-    model.into_optimized()
+    phase("rewritten");
+    let model = model.into_optimized()?;
+    phase("optimized");
+    Ok(model)
 }
 
 impl TractEngine {
