@@ -141,7 +141,8 @@ pub enum Command {
         long_about = "Run every [[package.metadata.model-export.export]] entry as a pipeline of stages: write each \
             export to <out-dir>/<name>/ straight from the base with the newest valid checkpoint merged block by \
             block (no merged copy on disk; safetensors f32/f16/bf16; ONNX f32/f16/int8/int4 with KV cache, \
-            portable or ort target, loaded back in tract and ONNX Runtime before it is installed; GGUF), \
+            portable or ort target, loaded back in tract and ONNX Runtime (the ort target: ONNX Runtime) before it is \
+            installed; GGUF), \
             validate each against the candle reference (streamed layer by layer, computed once and cached in \
             <out-dir>/.state), one engine at a time, and write report.md. Disk space and memory are checked before anything is written. Finished stages are \
             recorded under <out-dir>/.state: a re-run skips what is unchanged and redoes what changed, also \

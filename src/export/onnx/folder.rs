@@ -275,6 +275,11 @@ fn check_engine(engine: &mut dyn DecoderEngine, vocab: usize, pad: i64) -> Resul
     Ok(())
 }
 
+fn checked_at(engine: &str, started: std::time::Instant) {
+    let (elapsed, rss) = (started.elapsed().as_secs_f64(), crate::size::human_bytes(monitor::current_rss()));
+    tracing::debug!("checked in {engine} in {elapsed:.2} s, resident {rss}");
+}
+
 /// Loads the written model in every available engine and runs a tiny batch.
 pub fn check_exported(
     model: &Path,
@@ -302,9 +307,14 @@ pub fn check_exported(
     match tract_skip {
         Some(why) => tracing::info!("not checked in tract: {why}"),
         None => {
+            let started = std::time::Instant::now();
             let mut tract = TractEngine::load_for(target, model, layers, kv, d)?;
             check_engine(&mut tract, c.vocab_size, pad)?;
+            checked_at("tract", started);
             checked.push("tract");
+            // tract's copy of the weights goes back before ONNX Runtime maps them.
+            drop(tract);
+            monitor::return_freed_memory();
         }
     }
     if let Some(why) = skipped(Engine::Ort) {
@@ -315,8 +325,11 @@ pub fn check_exported(
                 RuntimeError::Engine { engine: "ort", message: "injected fault (ort-check)".into() }.into()
             );
         }
-        let mut ort = OrtEngine::load(model, layers, kv, d, options.threads)?;
+        let started = std::time::Instant::now();
+        let mut ort =
+            OrtEngine::load_for_check(model, layers, kv, d, options.threads, options.scheme().is_some())?;
         check_engine(&mut ort, c.vocab_size, pad)?;
+        checked_at("ort", started);
         checked.push("ort");
     } else {
         tracing::warn!("ONNX Runtime is not installed: the export was checked in tract only");
