@@ -134,12 +134,11 @@ pub fn bench_export(
         let target = spec.target.unwrap_or(crate::config::Target::Portable);
         let dtype = spec.dtype.unwrap_or(crate::config::ExportDtype::F32);
         if engine == Engine::Tract
-            && let Some(why) = crate::runtime::tract_engine::unsupported(
+            && let Some(why) = crate::runtime::tract_engine::unsupported_for(
+                spec,
                 dtype,
                 target,
-                spec.options.symmetric.unwrap_or(false),
                 base.config.decoder.has_experts(),
-                spec.options.embeddings == Some(crate::config::EmbeddingsMode::Int8),
             )
         {
             tracing::warn!("{} is not benchmarked in tract: {why}", spec.name);

@@ -157,25 +157,10 @@ impl Format {
 /// running sum cannot be reordered, and these loops are most of a quantized export).
 #[inline(always)]
 fn lane_sums(values: &[f32], f: impl Fn(f32) -> [f32; 2]) -> [f32; 2] {
-    let (mut first, mut second) = ([0.0f32; 8], [0.0f32; 8]);
-    let chunks = values.chunks_exact(8);
-    let mut tail = [0.0f32; 2];
-    for &w in chunks.remainder() {
-        let [a, b] = f(w);
-        tail[0] += a;
-        tail[1] += b;
-    }
-    for chunk in chunks {
-        for ((a, b), &w) in first.iter_mut().zip(second.iter_mut()).zip(chunk) {
-            let [x, y] = f(w);
-            *a += x;
-            *b += y;
-        }
-    }
-    [first.iter().sum::<f32>() + tail[0], second.iter().sum::<f32>() + tail[1]]
+    lane_sums_coded(values, values, |w, _| f(w))
 }
 
-/// [`lane_sums`] of `f(w, code)` over `values` and their codes, in the same lanes and order.
+/// [`lane_sums`] of `f(w, code)` over `values` and their codes.
 #[inline(always)]
 fn lane_sums_coded(values: &[f32], codes: &[f32], f: impl Fn(f32, f32) -> [f32; 2]) -> [f32; 2] {
     let (mut first, mut second) = ([0.0f32; 8], [0.0f32; 8]);

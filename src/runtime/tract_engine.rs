@@ -8,7 +8,7 @@ use tract_onnx::prelude::*;
 
 use super::batch::Batch;
 use super::engine::{DecoderEngine, Logits};
-use crate::config::{ExportDtype, Target};
+use crate::config::{EmbeddingsMode, ExportDtype, ExportSpec, Target};
 use crate::error::RuntimeError;
 
 type Runnable = Arc<TypedRunnableModel>;
@@ -66,6 +66,17 @@ pub fn unsupported(
         }
         _ => None,
     }
+}
+
+/// [`unsupported`] for an export as configured in `spec`, written as `dtype` for `target`.
+pub fn unsupported_for(
+    spec: &ExportSpec,
+    dtype: ExportDtype,
+    target: Target,
+    experts: bool,
+) -> Option<&'static str> {
+    let eight_bit_table = spec.options.embeddings == Some(EmbeddingsMode::Int8);
+    unsupported(dtype, target, spec.options.symmetric.unwrap_or(false), experts, eight_bit_table)
 }
 
 /// How the inputs' lengths are pinned before typing.

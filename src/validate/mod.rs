@@ -303,14 +303,7 @@ pub fn validate_export(
     let parts = crate::memory::ModelParts::of(base, 0);
     let export_bytes = folder_bytes(dir);
     let experts = base.config.decoder.has_experts();
-    let eight_bit_table = spec.options.embeddings == Some(crate::config::EmbeddingsMode::Int8);
-    let tract_unsupported = tract_engine::unsupported(
-        dtype,
-        target,
-        spec.options.symmetric.unwrap_or(false),
-        experts,
-        eight_bit_table,
-    );
+    let tract_unsupported = tract_engine::unsupported_for(spec, dtype, target, experts);
     // The reference's text scores stay held while each engine runs.
     let text_memory =
         reference.text.as_ref().map_or(0, |t| crate::memory::text(t.text.scored() as u64, t.vocab as u64));
